@@ -1,0 +1,168 @@
+//! The `thryve-bridge` command line: `serve` (the default), `migrate`, `healthcheck`.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{DatabaseConfig, ServeConfig},
+    db,
+    server::Application,
+    telemetry,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "thryve-bridge",
+    version,
+    about = "Stores Thryve webhooks in Postgres and turns them into dirty ranges for your jobs",
+    long_about = "Stores Thryve webhooks in Postgres and turns them into dirty ranges for your jobs.\n\
+                  Every setting is also read from the environment (a .env file is read first)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook receiver (the default when no command is given).
+    Serve(Box<ServeConfig>),
+    /// Apply the embedded migrations (schema `thryve`) and exit.
+    Migrate,
+    /// Exit 0 if the local server answers `/readyz` with 200 (for container health checks).
+    Healthcheck {
+        /// URL to probe; only plain http is supported.
+        #[arg(
+            long,
+            env = "HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8080/readyz"
+        )]
+        url: String,
+    },
+}
+
+/// `serve`'s settings when no subcommand is given: read from the environment alone.
+#[derive(Debug, Parser)]
+struct ServeFromEnv {
+    #[command(flatten)]
+    serve: ServeConfig,
+}
+
+/// Entry point of the binary: reads `.env`, parses, runs, and turns errors into one line.
+pub async fn main() -> ExitCode {
+    let dotenv = dotenvy::dotenv();
+    let cli = Cli::parse();
+    telemetry::init(cli.database.log_format);
+    if let Err(e) = &dotenv {
+        if !e.not_found() {
+            eprintln!("error: .env: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let command = match cli.command {
+        Some(command) => command,
+        None => Command::Serve(Box::new(ServeFromEnv::parse_from(["thryve-bridge"]).serve)),
+    };
+    match run(command, &cli.database).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> {
+    match command {
+        Command::Serve(config) => {
+            let pool = db::pool(
+                database.url().map_err(|e| e.to_string())?,
+                database.database_max_connections,
+                config.ack_deadline(),
+            )
+            .map_err(|e| format!("DATABASE_URL: {e}"))?;
+            let app = Application::build(&config, pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            app.run_until_stopped(shutdown)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Command::Migrate => {
+            let pool = db::pool(
+                database.url().map_err(|e| e.to_string())?,
+                2,
+                Duration::from_secs(30),
+            )
+            .map_err(|e| format!("DATABASE_URL: {e}"))?;
+            db::migrate(&pool)
+                .await
+                .map_err(|e| format!("migrate: {e}"))?;
+            let version = db::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+            println!(
+                "{}",
+                serde_json::json!({ "migrated": true, "version": version })
+            );
+            Ok(())
+        }
+        Command::Healthcheck { url } => healthcheck(&url).await,
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+    shutdown.cancel();
+}
+
+/// A minimal HTTP/1.0 GET, because slim runtime images have no curl.
+async fn healthcheck(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("HEALTHCHECK_URL: {url:?} must start with http://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), probe)
+        .await
+        .map_err(|_| format!("{url}: no answer within 5 s"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status_line = response.lines().next().unwrap_or_default();
+    if status_line.split_whitespace().nth(1) == Some("200") {
+        Ok(())
+    } else {
+        Err(format!("{url}: {status_line}"))
+    }
+}

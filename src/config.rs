@@ -1,0 +1,144 @@
+//! Every setting, read once at start from flags or the environment (after `.env`).
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use clap::{builder::BoolishValueParser, Args, ValueEnum};
+
+/// A credential or secret: printed as `[redacted]` by `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself: call only where it is compared or used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings shared by every subcommand: how to reach the database and how to log.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// Postgres connection URL, e.g. postgres://postgres@127.0.0.1:5432/thryve.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<Secret>,
+
+    /// Most connections this process opens.
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub database_max_connections: u32,
+
+    /// `text` for people, `json` for log collectors.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Settings of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address the webhook receiver listens on.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8080")]
+    pub bind_addr: SocketAddr,
+
+    /// Accepted HTTP Basic credentials, `user:password`, several comma-separated for rotation.
+    #[arg(long, env = "WEBHOOK_BASIC_AUTH", hide_env_values = true)]
+    pub webhook_basic_auth: Option<Secret>,
+
+    /// Accepted fixed headers, `Header-Name: value`, several comma-separated for rotation.
+    #[arg(long, env = "WEBHOOK_AUTH_HEADER", hide_env_values = true)]
+    pub webhook_auth_header: Option<Secret>,
+
+    /// Run without any credential (only behind something else that authenticates).
+    #[arg(long, env = "WEBHOOK_ALLOW_UNAUTHENTICATED", value_parser = BoolishValueParser::new(), default_value = "false")]
+    pub webhook_allow_unauthenticated: bool,
+
+    /// Largest accepted body, compressed or decompressed, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Time from request start within which the delivery must be committed, else 503.
+    #[arg(long, env = "ACK_DEADLINE_MS", default_value_t = 1500)]
+    pub ack_deadline_ms: u64,
+
+    /// Seconds sent in `Retry-After` with a 503.
+    #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 5)]
+    pub retry_after_secs: u64,
+
+    /// Apply the embedded migrations before serving.
+    #[arg(long, env = "MIGRATE_ON_START", value_parser = BoolishValueParser::new(), default_value = "false")]
+    pub migrate_on_start: bool,
+
+    /// Most deliveries written in one statement (group commit).
+    #[arg(long, env = "INGEST_BATCH_MAX", default_value_t = 128)]
+    pub ingest_batch_max: usize,
+
+    /// Concurrent inbox writers, each holding one connection while it writes.
+    #[arg(long, env = "INGEST_WRITERS", default_value_t = 4)]
+    pub ingest_writers: usize,
+}
+
+impl ServeConfig {
+    pub fn ack_deadline(&self) -> Duration {
+        Duration::from_millis(self.ack_deadline_ms)
+    }
+}
+
+/// A setting that parsed but makes no sense; the message names the variable and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            variable,
+            problem: problem.into(),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn url(&self) -> Result<&str, ConfigError> {
+        self.database_url.as_ref().map(Secret::expose).ok_or_else(|| {
+            ConfigError::new(
+                "DATABASE_URL",
+                "not set; set it (or put it in .env) to e.g. postgres://postgres@127.0.0.1:5432/postgres",
+            )
+        })
+    }
+}

@@ -1,0 +1,56 @@
+//! The connection pool, the embedded migrations and the readiness check.
+
+use std::time::Duration;
+
+use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
+
+/// The files under `migrations/`, embedded; `sqlx migrate run` applies the same files.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// A pool that connects on first use, so the server starts (and reports not ready) while the
+/// database is down, and recovers by itself when it returns.
+pub fn pool(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy(url)
+}
+
+/// Applies every migration not yet applied; safe to run from several processes at once
+/// (sqlx takes an advisory lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Why the service is not ready.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error("database unreachable: {0}")]
+    Unreachable(#[from] sqlx::Error),
+    #[error("database not migrated: at version {have:?}, this build needs {want}; run `thryve-bridge migrate`")]
+    NotMigrated { have: Option<i64>, want: i64 },
+}
+
+/// Ok when the database answers and has every embedded migration applied.
+pub async fn readiness(pool: &PgPool) -> Result<(), NotReady> {
+    let want = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let table_exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    let have: Option<i64> = if table_exists {
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?
+    } else {
+        None
+    };
+    match have {
+        Some(v) if v >= want => Ok(()),
+        have => Err(NotReady::NotMigrated { have, want }),
+    }
+}

@@ -1,0 +1,80 @@
+//! The HTTP layer's one error type and the one place it becomes a status and a JSON body.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+use super::decode::DecodeError;
+
+/// Everything a webhook request can fail with. Internal details (database errors) are logged
+/// by the handler, never sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or wrong credentials")]
+    Unauthorized { basic_challenge: bool },
+    #[error("body is larger than the {0}-byte limit")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    #[error("body must be a JSON object, got {0}")]
+    NotObject(&'static str),
+    #[error("body contains a NUL character (\\u0000), which Postgres cannot store")]
+    NulCharacter,
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error("{reason}; nothing was stored, retry later")]
+    Unavailable {
+        reason: String,
+        retry_after_secs: u64,
+    },
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::TooLarge(_) | ApiError::Decode(DecodeError::TooLarge(_)) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::Decode(DecodeError::UnsupportedEncoding(_)) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::Decode(DecodeError::Corrupt { .. })
+            | ApiError::NotJson(_)
+            | ApiError::NotObject(_)
+            | ApiError::NulCharacter
+            | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response =
+            (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthorized {
+                basic_challenge: true,
+            } => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"thryve-bridge\""),
+                );
+            }
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            _ => {}
+        }
+        response
+    }
+}

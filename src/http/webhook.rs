@@ -1,0 +1,119 @@
+//! `POST /webhooks/thryve`: authenticate, read, decode, classify, commit, then answer.
+
+use std::time::Instant;
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{header, HeaderMap},
+    Json,
+};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Value;
+
+use super::{decode::decode_body, ApiError, AppState};
+use crate::{
+    inbox::{NewDelivery, Receipt},
+    thryve::json_kind,
+};
+
+pub async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Receipt>, ApiError> {
+    let started = Instant::now();
+    let result = handle(&state, &headers, body, started).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match &result {
+        Ok((receipt, event_type)) => tracing::info!(
+            inbox_id = receipt.inbox_id,
+            outcome = ?receipt.outcome,
+            event_type = event_type.as_deref().unwrap_or(""),
+            latency_ms,
+            "delivery"
+        ),
+        Err(error @ ApiError::Unavailable { .. }) => {
+            tracing::warn!(status = error.status().as_u16(), %error, latency_ms, "delivery refused")
+        }
+        Err(error) => {
+            tracing::info!(status = error.status().as_u16(), %error, latency_ms, "delivery rejected")
+        }
+    }
+    result.map(|(receipt, _)| Json(receipt))
+}
+
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+) -> Result<(Receipt, Option<String>), ApiError> {
+    let limits = state.limits;
+    if !state.auth.admits(headers) {
+        return Err(ApiError::Unauthorized {
+            basic_challenge: true,
+        });
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
+        return Err(ApiError::TooLarge(limits.max_body_bytes));
+    }
+    let raw = Limited::new(body, limits.max_body_bytes)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                ApiError::TooLarge(limits.max_body_bytes)
+            } else {
+                ApiError::BodyRead(e.to_string())
+            }
+        })?
+        .to_bytes();
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let decoded = decode_body(encoding, &raw, limits.max_body_bytes)?;
+    let value: Value =
+        serde_json::from_slice(&decoded).map_err(|e| ApiError::NotJson(e.to_string()))?;
+    let Value::Object(object) = value else {
+        return Err(ApiError::NotObject(json_kind(&value)));
+    };
+    if object.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        return Err(ApiError::NulCharacter);
+    }
+    let delivery = NewDelivery::from_body(&object);
+    let event_type = delivery.event_type.clone();
+    let unavailable = |reason: String| ApiError::Unavailable {
+        reason,
+        retry_after_secs: limits.retry_after_secs,
+    };
+    let stored = tokio::time::timeout_at(
+        (started + limits.ack_deadline).into(),
+        state.writer.store(delivery),
+    )
+    .await;
+    match stored {
+        Ok(Ok(receipt)) => Ok((receipt, event_type)),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "inbox write failed");
+            Err(unavailable("database unavailable".to_owned()))
+        }
+        Err(_) => Err(unavailable(format!(
+            "not committed within the {} ms ack deadline",
+            limits.ack_deadline.as_millis()
+        ))),
+    }
+}
+
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}

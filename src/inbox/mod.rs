@@ -1,0 +1,266 @@
+//! The `thryve.inbox` table: turning a decoded body into a row, and the queries on it.
+
+mod writer;
+
+pub use writer::{InboxWriter, WriteError};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::PgExecutor;
+
+use crate::thryve::{self, Event, Parsed};
+
+/// Where a row stands; the text values are the `status` column's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Processed,
+    Quarantined,
+    Ignored,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Processed => "processed",
+            Status::Quarantined => "quarantined",
+            Status::Ignored => "ignored",
+        }
+    }
+}
+
+/// What the receiver tells Thryve about one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Stored,
+    Duplicate,
+    Quarantined,
+    Ignored,
+}
+
+/// A committed delivery: its row and how it was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    pub inbox_id: i64,
+    pub outcome: Outcome,
+}
+
+/// The typed columns of a row, filled for single-span notifications.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypedColumns {
+    pub data_source_id: Option<i32>,
+    pub data_type_ids: Option<Vec<i32>>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub start_day: Option<NaiveDate>,
+    pub end_day: Option<NaiveDate>,
+    pub connected: Option<bool>,
+    pub event_time: Option<DateTime<Utc>>,
+}
+
+/// A delivery ready to be written: everything the row needs, computed without I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub fingerprint: [u8; 32],
+    /// Canonical JSON text of the body.
+    pub payload: String,
+    pub status: Status,
+    pub error: Option<String>,
+    pub event_type: Option<String>,
+    pub end_user_id: Option<String>,
+    pub end_user_alias: Option<String>,
+    pub typed: TypedColumns,
+}
+
+impl NewDelivery {
+    /// Classifies a body and fingerprints its canonical form.
+    ///
+    /// ```
+    /// use thryve_bridge::inbox::{NewDelivery, Status};
+    /// let body = serde_json::json!({"type": "something.new", "endUserId": "u1"});
+    /// let d = NewDelivery::from_body(body.as_object().unwrap());
+    /// assert_eq!(d.status, Status::Ignored);
+    /// assert_eq!(d.end_user_id.as_deref(), Some("u1"));
+    /// ```
+    pub fn from_body(body: &Map<String, Value>) -> Self {
+        let canonical = thryve::canonical_json(&Value::Object(body.clone()));
+        let fingerprint = thryve::fingerprint(&canonical);
+        let payload = String::from_utf8(canonical).expect("serde_json writes UTF-8");
+        let (status, error, envelope, typed) = match thryve::parse(body) {
+            Parsed::Valid(n) => {
+                let typed = typed_columns(&n.event);
+                let envelope = thryve::Envelope {
+                    event_type: Some(n.event_type),
+                    end_user_id: Some(n.end_user_id),
+                    end_user_alias: n.end_user_alias,
+                };
+                (Status::Pending, None, envelope, typed)
+            }
+            Parsed::Invalid { envelope, error } => (
+                Status::Quarantined,
+                Some(error.to_string()),
+                envelope,
+                TypedColumns::default(),
+            ),
+            Parsed::Unknown { envelope } => {
+                (Status::Ignored, None, envelope, TypedColumns::default())
+            }
+        };
+        Self {
+            fingerprint,
+            payload,
+            status,
+            error,
+            event_type: envelope.event_type,
+            end_user_id: envelope.end_user_id,
+            end_user_alias: envelope.end_user_alias,
+            typed,
+        }
+    }
+
+    /// The outcome of a first delivery of this content.
+    pub fn first_outcome(&self) -> Outcome {
+        match self.status {
+            Status::Quarantined => Outcome::Quarantined,
+            Status::Ignored => Outcome::Ignored,
+            Status::Pending | Status::Processed => Outcome::Stored,
+        }
+    }
+}
+
+fn typed_columns(event: &Event) -> TypedColumns {
+    match event {
+        Event::SourceConnection {
+            data_source_id,
+            connected,
+            at,
+        } => TypedColumns {
+            data_source_id: Some(*data_source_id),
+            connected: Some(*connected),
+            event_time: Some(*at),
+            ..TypedColumns::default()
+        },
+        Event::EpochData(span) => TypedColumns {
+            data_source_id: Some(span.data_source_id),
+            data_type_ids: Some(span.data_type_ids.clone()),
+            start_time: Some(span.start),
+            end_time: Some(span.end),
+            ..TypedColumns::default()
+        },
+        Event::DailyData(span) => TypedColumns {
+            data_source_id: Some(span.data_source_id),
+            data_type_ids: Some(span.data_type_ids.clone()),
+            start_day: Some(span.start),
+            end_day: Some(span.end),
+            ..TypedColumns::default()
+        },
+    }
+}
+
+/// One row written by [`insert_batch`].
+#[derive(Debug, sqlx::FromRow)]
+pub struct InsertedRow {
+    pub fingerprint: Vec<u8>,
+    pub id: i64,
+    pub inserted: bool,
+}
+
+/// Writes distinct deliveries in one statement (so one commit): new content becomes a row with
+/// `delivery_count` = its count; known content adds its count to the existing row, and a
+/// `processed` row goes back to `pending` so its work is done again.
+///
+/// `batch` must not repeat a fingerprint. Rows are written in fingerprint order so that
+/// concurrent batches lock the unique index in the same order and cannot deadlock.
+pub async fn insert_batch(
+    executor: impl PgExecutor<'_>,
+    batch: &[(&NewDelivery, i32)],
+) -> sqlx::Result<Vec<InsertedRow>> {
+    let mut fingerprints = Vec::with_capacity(batch.len());
+    let mut event_types = Vec::with_capacity(batch.len());
+    let mut users = Vec::with_capacity(batch.len());
+    let mut aliases = Vec::with_capacity(batch.len());
+    let mut payloads = Vec::with_capacity(batch.len());
+    let mut statuses = Vec::with_capacity(batch.len());
+    let mut errors = Vec::with_capacity(batch.len());
+    let mut counts = Vec::with_capacity(batch.len());
+    let mut sources = Vec::with_capacity(batch.len());
+    let mut types = Vec::with_capacity(batch.len());
+    let mut start_times = Vec::with_capacity(batch.len());
+    let mut end_times = Vec::with_capacity(batch.len());
+    let mut start_days = Vec::with_capacity(batch.len());
+    let mut end_days = Vec::with_capacity(batch.len());
+    let mut connected = Vec::with_capacity(batch.len());
+    let mut event_times = Vec::with_capacity(batch.len());
+    for (d, count) in batch {
+        fingerprints.push(d.fingerprint.to_vec());
+        event_types.push(d.event_type.as_deref());
+        users.push(d.end_user_id.as_deref());
+        aliases.push(d.end_user_alias.as_deref());
+        payloads.push(d.payload.as_str());
+        statuses.push(d.status.as_str());
+        errors.push(d.error.as_deref());
+        counts.push(*count);
+        sources.push(d.typed.data_source_id);
+        // unnest() would flatten an int[][] of ragged rows, so the arrays travel as text.
+        types.push(
+            d.typed
+                .data_type_ids
+                .as_ref()
+                .map(|ids| int_array_literal(ids)),
+        );
+        start_times.push(d.typed.start_time);
+        end_times.push(d.typed.end_time);
+        start_days.push(d.typed.start_day);
+        end_days.push(d.typed.end_day);
+        connected.push(d.typed.connected);
+        event_times.push(d.typed.event_time);
+    }
+    sqlx::query_as::<_, InsertedRow>(
+        r#"
+        INSERT INTO thryve.inbox AS i (
+            fingerprint, event_type, end_user_id, end_user_alias, payload, status, error,
+            delivery_count, data_source_id, data_type_ids, start_time, end_time, start_day,
+            end_day, connected, event_time)
+        SELECT f, et, u, a, p::jsonb, s, e, c, ds, dt::integer[], st, en, sd, ed, cn, ev
+        FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::text[], $8::integer[], $9::integer[], $10::text[], $11::timestamptz[],
+                    $12::timestamptz[], $13::date[], $14::date[], $15::boolean[],
+                    $16::timestamptz[])
+             AS t(f, et, u, a, p, s, e, c, ds, dt, st, en, sd, ed, cn, ev)
+        ORDER BY f
+        ON CONFLICT (fingerprint) DO UPDATE SET
+            delivery_count   = i.delivery_count + EXCLUDED.delivery_count,
+            last_received_at = now(),
+            status           = CASE WHEN i.status = 'processed' THEN 'pending' ELSE i.status END,
+            processed_at     = CASE WHEN i.status = 'processed' THEN NULL ELSE i.processed_at END
+        RETURNING fingerprint, id, (xmax = 0) AS inserted
+        "#,
+    )
+    .bind(fingerprints)
+    .bind(event_types)
+    .bind(users)
+    .bind(aliases)
+    .bind(payloads)
+    .bind(statuses)
+    .bind(errors)
+    .bind(counts)
+    .bind(sources)
+    .bind(types)
+    .bind(start_times)
+    .bind(end_times)
+    .bind(start_days)
+    .bind(end_days)
+    .bind(connected)
+    .bind(event_times)
+    .fetch_all(executor)
+    .await
+}
+
+fn int_array_literal(ids: &[i32]) -> String {
+    let inner: Vec<String> = ids.iter().map(i32::to_string).collect();
+    format!("{{{}}}", inner.join(","))
+}

@@ -1,0 +1,185 @@
+//! Group commit: concurrent deliveries share one INSERT (one commit), each answered only after it.
+
+use std::{collections::HashMap, sync::Arc};
+
+use sqlx::PgPool;
+use tokio::{
+    sync::{mpsc, oneshot, Mutex, Notify},
+    task::JoinHandle,
+};
+
+use super::{insert_batch, NewDelivery, Outcome, Receipt};
+
+/// Why a delivery was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the inbox writer has stopped")]
+    Closed,
+}
+
+struct Job {
+    delivery: NewDelivery,
+    reply: oneshot::Sender<Result<Receipt, Arc<WriteError>>>,
+}
+
+/// Hands deliveries to a few writer tasks that each take whatever has queued up (up to
+/// `batch_max`) and write it in one statement. An idle writer takes the next delivery at
+/// once, so a lone request waits for nothing; under load, batches form by themselves.
+///
+/// The writers stop once every clone of the `InboxWriter` is dropped and the queue is empty,
+/// so a server that drains its requests before dropping its state loses nothing queued.
+#[derive(Clone)]
+pub struct InboxWriter {
+    queue: mpsc::Sender<Job>,
+}
+
+impl InboxWriter {
+    /// Starts `writers` tasks on `pool`; `committed` is notified after every successful write.
+    pub fn start(
+        pool: PgPool,
+        writers: usize,
+        batch_max: usize,
+        committed: Arc<Notify>,
+    ) -> (Self, Vec<JoinHandle<()>>) {
+        let batch_max = batch_max.max(1);
+        let (queue, jobs) = mpsc::channel(batch_max * writers.max(1) * 4);
+        let jobs = Arc::new(Mutex::new(jobs));
+        let tasks = (0..writers.max(1))
+            .map(|_| {
+                tokio::spawn(write_loop(
+                    pool.clone(),
+                    jobs.clone(),
+                    batch_max,
+                    committed.clone(),
+                ))
+            })
+            .collect();
+        (Self { queue }, tasks)
+    }
+
+    /// Commits `delivery` and says how it was taken. Dropping the returned future abandons
+    /// the wait, not the write: the delivery may still commit (a later retry is then a duplicate).
+    pub async fn store(&self, delivery: NewDelivery) -> Result<Receipt, Arc<WriteError>> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { delivery, reply })
+            .await
+            .map_err(|_| Arc::new(WriteError::Closed))?;
+        answer.await.map_err(|_| Arc::new(WriteError::Closed))?
+    }
+}
+
+async fn write_loop(
+    pool: PgPool,
+    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    batch_max: usize,
+    committed: Arc<Notify>,
+) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut jobs = jobs.lock().await;
+            match jobs.recv().await {
+                Some(job) => batch.push(job),
+                None => return,
+            }
+            while batch.len() < batch_max {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        write_batch(&pool, batch, &committed).await;
+    }
+}
+
+/// Identical deliveries in one batch become one row with their count; the first of them gets
+/// the row's outcome and the rest `duplicate`, as if they had come one after another.
+async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &Notify) {
+    let mut groups: Vec<Vec<Job>> = Vec::new();
+    let mut index: HashMap<[u8; 32], usize> = HashMap::new();
+    for job in batch {
+        match index.get(&job.delivery.fingerprint) {
+            Some(&i) => groups[i].push(job),
+            None => {
+                index.insert(job.delivery.fingerprint, groups.len());
+                groups.push(vec![job]);
+            }
+        }
+    }
+    match write_groups(pool, &groups).await {
+        Ok(receipts) => {
+            committed.notify_one();
+            answer(groups, receipts);
+        }
+        // A statement error (not a lost connection) may come from one row: write the rows one
+        // by one so the others still commit and only the bad one is refused.
+        Err(WriteError::Database(sqlx::Error::Database(_))) if groups.len() > 1 => {
+            for group in groups {
+                let group = vec![group];
+                match write_groups(pool, &group).await {
+                    Ok(receipts) => {
+                        committed.notify_one();
+                        answer(group, receipts);
+                    }
+                    Err(error) => fail(group, error),
+                }
+            }
+        }
+        Err(error) => fail(groups, error),
+    }
+}
+
+async fn write_groups(pool: &PgPool, groups: &[Vec<Job>]) -> Result<Vec<Receipt>, WriteError> {
+    let rows: Vec<(&NewDelivery, i32)> = groups
+        .iter()
+        .map(|g| (&g[0].delivery, i32::try_from(g.len()).unwrap_or(i32::MAX)))
+        .collect();
+    let written = insert_batch(pool, &rows).await?;
+    let by_fingerprint: HashMap<&[u8], (i64, bool)> = written
+        .iter()
+        .map(|r| (r.fingerprint.as_slice(), (r.id, r.inserted)))
+        .collect();
+    groups
+        .iter()
+        .map(|g| {
+            let d = &g[0].delivery;
+            let &(inbox_id, inserted) = by_fingerprint
+                .get(&d.fingerprint[..])
+                .ok_or(WriteError::Database(sqlx::Error::RowNotFound))?;
+            let outcome = if inserted {
+                d.first_outcome()
+            } else {
+                Outcome::Duplicate
+            };
+            Ok(Receipt { inbox_id, outcome })
+        })
+        .collect()
+}
+
+fn answer(groups: Vec<Vec<Job>>, receipts: Vec<Receipt>) {
+    for (group, receipt) in groups.into_iter().zip(receipts) {
+        for (i, job) in group.into_iter().enumerate() {
+            let outcome = if i == 0 {
+                receipt.outcome
+            } else {
+                Outcome::Duplicate
+            };
+            // The requester may have given up at its deadline; the row is committed regardless.
+            let _ = job.reply.send(Ok(Receipt {
+                inbox_id: receipt.inbox_id,
+                outcome,
+            }));
+        }
+    }
+}
+
+fn fail(groups: Vec<Vec<Job>>, error: WriteError) {
+    let error = Arc::new(error);
+    for job in groups.into_iter().flatten() {
+        let _ = job.reply.send(Err(error.clone()));
+    }
+}

@@ -1,0 +1,14 @@
+//! thryve-bridge: receives Thryve webhooks into a Postgres inbox (committed before the 200)
+//! and turns them into coalesced per-user dirty ranges for downstream jobs.
+//!
+//! A delivery's path: [`http`] (auth, decode) -> [`thryve`] (pure parsing) -> [`inbox`]
+//! (group-committed rows).
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod inbox;
+pub mod server;
+pub mod telemetry;
+pub mod thryve;

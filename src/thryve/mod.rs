@@ -1,0 +1,9 @@
+//! Thryve's webhook payloads: JSON in, a typed notification or a typed reason out. Pure: no I/O, no clock.
+
+mod canonical;
+mod notification;
+
+pub use canonical::{canonical_json, fingerprint};
+pub use notification::{
+    json_kind, parse, DaySpan, Envelope, Event, InstantSpan, Notification, ParseError, Parsed,
+};
