@@ -1,0 +1,5 @@
+//! Black-box tests: the real server on a random port, a fresh Postgres database per test.
+
+mod helpers;
+mod proxy;
+mod receiver;
