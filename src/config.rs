@@ -107,6 +107,27 @@ pub struct ServeConfig {
     /// Concurrent inbox writers, each holding one connection while it writes.
     #[arg(long, env = "INGEST_WRITERS", default_value_t = 4)]
     pub ingest_writers: usize,
+
+    /// Serve `POST /webhooks/thryve` (false: a poller-only instance; health and metrics stay up).
+    #[arg(long, env = "RECEIVER_ENABLED", value_parser = BoolishValueParser::new(), default_value = "true")]
+    pub receiver_enabled: bool,
+
+    /// Run the poller that turns inbox rows into dirty ranges in this process.
+    #[arg(long, env = "POLLER_ENABLED", value_parser = BoolishValueParser::new(), default_value = "true")]
+    pub poller_enabled: bool,
+
+    /// Most inbox rows the poller handles per transaction.
+    #[arg(long, env = "POLL_BATCH_SIZE", default_value_t = 500)]
+    pub poll_batch_size: i64,
+
+    /// Longest pause between polls when nothing wakes the poller, in ms.
+    #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+
+    /// Receivers NOTIFY and pollers LISTEN on channel thryve_inbox, so pollers in other
+    /// processes wake at once (one NOTIFY per burst of commits, off the request path).
+    #[arg(long, env = "POLL_NOTIFY", value_parser = BoolishValueParser::new(), default_value = "true")]
+    pub poll_notify: bool,
 }
 
 impl ServeConfig {

@@ -2,13 +2,18 @@
 //! and turns them into coalesced per-user dirty ranges for downstream jobs.
 //!
 //! A delivery's path: [`http`] (auth, decode) -> [`thryve`] (pure parsing) -> [`inbox`]
-//! (group-committed rows).
+//! (group-committed rows) -> [`poller`] -> [`ranges`] (coalesced dirty ranges and the
+//! consumer API).
 
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod http;
 pub mod inbox;
+pub mod poller;
+pub mod ranges;
 pub mod server;
+pub mod sources;
 pub mod telemetry;
 pub mod thryve;
+pub mod values;

@@ -1,9 +1,9 @@
 //! Builds the service from its configuration and runs it until told to stop.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
-use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -11,6 +11,7 @@ use crate::{
     db,
     http::{self, auth::Authenticator, AppState, Limits},
     inbox::InboxWriter,
+    poller::{self, Poller, PollerConfig},
 };
 
 /// Why the service could not start or stopped with an error.
@@ -35,6 +36,9 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     writers: Vec<JoinHandle<()>>,
+    poller: Option<Poller>,
+    wake: watch::Receiver<u64>,
+    notify: Option<PgPool>,
 }
 
 impl Application {
@@ -47,6 +51,18 @@ impl Application {
         )?;
         if config.max_body_bytes == 0 {
             return Err(ConfigError::new("MAX_BODY_BYTES", "must be at least 1").into());
+        }
+        if config.poll_batch_size < 1 {
+            return Err(
+                ConfigError::new("POLL_BATCH_SIZE", "must be at least 1 (default 500)").into(),
+            );
+        }
+        if config.ingest_batch_max == 0 || config.ingest_writers == 0 {
+            return Err(ConfigError::new(
+                "INGEST_WRITERS",
+                "INGEST_WRITERS and INGEST_BATCH_MAX must be at least 1",
+            )
+            .into());
         }
         if config.ack_deadline_ms == 0 {
             return Err(
@@ -63,13 +79,24 @@ impl Application {
                 addr: config.bind_addr,
                 source,
             })?;
-        let committed = Arc::new(Notify::new());
+        let (committed, wake) = watch::channel(0u64);
+        let committed = Arc::new(committed);
         let (writer, writers) = InboxWriter::start(
             pool.clone(),
             config.ingest_writers,
             config.ingest_batch_max,
-            committed,
+            committed.clone(),
         );
+        let poller = config.poller_enabled.then(|| {
+            Poller::new(
+                pool.clone(),
+                PollerConfig {
+                    batch_size: config.poll_batch_size,
+                    interval: Duration::from_millis(config.poll_interval_ms),
+                    listen: config.poll_notify,
+                },
+            )
+        });
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             bind_addr = %listener.local_addr().map_err(StartError::Serve)?,
@@ -78,10 +105,15 @@ impl Application {
             ack_deadline_ms = config.ack_deadline_ms,
             ingest_writers = config.ingest_writers,
             ingest_batch_max = config.ingest_batch_max,
+            receiver = config.receiver_enabled,
+            poller = config.poller_enabled,
+            poll_batch_size = config.poll_batch_size,
+            poll_interval_ms = config.poll_interval_ms,
+            poll_notify = config.poll_notify,
             "thryve-bridge started"
         );
         let state = AppState {
-            pool,
+            pool: pool.clone(),
             writer,
             auth: Arc::new(auth),
             limits: Limits {
@@ -89,11 +121,15 @@ impl Application {
                 ack_deadline: config.ack_deadline(),
                 retry_after_secs: config.retry_after_secs,
             },
+            receiver_enabled: config.receiver_enabled,
         };
         Ok(Self {
             listener,
             state,
             writers,
+            poller,
+            wake,
+            notify: (config.poll_notify && config.receiver_enabled).then_some(pool),
         })
     }
 
@@ -104,22 +140,57 @@ impl Application {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests
-    /// finish (each still commits before its answer) and waits for the inbox writers to drain.
+    /// finish (each still commits before its answer), waits for the inbox writers to drain
+    /// and for the poller to finish its batch.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let Self {
             listener,
             state,
             writers,
+            poller,
+            wake,
+            notify,
         } = self;
+        let poller = poller.map(|p| tokio::spawn(p.run(wake.clone(), shutdown.clone())));
+        let notifier = notify.map(|pool| tokio::spawn(notify_loop(pool, wake, shutdown.clone())));
         let router = http::app(state);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
-            .map_err(StartError::Serve)?;
+            .map_err(StartError::Serve);
+        // Also stop the background tasks if the server ended by itself.
+        shutdown.cancel();
         for writer in writers {
             let _ = writer.await;
         }
+        for task in poller.into_iter().chain(notifier) {
+            let _ = task.await;
+        }
+        served?;
         tracing::info!("thryve-bridge stopped");
         Ok(())
+    }
+}
+
+/// Tells pollers in other processes that the inbox has new rows: one `NOTIFY` per burst of
+/// commits, sent from here rather than inside each commit so it adds nothing to ack latency.
+async fn notify_loop(
+    pool: PgPool,
+    mut committed: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = committed.changed() => if changed.is_err() { return },
+        }
+        committed.borrow_and_update();
+        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(poller::CHANNEL)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(%error, "NOTIFY failed; pollers elsewhere fall back to their interval");
+        }
     }
 }

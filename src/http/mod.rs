@@ -34,12 +34,18 @@ pub struct AppState {
     pub writer: InboxWriter,
     pub auth: Arc<Authenticator>,
     pub limits: Limits,
+    /// False on a poller-only instance: the webhook route is not served.
+    pub receiver_enabled: bool,
 }
 
 /// The router, apart from any listener, so tests can drive it in-process or over a socket.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/webhooks/thryve", post(webhook::receive))
+    let router = if state.receiver_enabled {
+        Router::new().route("/webhooks/thryve", post(webhook::receive))
+    } else {
+        Router::new()
+    };
+    router
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .with_state(state)

@@ -260,7 +260,82 @@ pub async fn insert_batch(
     .await
 }
 
-fn int_array_literal(ids: &[i32]) -> String {
+pub(crate) fn int_array_literal(ids: &[i32]) -> String {
     let inner: Vec<String> = ids.iter().map(i32::to_string).collect();
     format!("{{{}}}", inner.join(","))
+}
+
+/// A pending row as the poller sees it: the typed columns, and the payload only where the
+/// typed columns do not describe the whole event (`data_source_id` is null).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingRow {
+    pub id: i64,
+    pub event_type: Option<String>,
+    pub end_user_id: Option<String>,
+    pub data_source_id: Option<i32>,
+    pub data_type_ids: Option<Vec<i32>>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub start_day: Option<NaiveDate>,
+    pub end_day: Option<NaiveDate>,
+    pub connected: Option<bool>,
+    pub event_time: Option<DateTime<Utc>>,
+    pub payload: Option<Value>,
+}
+
+const PENDING_COLUMNS: &str =
+    "i.id, i.event_type, i.end_user_id, i.data_source_id, i.data_type_ids,
+    i.start_time, i.end_time, i.start_day, i.end_day, i.connected, i.event_time,
+    CASE WHEN i.data_source_id IS NULL THEN i.payload END AS payload";
+
+/// Locks up to `limit` pending rows, oldest first, skipping rows another poller holds. The
+/// CTE is materialised so the LIMIT is applied once, before the join.
+pub async fn claim_pending(
+    executor: impl PgExecutor<'_>,
+    limit: i64,
+) -> sqlx::Result<Vec<PendingRow>> {
+    sqlx::query_as(&format!(
+        "WITH batch AS MATERIALIZED (
+             SELECT id FROM thryve.inbox WHERE status = 'pending'
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         SELECT {PENDING_COLUMNS} FROM thryve.inbox i JOIN batch USING (id) ORDER BY i.id"
+    ))
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// Locks one row if it is still pending and free.
+pub async fn claim_one(executor: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<PendingRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {PENDING_COLUMNS} FROM thryve.inbox i
+         WHERE i.id = $1 AND i.status = 'pending' FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+}
+
+/// Sets the final status of rows the poller has handled; `errors[i]` goes with `ids[i]`.
+pub async fn finish(
+    executor: impl PgExecutor<'_>,
+    ids: &[i64],
+    statuses: &[&str],
+    errors: &[Option<String>],
+) -> sqlx::Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query(
+        "UPDATE thryve.inbox i SET status = u.status, error = coalesce(u.error, i.error),
+                processed_at = CASE WHEN u.status = 'processed' THEN now() ELSE i.processed_at END
+         FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, status, error)
+         WHERE i.id = u.id",
+    )
+    .bind(ids)
+    .bind(statuses)
+    .bind(errors)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
 }

@@ -4,7 +4,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use sqlx::PgPool;
 use tokio::{
-    sync::{mpsc, oneshot, Mutex, Notify},
+    sync::{mpsc, oneshot, watch, Mutex},
     task::JoinHandle,
 };
 
@@ -36,12 +36,13 @@ pub struct InboxWriter {
 }
 
 impl InboxWriter {
-    /// Starts `writers` tasks on `pool`; `committed` is notified after every successful write.
+    /// Starts `writers` tasks on `pool`; `committed` is bumped after every successful write
+    /// (the poller and the NOTIFY task watch it).
     pub fn start(
         pool: PgPool,
         writers: usize,
         batch_max: usize,
-        committed: Arc<Notify>,
+        committed: Arc<watch::Sender<u64>>,
     ) -> (Self, Vec<JoinHandle<()>>) {
         let batch_max = batch_max.max(1);
         let (queue, jobs) = mpsc::channel(batch_max * writers.max(1) * 4);
@@ -75,7 +76,7 @@ async fn write_loop(
     pool: PgPool,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     batch_max: usize,
-    committed: Arc<Notify>,
+    committed: Arc<watch::Sender<u64>>,
 ) {
     loop {
         let mut batch = Vec::new();
@@ -98,7 +99,7 @@ async fn write_loop(
 
 /// Identical deliveries in one batch become one row with their count; the first of them gets
 /// the row's outcome and the rest `duplicate`, as if they had come one after another.
-async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &Notify) {
+async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &watch::Sender<u64>) {
     let mut groups: Vec<Vec<Job>> = Vec::new();
     let mut index: HashMap<[u8; 32], usize> = HashMap::new();
     for job in batch {
@@ -112,7 +113,7 @@ async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &Notify) {
     }
     match write_groups(pool, &groups).await {
         Ok(receipts) => {
-            committed.notify_one();
+            committed.send_modify(|n| *n += 1);
             answer(groups, receipts);
         }
         // A statement error (not a lost connection) may come from one row: write the rows one
@@ -122,7 +123,7 @@ async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &Notify) {
                 let group = vec![group];
                 match write_groups(pool, &group).await {
                     Ok(receipts) => {
-                        committed.notify_one();
+                        committed.send_modify(|n| *n += 1);
                         answer(group, receipts);
                     }
                     Err(error) => fail(group, error),

@@ -97,7 +97,8 @@ impl Drop for TestDb {
     }
 }
 
-/// The service's settings in tests: two valid Basic passwords, quick deadlines.
+/// The service's settings in tests: two valid Basic passwords; the poller off, so a test
+/// drives it (or turns it on) itself.
 pub fn test_config() -> ServeConfig {
     ServeConfig {
         bind_addr: "127.0.0.1:0".parse().unwrap(),
@@ -112,6 +113,11 @@ pub fn test_config() -> ServeConfig {
         migrate_on_start: false,
         ingest_batch_max: 128,
         ingest_writers: 4,
+        receiver_enabled: true,
+        poller_enabled: false,
+        poll_batch_size: 500,
+        poll_interval_ms: 1000,
+        poll_notify: true,
     }
 }
 

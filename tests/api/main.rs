@@ -1,5 +1,7 @@
 //! Black-box tests: the real server on a random port, a fresh Postgres database per test.
 
 mod helpers;
+mod invariants;
+mod poller;
 mod proxy;
 mod receiver;

@@ -1,0 +1,216 @@
+//! `thryve.dirty_ranges`: merging new spans in, and the consumer API that claims, completes,
+//! fails and extends ranges (thin wrappers over the SQL functions users may call directly).
+
+mod coalesce;
+
+pub use coalesce::{coalesce, Extent, Granularity, MergedSpan};
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::{PgExecutor, PgPool};
+
+/// One row of `thryve.dirty_ranges`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct DirtyRange {
+    pub id: i64,
+    pub end_user_id: String,
+    pub data_source_id: i32,
+    pub granularity: String,
+    pub data_type_ids: Vec<i32>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub start_day: Option<NaiveDate>,
+    pub end_day: Option<NaiveDate>,
+    pub status: String,
+    pub notification_count: i32,
+    pub first_dirtied_at: DateTime<Utc>,
+    pub last_dirtied_at: DateTime<Utc>,
+    pub claimed_by: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub available_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl DirtyRange {
+    /// The Thryve data-API call that re-fetches this range: its path and JSON body (add your
+    /// own credentials). One range is one user, one source, its types, one span.
+    ///
+    /// ```
+    /// # use thryve_bridge::ranges::DirtyRange;
+    /// # fn show(range: &DirtyRange) {
+    /// let (path, body) = range.thryve_request();
+    /// assert!(path == "/v5/dynamicEpochValues" || path == "/v5/dailyDynamicValues");
+    /// assert_eq!(body["authenticationToken"], range.end_user_id.as_str());
+    /// # }
+    /// ```
+    pub fn thryve_request(&self) -> (&'static str, Value) {
+        let types: Vec<String> = self.data_type_ids.iter().map(i32::to_string).collect();
+        match (self.start_time, self.end_time, self.start_day, self.end_day) {
+            (Some(start), Some(end), _, _) => (
+                "/v5/dynamicEpochValues",
+                json!({
+                    "authenticationToken": self.end_user_id,
+                    "startTimestampUnix": start.timestamp_millis(),
+                    "endTimestampUnix": end.timestamp_millis(),
+                    "dataSources": self.data_source_id.to_string(),
+                    "valueTypes": types.join(","),
+                }),
+            ),
+            (_, _, start, end) => (
+                "/v5/dailyDynamicValues",
+                json!({
+                    "authenticationToken": self.end_user_id,
+                    "startDay": start.map(|d| d.to_string()),
+                    "endDay": end.map(|d| d.to_string()),
+                    "dataSources": self.data_source_id.to_string(),
+                    "valueTypes": types.join(","),
+                }),
+            ),
+        }
+    }
+}
+
+/// Merges spans into pending work in one statement (`thryve.merge_dirty_ranges`), which
+/// takes each key's lock in a global order. Returns how many spans were merged.
+pub async fn merge_spans(executor: impl PgExecutor<'_>, spans: &[MergedSpan]) -> sqlx::Result<i32> {
+    if spans.is_empty() {
+        return Ok(0);
+    }
+    let mut users = Vec::with_capacity(spans.len());
+    let mut sources = Vec::with_capacity(spans.len());
+    let mut granularities = Vec::with_capacity(spans.len());
+    let mut types = Vec::with_capacity(spans.len());
+    let mut start_times = Vec::with_capacity(spans.len());
+    let mut end_times = Vec::with_capacity(spans.len());
+    let mut start_days = Vec::with_capacity(spans.len());
+    let mut end_days = Vec::with_capacity(spans.len());
+    let mut counts = Vec::with_capacity(spans.len());
+    for s in spans {
+        users.push(s.end_user_id.as_str());
+        sources.push(s.data_source_id);
+        granularities.push(s.granularity().as_str());
+        types.push(crate::inbox::int_array_literal(&s.data_type_ids));
+        let (st, et, sd, ed) = match s.extent {
+            Extent::Epoch(a, b) => (Some(a), Some(b), None, None),
+            Extent::Daily(a, b) => (None, None, Some(a), Some(b)),
+        };
+        start_times.push(st);
+        end_times.push(et);
+        start_days.push(sd);
+        end_days.push(ed);
+        counts.push(s.notification_count);
+    }
+    sqlx::query_scalar(
+        "SELECT thryve.merge_dirty_ranges($1::text[], $2::integer[], $3::text[], $4::text[],
+                $5::timestamptz[], $6::timestamptz[], $7::date[], $8::date[], $9::integer[])",
+    )
+    .bind(users)
+    .bind(sources)
+    .bind(granularities)
+    .bind(types)
+    .bind(start_times)
+    .bind(end_times)
+    .bind(start_days)
+    .bind(end_days)
+    .bind(counts)
+    .fetch_one(executor)
+    .await
+}
+
+/// A downstream worker's handle on the dirty ranges: claim, then complete or fail each.
+///
+/// ```no_run
+/// # async fn job(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+/// use std::time::Duration;
+/// use thryve_bridge::ranges::Consumer;
+/// let consumer = Consumer::new(pool, "refetch-worker-1");
+/// for range in consumer.claim(10, Duration::from_secs(300)).await? {
+///     let (path, body) = range.thryve_request();
+///     // POST body to https://api.thryve.de{path}; store what comes back ...
+///     consumer.complete(range.id).await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    pool: PgPool,
+    worker: String,
+}
+
+impl Consumer {
+    /// `worker` names this claimer; it must be unique among concurrent workers.
+    pub fn new(pool: PgPool, worker: impl Into<String>) -> Self {
+        Self {
+            pool,
+            worker: worker.into(),
+        }
+    }
+
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// Claims up to `max` ranges, oldest work first, held for `lease`.
+    pub async fn claim(&self, max: i32, lease: Duration) -> sqlx::Result<Vec<DirtyRange>> {
+        sqlx::query_as("SELECT * FROM thryve.claim_dirty_ranges($1, $2, make_interval(secs => $3))")
+            .bind(&self.worker)
+            .bind(max)
+            .bind(lease.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Marks a claimed range done; false if this worker no longer holds it.
+    pub async fn complete(&self, range_id: i64) -> sqlx::Result<bool> {
+        sqlx::query_scalar("SELECT thryve.complete_dirty_range($1, $2)")
+            .bind(range_id)
+            .bind(&self.worker)
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Records a failed attempt: the range retries after `retry_in`, or ends `failed` once out
+    /// of attempts. False if this worker no longer holds it.
+    pub async fn fail(&self, range_id: i64, error: &str, retry_in: Duration) -> sqlx::Result<bool> {
+        sqlx::query_scalar("SELECT thryve.fail_dirty_range($1, $2, $3, make_interval(secs => $4))")
+            .bind(range_id)
+            .bind(&self.worker)
+            .bind(error)
+            .bind(retry_in.as_secs_f64())
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Keeps a long job's claim: the lease now ends `lease` from now. False if lost.
+    pub async fn extend_lease(&self, range_id: i64, lease: Duration) -> sqlx::Result<bool> {
+        sqlx::query_scalar(
+            "SELECT thryve.extend_dirty_range_lease($1, $2, make_interval(secs => $3))",
+        )
+        .bind(range_id)
+        .bind(&self.worker)
+        .bind(lease.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await
+    }
+}
+
+/// Ranges in `status` (any status if `None`), oldest first, at most `limit`.
+pub async fn list(
+    executor: impl PgExecutor<'_>,
+    status: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<DirtyRange>> {
+    sqlx::query_as(
+        "SELECT * FROM thryve.dirty_ranges WHERE $1::text IS NULL OR status = $1
+         ORDER BY first_dirtied_at, id LIMIT $2",
+    )
+    .bind(status)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
