@@ -133,7 +133,7 @@ fn joins(cur: &Extent, next: &Extent) -> bool {
         (Extent::Epoch(_, end), Extent::Epoch(start, _)) => start <= end,
         (Extent::Daily(_, end), Extent::Daily(start, _)) => end
             .checked_add_days(Days::new(1))
-            .map_or(true, |after| *start <= after),
+            .is_none_or(|after| *start <= after),
         _ => false,
     }
 }
