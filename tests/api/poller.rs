@@ -200,7 +200,7 @@ async fn each_merge_case_gives_the_expected_pending_ranges() {
             if !one_batch {
                 poller.drain().await.unwrap();
             }
-            store(&db, &[news.clone()]).await;
+            store(&db, std::slice::from_ref(&news)).await;
             poller.drain().await.unwrap();
             let expected: Vec<EpochShape> = expected
                 .iter()
@@ -322,7 +322,7 @@ async fn the_same_notification_after_its_range_was_claimed_makes_new_work() {
         "2024-01-01T11:00:00Z",
         &[1],
     );
-    store(&db, &[body.clone()]).await;
+    store(&db, std::slice::from_ref(&body)).await;
     poller(&db).drain().await.unwrap();
     let worker = Consumer::new(db.pool.clone(), "w1");
     let range = worker
