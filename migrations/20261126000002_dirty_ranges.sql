@@ -174,10 +174,13 @@ BEGIN
            least(min(d.first_dirtied_at), p_first_dirtied_at),
            greatest(max(d.attempts), p_attempts),
            greatest(max(d.available_at), p_available_at),
-           coalesce(p_last_error, max(d.last_error))
+           coalesce(p_last_error, max(d.last_error)),
+           -- now() is the transaction's start: a transaction that began earlier but merges
+           -- later must not move last_dirtied_at back.
+           greatest(max(d.last_dirtied_at), now())
       INTO v_new.start_time, v_new.end_time, v_new.start_day, v_new.end_day,
            v_new.notification_count, v_new.first_dirtied_at, v_new.attempts,
-           v_new.available_at, v_new.last_error
+           v_new.available_at, v_new.last_error, v_new.last_dirtied_at
       FROM thryve.dirty_ranges d WHERE d.id = ANY (v_ids);
     v_new.data_type_ids := ARRAY(
         SELECT DISTINCT t FROM (
@@ -195,7 +198,7 @@ BEGIN
         end_day            = v_new.end_day,
         notification_count = v_new.notification_count,
         first_dirtied_at   = v_new.first_dirtied_at,
-        last_dirtied_at    = now(),
+        last_dirtied_at    = v_new.last_dirtied_at,
         attempts           = v_new.attempts,
         available_at       = v_new.available_at,
         last_error         = v_new.last_error

@@ -3,5 +3,6 @@
 mod helpers;
 mod invariants;
 mod poller;
+mod properties;
 mod proxy;
 mod receiver;
