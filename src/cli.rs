@@ -1,4 +1,5 @@
-//! The `thryve-bridge` command line: `serve` (the default), `migrate`, `healthcheck`.
+//! The `thryve-bridge` command line: `serve` (the default), `migrate`, `healthcheck`, and the
+//! operator commands, which print JSON.
 
 use std::{process::ExitCode, time::Duration};
 
@@ -9,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{DatabaseConfig, ServeConfig},
     db,
+    ranges::{self, Consumer},
     server::Application,
     telemetry,
 };
@@ -43,6 +45,54 @@ pub enum Command {
             default_value = "http://127.0.0.1:8080/readyz"
         )]
         url: String,
+    },
+    /// Claim, complete, fail or list dirty ranges by hand (JSON out).
+    #[command(subcommand)]
+    Ranges(RangesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RangesCommand {
+    /// Claim up to --max ranges, oldest first; prints them with the Thryve call for each.
+    Claim {
+        #[arg(long)]
+        worker: String,
+        #[arg(long, default_value_t = 10)]
+        max: i32,
+        #[arg(long, default_value_t = 300)]
+        lease_secs: u64,
+    },
+    /// Mark a claimed range done (exit 1 if the worker no longer holds it).
+    Complete {
+        range_id: i64,
+        #[arg(long)]
+        worker: String,
+    },
+    /// Record a failed attempt: retried after --retry-in-secs, or failed when out of attempts.
+    Fail {
+        range_id: i64,
+        #[arg(long)]
+        worker: String,
+        #[arg(long)]
+        error: String,
+        #[arg(long, default_value_t = 60)]
+        retry_in_secs: u64,
+    },
+    /// Extend a claimed range's lease (exit 1 if the worker no longer holds it).
+    Extend {
+        range_id: i64,
+        #[arg(long)]
+        worker: String,
+        #[arg(long, default_value_t = 300)]
+        lease_secs: u64,
+    },
+    /// List ranges, oldest first.
+    List {
+        /// pending, claimed, done or failed (all when absent).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
     },
 }
 
@@ -113,6 +163,93 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
             Ok(())
         }
         Command::Healthcheck { url } => healthcheck(&url).await,
+        Command::Ranges(command) => {
+            let pool = db::pool(
+                database.url().map_err(|e| e.to_string())?,
+                2,
+                Duration::from_secs(30),
+            )
+            .map_err(|e| format!("DATABASE_URL: {e}"))?;
+            ranges_command(command, pool).await
+        }
+    }
+}
+
+async fn ranges_command(command: RangesCommand, pool: sqlx::PgPool) -> Result<(), String> {
+    let db_error = |e: sqlx::Error| format!("database: {e}");
+    let held = |range_id: i64, action: &str, ok: bool| {
+        println!(
+            "{}",
+            serde_json::json!({ "range_id": range_id, action: ok })
+        );
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("range {range_id}: this worker does not hold its claim (lease expired and re-claimed, or never claimed)"))
+        }
+    };
+    match command {
+        RangesCommand::Claim {
+            worker,
+            max,
+            lease_secs,
+        } => {
+            let claimed = Consumer::new(pool, worker)
+                .claim(max, Duration::from_secs(lease_secs))
+                .await
+                .map_err(db_error)?;
+            let out: Vec<serde_json::Value> = claimed
+                .iter()
+                .map(|range| {
+                    let (path, body) = range.thryve_request();
+                    let mut value = serde_json::to_value(range).expect("a range serialises");
+                    value["thryve_request"] = serde_json::json!({ "path": path, "body": body });
+                    value
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(out));
+            Ok(())
+        }
+        RangesCommand::Complete { range_id, worker } => {
+            let ok = Consumer::new(pool, worker)
+                .complete(range_id)
+                .await
+                .map_err(db_error)?;
+            held(range_id, "completed", ok)
+        }
+        RangesCommand::Fail {
+            range_id,
+            worker,
+            error,
+            retry_in_secs,
+        } => {
+            let ok = Consumer::new(pool, worker)
+                .fail(range_id, &error, Duration::from_secs(retry_in_secs))
+                .await
+                .map_err(db_error)?;
+            held(range_id, "failed", ok)
+        }
+        RangesCommand::Extend {
+            range_id,
+            worker,
+            lease_secs,
+        } => {
+            let ok = Consumer::new(pool, worker)
+                .extend_lease(range_id, Duration::from_secs(lease_secs))
+                .await
+                .map_err(db_error)?;
+            held(range_id, "extended", ok)
+        }
+        RangesCommand::List { status, limit } => {
+            let ranges = ranges::list(&pool, status.as_deref(), limit)
+                .await
+                .map_err(db_error)?;
+            println!(
+                "{}",
+                serde_json::to_string(&ranges).expect("ranges serialise")
+            );
+            Ok(())
+        }
     }
 }
 
