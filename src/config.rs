@@ -1,6 +1,6 @@
 //! Every setting, read once at start from flags or the environment (after `.env`).
 
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{builder::BoolishValueParser, Args, ValueEnum};
 
@@ -128,6 +128,22 @@ pub struct ServeConfig {
     /// processes wake at once (one NOTIFY per burst of commits, off the request path).
     #[arg(long, env = "POLL_NOTIFY", value_parser = BoolishValueParser::new(), default_value = "true")]
     pub poll_notify: bool,
+
+    /// PEM certificate chain: with TLS_KEY_PATH, serve HTTPS directly.
+    #[arg(long, env = "TLS_CERT_PATH")]
+    pub tls_cert_path: Option<PathBuf>,
+
+    /// PEM private key for TLS_CERT_PATH.
+    #[arg(long, env = "TLS_KEY_PATH")]
+    pub tls_key_path: Option<PathBuf>,
+
+    /// A client must send its request headers (and finish TLS) within this many ms.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// On SIGTERM, in-flight requests get this many seconds to finish before the exit.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
+    pub shutdown_timeout_secs: u64,
 }
 
 impl ServeConfig {

@@ -9,7 +9,12 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{ConfigError, ServeConfig},
     db,
-    http::{self, auth::Authenticator, AppState, Limits},
+    http::{
+        self,
+        auth::Authenticator,
+        listener::{self, ListenerOptions},
+        AppState, Limits,
+    },
     inbox::InboxWriter,
     poller::{self, Poller, PollerConfig},
 };
@@ -28,6 +33,8 @@ pub enum StartError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A bound, ready-to-run service: the listener is open, so `local_addr` is known (port 0 in
@@ -39,6 +46,7 @@ pub struct Application {
     poller: Option<Poller>,
     wake: watch::Receiver<u64>,
     notify: Option<PgPool>,
+    listener_options: ListenerOptions,
 }
 
 impl Application {
@@ -69,6 +77,22 @@ impl Application {
                 ConfigError::new("ACK_DEADLINE_MS", "must be at least 1 (default 1500)").into(),
             );
         }
+        let tls = match (&config.tls_cert_path, &config.tls_key_path) {
+            (Some(cert), Some(key)) => Some(listener::tls_acceptor(cert, key).map_err(StartError::Tls)?),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::new(
+                    "TLS_CERT_PATH",
+                    "TLS_CERT_PATH and TLS_KEY_PATH must be set together (or neither, behind a TLS proxy)",
+                )
+                .into())
+            }
+        };
+        let listener_options = ListenerOptions {
+            tls,
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+        };
         if config.migrate_on_start {
             db::migrate(&pool).await?;
             tracing::info!("migrations applied");
@@ -100,6 +124,7 @@ impl Application {
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             bind_addr = %listener.local_addr().map_err(StartError::Serve)?,
+            tls = listener_options.tls.is_some(),
             auth = %auth.modes(),
             max_body_bytes = config.max_body_bytes,
             ack_deadline_ms = config.ack_deadline_ms,
@@ -130,6 +155,7 @@ impl Application {
             poller,
             wake,
             notify: (config.poll_notify && config.receiver_enabled).then_some(pool),
+            listener_options,
         })
     }
 
@@ -150,21 +176,29 @@ impl Application {
             poller,
             wake,
             notify,
+            listener_options,
         } = self;
         let poller = poller.map(|p| tokio::spawn(p.run(wake.clone(), shutdown.clone())));
         let notifier = notify.map(|pool| tokio::spawn(notify_loop(pool, wake, shutdown.clone())));
         let router = http::app(state);
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        let grace = listener_options.shutdown_timeout;
+        let served = listener::serve(listener, router, listener_options, shutdown.clone())
             .await
             .map_err(StartError::Serve);
         // Also stop the background tasks if the server ended by itself.
         shutdown.cancel();
-        for writer in writers {
-            let _ = writer.await;
-        }
-        for task in poller.into_iter().chain(notifier) {
-            let _ = task.await;
+        // The writers end once the last request holding the router is gone; connections cut
+        // off at the shutdown timeout may still hold it, so this wait is bounded too.
+        let drained = async {
+            for writer in writers {
+                let _ = writer.await;
+            }
+            for task in poller.into_iter().chain(notifier) {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!("background tasks still busy at the shutdown timeout; exiting anyway");
         }
         served?;
         tracing::info!("thryve-bridge stopped");

@@ -27,6 +27,8 @@ pub enum ApiError {
     NulCharacter,
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error("request body not received within {0} ms")]
+    BodyTimeout(u128),
     #[error("{reason}; nothing was stored, retry later")]
     Unavailable {
         reason: String,
@@ -49,6 +51,7 @@ impl ApiError {
             | ApiError::NotObject(_)
             | ApiError::NulCharacter
             | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -62,17 +62,21 @@ async fn handle(
     if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
         return Err(ApiError::TooLarge(limits.max_body_bytes));
     }
-    let raw = Limited::new(body, limits.max_body_bytes)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<LengthLimitError>() {
-                ApiError::TooLarge(limits.max_body_bytes)
-            } else {
-                ApiError::BodyRead(e.to_string())
-            }
-        })?
-        .to_bytes();
+    let deadline = started + limits.ack_deadline;
+    let raw = tokio::time::timeout_at(
+        deadline.into(),
+        Limited::new(body, limits.max_body_bytes).collect(),
+    )
+    .await
+    .map_err(|_| ApiError::BodyTimeout(limits.ack_deadline.as_millis()))?
+    .map_err(|e| {
+        if e.is::<LengthLimitError>() {
+            ApiError::TooLarge(limits.max_body_bytes)
+        } else {
+            ApiError::BodyRead(e.to_string())
+        }
+    })?
+    .to_bytes();
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());

@@ -118,6 +118,10 @@ pub fn test_config() -> ServeConfig {
         poll_batch_size: 500,
         poll_interval_ms: 1000,
         poll_notify: true,
+        tls_cert_path: None,
+        tls_key_path: None,
+        header_read_timeout_ms: 10_000,
+        shutdown_timeout_secs: 10,
     }
 }
 
@@ -185,8 +189,8 @@ impl TestApp {
         self.client.post(self.url("/webhooks/thryve"))
     }
 
-    /// Stops the server gracefully and waits for it.
-    pub async fn stop(mut self) {
+    /// Stops the server gracefully and waits for it; the database stays for inspection.
+    pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(server) = self.server.take() {
             server.await.unwrap();

@@ -7,3 +7,4 @@ mod poller;
 mod properties;
 mod proxy;
 mod receiver;
+mod server;

@@ -637,7 +637,7 @@ async fn a_commit_that_misses_the_ack_deadline_gets_503_and_the_pool_recovers() 
 async fn readyz_is_503_until_the_database_is_migrated() {
     let db = TestDb::unmigrated().await;
     let pool = thryve_bridge::db::pool(&db.url(), 2, std::time::Duration::from_secs(2)).unwrap();
-    let app = spawn_on(db, pool.clone(), test_config()).await;
+    let mut app = spawn_on(db, pool.clone(), test_config()).await;
     let (status, body) = answer(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
     assert_eq!(status, 503);
     assert!(
