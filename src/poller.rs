@@ -1,7 +1,11 @@
 //! The poller: turns pending inbox rows into dirty ranges, connection states and values, one
 //! batch per transaction, woken by local commits, LISTEN/NOTIFY, or its interval.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sqlx::{postgres::PgListener, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
@@ -9,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     inbox::{self, PendingRow},
+    metrics::Metrics,
     ranges::{self, MergedSpan},
     sources,
     thryve::{
@@ -46,11 +51,22 @@ pub struct BatchReport {
 pub struct Poller {
     pool: PgPool,
     config: PollerConfig,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Poller {
     pub fn new(pool: PgPool, config: PollerConfig) -> Self {
-        Self { pool, config }
+        Self {
+            pool,
+            config,
+            metrics: None,
+        }
+    }
+
+    /// Records batch sizes, durations and errors in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Polls until `shutdown`; a batch under way is finished first. `wake` changes when this
@@ -60,14 +76,23 @@ impl Poller {
         let mut wake_open = true;
         while !shutdown.is_cancelled() {
             wake.borrow_and_update();
+            let started = Instant::now();
             let more = match self.poll_once().await {
                 Ok(report) => {
                     if report.rows > 0 {
                         tracing::debug!(?report, "poller batch");
+                        if let Some(m) = &self.metrics {
+                            m.poller_batch_rows.observe(report.rows as f64);
+                            m.poller_batch_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                        }
                     }
                     report.rows as i64 >= self.config.batch_size
                 }
                 Err(error) => {
+                    if let Some(m) = &self.metrics {
+                        m.poller_errors.inc();
+                    }
                     tracing::warn!(%error, "poller batch failed; retrying after the interval");
                     false
                 }

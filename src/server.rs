@@ -16,6 +16,7 @@ use crate::{
         AppState, Limits,
     },
     inbox::InboxWriter,
+    metrics::Metrics,
     poller::{self, Poller, PollerConfig},
 };
 
@@ -103,6 +104,7 @@ impl Application {
                 addr: config.bind_addr,
                 source,
             })?;
+        let metrics = Arc::new(Metrics::new());
         let (committed, wake) = watch::channel(0u64);
         let committed = Arc::new(committed);
         let (writer, writers) = InboxWriter::start(
@@ -120,6 +122,7 @@ impl Application {
                     listen: config.poll_notify,
                 },
             )
+            .with_metrics(metrics.clone())
         });
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -147,6 +150,7 @@ impl Application {
                 retry_after_secs: config.retry_after_secs,
             },
             receiver_enabled: config.receiver_enabled,
+            metrics,
         };
         Ok(Self {
             listener,

@@ -57,6 +57,24 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The `outcome` label of the deliveries metric.
+    pub fn metric_outcome(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::TooLarge(_) | ApiError::Decode(DecodeError::TooLarge(_)) => "too_large",
+            ApiError::Decode(DecodeError::UnsupportedEncoding(_)) => "unsupported_encoding",
+            ApiError::BodyTimeout(_) => "timeout",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Decode(DecodeError::Corrupt { .. })
+            | ApiError::NotJson(_)
+            | ApiError::NotObject(_)
+            | ApiError::NulCharacter
+            | ApiError::BodyRead(_) => "bad_request",
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response =

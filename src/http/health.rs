@@ -1,10 +1,17 @@
-//! `/healthz` (the process answers) and `/readyz` (the database answers and is migrated).
+//! `/healthz` (the process answers), `/readyz` (the database answers and is migrated) and
+//! `/metrics` (Prometheus text).
 
-use axum::{extract::State, http::StatusCode, Json};
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::IntoResponse,
+    Json,
+};
 use serde_json::{json, Value};
 
 use super::AppState;
-use crate::db;
+use crate::metrics::StatusLabels;
+use crate::{db, inbox, ranges};
 
 pub async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -23,4 +30,50 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             Json(json!({ "error": "database did not answer within the ack deadline" })),
         ),
     }
+}
+
+/// Refreshes the database gauges (within the ack deadline; stale values are kept if the
+/// database does not answer) and renders every metric.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let m = &state.metrics;
+    let size = i64::from(state.pool.size());
+    m.pool_connections_open.set(size);
+    m.pool_connections_in_use
+        .set(size - state.pool.num_idle() as i64);
+    let refresh = async {
+        let (inbox_counts, oldest_inbox, since_last) = inbox::gauges(&state.pool).await?;
+        let (range_counts, oldest_range) = ranges::gauges(&state.pool).await?;
+        Ok::<_, sqlx::Error>((
+            inbox_counts,
+            oldest_inbox,
+            since_last,
+            range_counts,
+            oldest_range,
+        ))
+    };
+    match tokio::time::timeout(state.limits.ack_deadline, refresh).await {
+        Ok(Ok((inbox_counts, oldest_inbox, since_last, range_counts, oldest_range))) => {
+            for (status, n) in inbox_counts {
+                m.inbox_rows.get_or_create(&StatusLabels { status }).set(n);
+            }
+            for (status, n) in range_counts {
+                m.dirty_ranges
+                    .get_or_create(&StatusLabels { status })
+                    .set(n);
+            }
+            m.inbox_oldest_pending_seconds.set(oldest_inbox);
+            m.ranges_oldest_pending_seconds.set(oldest_range);
+            m.seconds_since_last_delivery
+                .set(since_last.unwrap_or(-1.0));
+        }
+        Ok(Err(error)) => tracing::warn!(%error, "metrics: database gauges not refreshed"),
+        Err(_) => tracing::warn!("metrics: database gauges not refreshed within the ack deadline"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
 }

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 
 pub use error::ApiError;
 
-use crate::inbox::InboxWriter;
+use crate::{inbox::InboxWriter, metrics::Metrics};
 use auth::Authenticator;
 
 /// Limits a webhook request is held to.
@@ -37,6 +37,7 @@ pub struct AppState {
     pub limits: Limits,
     /// False on a poller-only instance: the webhook route is not served.
     pub receiver_enabled: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The router, apart from any listener, so tests can drive it in-process or over a socket.
@@ -49,5 +50,6 @@ pub fn app(state: AppState) -> Router {
     router
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(health::metrics))
         .with_state(state)
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::{decode::decode_body, ApiError, AppState};
 use crate::{
     inbox::{NewDelivery, Receipt},
+    metrics::{event_type_label, DeliveryLabels},
     thryve::json_kind,
 };
 
@@ -24,20 +25,43 @@ pub async fn receive(
 ) -> Result<Json<Receipt>, ApiError> {
     let started = Instant::now();
     let result = handle(&state, &headers, body, started).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let latency_ms = elapsed * 1000.0;
+    let metrics = &state.metrics;
+    metrics.ack_latency.observe(elapsed);
     match &result {
-        Ok((receipt, event_type)) => tracing::info!(
-            inbox_id = receipt.inbox_id,
-            outcome = ?receipt.outcome,
-            event_type = event_type.as_deref().unwrap_or(""),
-            latency_ms,
-            "delivery"
-        ),
-        Err(error @ ApiError::Unavailable { .. }) => {
-            tracing::warn!(status = error.status().as_u16(), %error, latency_ms, "delivery refused")
+        Ok((receipt, event_type)) => {
+            metrics
+                .deliveries
+                .get_or_create(&DeliveryLabels {
+                    outcome: receipt.outcome.as_str(),
+                    event_type: event_type_label(event_type.as_deref()),
+                })
+                .inc();
+            metrics
+                .last_delivery
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+            tracing::info!(
+                inbox_id = receipt.inbox_id,
+                outcome = receipt.outcome.as_str(),
+                event_type = event_type.as_deref().unwrap_or(""),
+                latency_ms,
+                "delivery"
+            )
         }
         Err(error) => {
-            tracing::info!(status = error.status().as_u16(), %error, latency_ms, "delivery rejected")
+            metrics
+                .deliveries
+                .get_or_create(&DeliveryLabels {
+                    outcome: error.metric_outcome(),
+                    event_type: "",
+                })
+                .inc();
+            if matches!(error, ApiError::Unavailable { .. }) {
+                tracing::warn!(status = error.status().as_u16(), %error, latency_ms, "delivery refused")
+            } else {
+                tracing::info!(status = error.status().as_u16(), %error, latency_ms, "delivery rejected")
+            }
         }
     }
     result.map(|(receipt, _)| Json(receipt))

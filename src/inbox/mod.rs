@@ -42,6 +42,17 @@ pub enum Outcome {
     Ignored,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Stored => "stored",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Quarantined => "quarantined",
+            Outcome::Ignored => "ignored",
+        }
+    }
+}
+
 /// A committed delivery: its row and how it was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Receipt {
@@ -338,4 +349,38 @@ pub async fn finish(
     .execute(executor)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Rows per status, the age in seconds of the oldest pending row, and seconds since the last
+/// delivery, for `/metrics`. The pending figures use the pending index; the per-status counts
+/// scan the table, which retention keeps bounded.
+pub async fn gauges(
+    executor: impl PgExecutor<'_>,
+) -> sqlx::Result<(Vec<(String, i64)>, f64, Option<f64>)> {
+    let row: (Value, f64, Option<f64>) = sqlx::query_as(
+        "SELECT
+             coalesce((SELECT jsonb_object_agg(status, n) FROM
+                 (SELECT status, count(*) AS n FROM thryve.inbox GROUP BY status) s), '{}'),
+             coalesce((SELECT extract(epoch FROM now() - first_received_at)::float8
+                       FROM thryve.inbox WHERE status = 'pending' ORDER BY id LIMIT 1), 0),
+             (SELECT extract(epoch FROM now() - max(last_received_at))::float8 FROM thryve.inbox)",
+    )
+    .fetch_one(executor)
+    .await?;
+    let counts = status_counts(&row.0, &["pending", "processed", "quarantined", "ignored"]);
+    Ok((counts, row.1, row.2))
+}
+
+/// Each of `statuses` with its count in `counts` (a JSON object), zero where absent, so a
+/// gauge drops back to 0 when the last row of a status goes.
+pub(crate) fn status_counts(counts: &Value, statuses: &[&str]) -> Vec<(String, i64)> {
+    statuses
+        .iter()
+        .map(|s| {
+            (
+                (*s).to_owned(),
+                counts.get(*s).and_then(Value::as_i64).unwrap_or(0),
+            )
+        })
+        .collect()
 }

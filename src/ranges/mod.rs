@@ -214,3 +214,21 @@ pub async fn list(
     .fetch_all(executor)
     .await
 }
+
+/// Ranges per status and the age in seconds of the oldest pending one, for `/metrics`.
+pub async fn gauges(executor: impl PgExecutor<'_>) -> sqlx::Result<(Vec<(String, i64)>, f64)> {
+    let (counts, oldest): (Value, f64) = sqlx::query_as(
+        "SELECT
+             coalesce((SELECT jsonb_object_agg(status, n) FROM
+                 (SELECT status, count(*) AS n FROM thryve.dirty_ranges GROUP BY status) s), '{}'),
+             coalesce((SELECT extract(epoch FROM now() - first_dirtied_at)::float8
+                       FROM thryve.dirty_ranges WHERE status = 'pending'
+                       ORDER BY first_dirtied_at, id LIMIT 1), 0)",
+    )
+    .fetch_one(executor)
+    .await?;
+    Ok((
+        crate::inbox::status_counts(&counts, &["pending", "claimed", "done", "failed"]),
+        oldest,
+    ))
+}

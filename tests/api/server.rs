@@ -171,3 +171,58 @@ fn base64_basic() -> String {
         base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
     )
 }
+
+#[tokio::test]
+async fn metrics_describe_real_traffic() {
+    let app = spawn_app_with(test_config()).await;
+    let body = epoch_notification("metrics", 1, 2, &[1]);
+    app.post_json(&body).await;
+    app.post_json(&body).await;
+    app.post_json(
+        &serde_json::json!({"type": "notification.data.epoch.createupdate", "endUserId": "m"}),
+    )
+    .await;
+    app.post_json(&serde_json::json!({"type": "brand.new.kind", "endUserId": "m"}))
+        .await;
+    app.webhook().body("{}").send().await.unwrap();
+    app.post("[]").await;
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    for line in [
+        r#"thryve_bridge_deliveries_total{outcome="stored",event_type="notification.data.epoch.createupdate"} 1"#,
+        r#"thryve_bridge_deliveries_total{outcome="duplicate",event_type="notification.data.epoch.createupdate"} 1"#,
+        r#"thryve_bridge_deliveries_total{outcome="quarantined",event_type="notification.data.epoch.createupdate"} 1"#,
+        r#"thryve_bridge_deliveries_total{outcome="ignored",event_type="other"} 1"#,
+        r#"thryve_bridge_deliveries_total{outcome="unauthorized",event_type=""} 1"#,
+        r#"thryve_bridge_deliveries_total{outcome="bad_request",event_type=""} 1"#,
+        "thryve_bridge_ack_latency_seconds_count 6",
+        r#"thryve_bridge_inbox_rows{status="pending"} 1"#,
+        r#"thryve_bridge_inbox_rows{status="quarantined"} 1"#,
+        r#"thryve_bridge_inbox_rows{status="ignored"} 1"#,
+        r#"thryve_bridge_inbox_rows{status="processed"} 0"#,
+        r#"thryve_bridge_dirty_ranges{status="pending"} 0"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    for name in [
+        "thryve_bridge_inbox_oldest_pending_age_seconds",
+        "thryve_bridge_dirty_ranges_oldest_pending_age_seconds",
+        "thryve_bridge_seconds_since_last_delivery",
+        "thryve_bridge_db_pool_connections_in_use",
+        "thryve_bridge_last_delivery_timestamp_seconds",
+        "thryve_bridge_poller_batch_rows_count",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "missing {name} in\n{text}"
+        );
+    }
+    assert!(
+        !text.contains(crate::helpers::PASSWORD),
+        "no secret in metrics"
+    );
+}

@@ -1,0 +1,183 @@
+//! Prometheus metrics: what the process counts as it works, rendered by `GET /metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// stored, duplicate, quarantined, ignored, or the refusal (unauthorized, bad_request,
+    /// too_large, unsupported_encoding, timeout, unavailable).
+    pub outcome: &'static str,
+    /// The webhook type for answered deliveries (`other` for unknown types); empty for refusals.
+    pub event_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
+/// Every metric this process exports.
+pub struct Metrics {
+    registry: Registry,
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    pub ack_latency: Histogram,
+    pub last_delivery: Gauge<f64, AtomicU64>,
+    pub poller_batch_rows: Histogram,
+    pub poller_batch_seconds: Histogram,
+    pub poller_errors: Counter,
+    pub pool_connections_in_use: Gauge,
+    pub pool_connections_open: Gauge,
+    pub inbox_rows: Family<StatusLabels, Gauge>,
+    pub dirty_ranges: Family<StatusLabels, Gauge>,
+    pub inbox_oldest_pending_seconds: Gauge<f64, AtomicU64>,
+    pub ranges_oldest_pending_seconds: Gauge<f64, AtomicU64>,
+    pub seconds_since_last_delivery: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("thryve_bridge");
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Webhook deliveries by outcome and event type",
+            deliveries.clone(),
+        );
+        // From well under a millisecond to Thryve's 2 s limit.
+        let ack_latency = Histogram::new(
+            [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "ack_latency_seconds",
+            "Time from request start to the answer",
+            ack_latency.clone(),
+        );
+        let last_delivery = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "last_delivery_timestamp_seconds",
+            "Unix time of the last delivery this process answered 200",
+            last_delivery.clone(),
+        );
+        let poller_batch_rows =
+            Histogram::new([1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0].into_iter());
+        registry.register(
+            "poller_batch_rows",
+            "Inbox rows per poller batch",
+            poller_batch_rows.clone(),
+        );
+        let poller_batch_seconds = Histogram::new(
+            [
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "poller_batch_duration_seconds",
+            "Time per poller batch, claim to commit",
+            poller_batch_seconds.clone(),
+        );
+        let poller_errors = Counter::default();
+        registry.register(
+            "poller_errors",
+            "Poller batches that failed and were retried",
+            poller_errors.clone(),
+        );
+        let pool_connections_in_use = Gauge::default();
+        registry.register(
+            "db_pool_connections_in_use",
+            "Database connections checked out",
+            pool_connections_in_use.clone(),
+        );
+        let pool_connections_open = Gauge::default();
+        registry.register(
+            "db_pool_connections_open",
+            "Database connections open",
+            pool_connections_open.clone(),
+        );
+        let inbox_rows = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "inbox_rows",
+            "Inbox rows by status (at scrape time)",
+            inbox_rows.clone(),
+        );
+        let dirty_ranges = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "dirty_ranges",
+            "Dirty ranges by status (at scrape time)",
+            dirty_ranges.clone(),
+        );
+        let inbox_oldest_pending_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "inbox_oldest_pending_age_seconds",
+            "Age of the oldest pending inbox row (0 when none)",
+            inbox_oldest_pending_seconds.clone(),
+        );
+        let ranges_oldest_pending_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "dirty_ranges_oldest_pending_age_seconds",
+            "Age of the oldest pending dirty range (0 when none)",
+            ranges_oldest_pending_seconds.clone(),
+        );
+        let seconds_since_last_delivery = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "seconds_since_last_delivery",
+            "Seconds since any receiver last stored a delivery (from the inbox; -1 when empty)",
+            seconds_since_last_delivery.clone(),
+        );
+        Self {
+            registry,
+            deliveries,
+            ack_latency,
+            last_delivery,
+            poller_batch_rows,
+            poller_batch_seconds,
+            poller_errors,
+            pool_connections_in_use,
+            pool_connections_open,
+            inbox_rows,
+            dirty_ranges,
+            inbox_oldest_pending_seconds,
+            ranges_oldest_pending_seconds,
+            seconds_since_last_delivery,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Known webhook types map to themselves; anything else to `other`, so a sender cannot grow
+/// the label set without bound.
+pub fn event_type_label(event_type: Option<&str>) -> &'static str {
+    const KNOWN: [&str; 6] = [
+        "notification.source.connect",
+        "notification.source.disconnect",
+        "webhook.source.connect",
+        "webhook.source.disconnect",
+        "notification.data.epoch.createupdate",
+        "notification.data.daily.createupdate",
+    ];
+    match event_type {
+        None => "none",
+        Some(t) => KNOWN.into_iter().find(|k| *k == t).unwrap_or("other"),
+    }
+}
