@@ -56,12 +56,9 @@ impl Metrics {
             deliveries.clone(),
         );
         // From well under a millisecond to Thryve's 2 s limit.
-        let ack_latency = Histogram::new(
-            [
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0,
-            ]
-            .into_iter(),
-        );
+        let ack_latency = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0,
+        ]);
         registry.register(
             "ack_latency_seconds",
             "Time from request start to the answer",
@@ -74,18 +71,15 @@ impl Metrics {
             last_delivery.clone(),
         );
         let poller_batch_rows =
-            Histogram::new([1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0].into_iter());
+            Histogram::new([1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]);
         registry.register(
             "poller_batch_rows",
             "Inbox rows per poller batch",
             poller_batch_rows.clone(),
         );
-        let poller_batch_seconds = Histogram::new(
-            [
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]
-            .into_iter(),
-        );
+        let poller_batch_seconds = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
         registry.register(
             "poller_batch_duration_seconds",
             "Time per poller batch, claim to commit",
