@@ -1,0 +1,184 @@
+//! Static checks of what cannot run here (no Docker engine): docker-compose.yml, Dockerfile
+//! and .env.example agree with each other and with the settings the binary reads.
+
+use std::{collections::BTreeSet, fs};
+
+use clap::CommandFactory;
+use thryve_bridge::cli::Cli;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn read(path: &str) -> String {
+    fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every environment variable any subcommand of the binary reads.
+fn variables_read() -> BTreeSet<String> {
+    fn walk(command: &clap::Command, out: &mut BTreeSet<String>) {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(&Cli::command(), &mut out);
+    out
+}
+
+fn env_example() -> BTreeSet<String> {
+    read(".env.example")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
+        .map(|l| l.split('=').next().unwrap().trim().to_owned())
+        .collect()
+}
+
+fn compose() -> Yaml {
+    YamlLoader::load_from_str(&read("docker-compose.yml"))
+        .expect("docker-compose.yml is YAML")
+        .remove(0)
+}
+
+#[test]
+fn every_variable_the_binary_reads_is_in_env_example_and_the_readme() {
+    let example = env_example();
+    let readme = read("README.md");
+    for variable in variables_read() {
+        assert!(example.contains(&variable), ".env.example lacks {variable}");
+        assert!(
+            readme.contains(&format!("`{variable}`")),
+            "README lacks {variable}"
+        );
+    }
+    let read_by_binary = variables_read();
+    for variable in &example {
+        assert!(
+            read_by_binary.contains(variable) || variable == "RUST_LOG",
+            ".env.example lists {variable}, which nothing reads"
+        );
+    }
+}
+
+#[test]
+fn compose_runs_postgres_and_the_bridge_the_way_the_binary_expects() {
+    let compose = compose();
+    let services = &compose["services"];
+    let db = &services["db"];
+    let image = db["image"].as_str().unwrap();
+    assert!(
+        image.starts_with("postgres:")
+            && image["postgres:".len()..]
+                .chars()
+                .all(|c| c.is_ascii_digit()),
+        "pinned major: {image}"
+    );
+    assert!(db["healthcheck"]["test"].as_vec().is_some());
+    let volume = db["volumes"][0].as_str().unwrap();
+    let named = volume.split(':').next().unwrap();
+    assert!(
+        !compose["volumes"][named].is_badvalue(),
+        "named volume {named} is declared"
+    );
+
+    let bridge = &services["bridge"];
+    assert_eq!(bridge["build"]["target"].as_str(), Some("runtime"));
+    assert_eq!(
+        bridge["depends_on"]["db"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    assert_eq!(
+        bridge["environment"]["MIGRATE_ON_START"].as_str(),
+        Some("true")
+    );
+    assert_eq!(bridge["env_file"][0]["path"].as_str(), Some(".env"));
+    let url = bridge["environment"]["DATABASE_URL"].as_str().unwrap();
+    assert!(
+        url.contains("@db:5432/"),
+        "the bridge reaches the db service: {url}"
+    );
+    let bind = bridge["environment"]["BIND_ADDR"].as_str().unwrap();
+    let port = bind.rsplit(':').next().unwrap();
+    assert_eq!(
+        bridge["ports"][0].as_str(),
+        Some(format!("{port}:{port}").as_str())
+    );
+    let health: Vec<&str> = bridge["healthcheck"]["test"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(&health[..3], ["CMD", "thryve-bridge", "healthcheck"]);
+    assert!(
+        health
+            .iter()
+            .any(|a| a.ends_with(&format!(":{port}/readyz"))),
+        "{health:?}"
+    );
+    for variable in bridge["environment"]
+        .as_hash()
+        .unwrap()
+        .keys()
+        .filter_map(Yaml::as_str)
+    {
+        assert!(
+            variables_read().contains(variable),
+            "compose sets {variable}, which nothing reads"
+        );
+    }
+
+    let tests = &services["tests"];
+    assert_eq!(tests["profiles"][0].as_str(), Some("test"));
+    assert_eq!(tests["build"]["target"].as_str(), Some("tests"));
+    assert_eq!(
+        tests["depends_on"]["db"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+}
+
+#[test]
+fn dockerfile_builds_the_binary_in_stages_and_runs_it_unprivileged() {
+    let dockerfile = read("Dockerfile");
+    let stages: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .filter_map(|l| l.split(" AS ").nth(1))
+        .map(str::trim)
+        .collect();
+    let compose = compose();
+    for target in ["runtime", "tests"] {
+        assert!(
+            stages.contains(&target),
+            "compose builds target {target}; stages: {stages:?}"
+        );
+    }
+    assert_eq!(
+        compose["services"]["bridge"]["build"]["target"].as_str(),
+        Some("runtime")
+    );
+    assert!(
+        dockerfile.contains("cargo chef cook"),
+        "dependencies are built in their own layer"
+    );
+    assert!(dockerfile.contains(&format!("--bin {}", env!("CARGO_PKG_NAME"))));
+    assert!(dockerfile.contains(&format!("/target/release/{}", env!("CARGO_PKG_NAME"))));
+    assert!(dockerfile.matches("--locked").count() >= 2);
+    let runtime = &dockerfile[dockerfile.find("AS runtime").unwrap()..];
+    assert!(
+        runtime
+            .lines()
+            .any(|l| l.starts_with("USER ") && !l.contains("root")),
+        "non-root runtime"
+    );
+    assert!(runtime.contains("EXPOSE 8080") && runtime.contains("BIND_ADDR=0.0.0.0:8080"));
+    assert!(runtime.contains(r#"CMD ["thryve-bridge", "healthcheck"]"#));
+    let rust_version = dockerfile
+        .lines()
+        .find(|l| l.starts_with("FROM rust:"))
+        .unwrap();
+    assert!(rust_version.contains("slim"), "{rust_version}");
+}
