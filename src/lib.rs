@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod inbox;
+pub mod loadgen;
 pub mod metrics;
 pub mod poller;
 pub mod ranges;

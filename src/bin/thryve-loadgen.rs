@@ -1,0 +1,142 @@
+//! `thryve-loadgen`: sends a realistic Thryve mix at a bridge, or measures the poller's drain.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use thryve_bridge::loadgen;
+
+#[derive(Parser)]
+#[command(
+    name = "thryve-loadgen",
+    about = "Load generator and drain benchmark for thryve-bridge"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// POST the mix; print throughput and latency as JSON; optionally verify against the database.
+    Send {
+        #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/thryve")]
+        url: String,
+        /// user:password
+        #[arg(long)]
+        basic_auth: Option<String>,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = u64::MAX)]
+        requests: u64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Requests per second over all connections (default: as fast as answers come).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 2000)]
+        users: u32,
+        #[arg(long, default_value_t = 0.05)]
+        retry_share: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Measure 200-to-processed lag (needs DATABASE_URL).
+        #[arg(long)]
+        lag: bool,
+        /// Check every 200 in the inbox and covered once the poller is idle (needs DATABASE_URL).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Fill the inbox with N pending rows of the mix, then time pollers draining them.
+    Drain {
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 2)]
+        pollers: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch_size: i64,
+        #[arg(long, default_value_t = 2000)]
+        users: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let pool = || async {
+        let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL: not set".to_owned())?;
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .map_err(|e| format!("DATABASE_URL: {e}"))
+    };
+    let result: Result<serde_json::Value, String> = async {
+        match cli.command {
+            Command::Send {
+                url,
+                basic_auth,
+                concurrency,
+                requests,
+                seconds,
+                rate,
+                users,
+                retry_share,
+                seed,
+                lag,
+                verify,
+            } => {
+                let db = if lag || verify {
+                    Some(pool().await?)
+                } else {
+                    None
+                };
+                let config = loadgen::LoadConfig {
+                    url,
+                    basic_auth: basic_auth
+                        .and_then(|b| b.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned()))),
+                    concurrency,
+                    requests,
+                    duration: Duration::from_secs_f64(seconds),
+                    rate,
+                    users,
+                    retry_share,
+                    seed,
+                    lag_pool: if lag { db.clone() } else { None },
+                };
+                let run = loadgen::run(&config).await;
+                let mut out = serde_json::to_value(&run.report).map_err(|e| e.to_string())?;
+                if let (true, Some(db)) = (verify, db) {
+                    let v = loadgen::verify(&db, &run.sent, Duration::from_secs(120))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    out["verification"] = serde_json::to_value(v).map_err(|e| e.to_string())?;
+                }
+                Ok(out)
+            }
+            Command::Drain {
+                rows,
+                pollers,
+                batch_size,
+                users,
+            } => {
+                let db = pool().await?;
+                let report = loadgen::drain_benchmark(&db, rows, pollers, batch_size, users)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                serde_json::to_value(report).map_err(|e| e.to_string())
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
