@@ -485,12 +485,12 @@ async fn database_outage_gives_503_with_retry_after_and_the_server_recovers() {
     let mut config = test_config();
     config.ack_deadline_ms = 500;
     let pool = thryve_bridge::db::pool(
-        &db.options
+        db.options
             .clone()
             .host("127.0.0.1")
             .port(proxy.addr.port())
             .to_url_lossy()
-            .to_string(),
+            .as_str(),
         4,
         config.ack_deadline(),
     )
