@@ -23,6 +23,8 @@ pub enum ApiError {
     NotJson(String),
     #[error("body must be a JSON object, got {0}")]
     NotObject(&'static str),
+    #[error("form body: {0}")]
+    Form(String),
     #[error("body contains a NUL character (\\u0000), which Postgres cannot store")]
     NulCharacter,
     #[error("could not read the request body: {0}")]
@@ -47,6 +49,7 @@ impl ApiError {
             ApiError::Decode(DecodeError::Corrupt { .. })
             | ApiError::NotJson(_)
             | ApiError::NotObject(_)
+            | ApiError::Form(_)
             | ApiError::NulCharacter
             | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

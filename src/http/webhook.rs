@@ -9,12 +9,12 @@ use axum::{
     Json,
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::{decode::decode_body, ApiError, AppState};
 use crate::{
     inbox::{NewDelivery, Receipt},
-    thryve::json_kind,
+    thryve::{json_kind, LEGACY_EVENT_TYPE},
 };
 
 pub async fn receive(
@@ -77,10 +77,16 @@ async fn handle(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
     let decoded = decode_body(encoding, &raw, limits.max_body_bytes)?;
-    let value: Value =
-        serde_json::from_slice(&decoded).map_err(|e| ApiError::NotJson(e.to_string()))?;
-    let Value::Object(object) = value else {
-        return Err(ApiError::NotObject(json_kind(&value)));
+    // A JSON object under a form content-type is still JSON: a mislabelled delivery is kept.
+    let object = if is_form(headers) && !decoded.trim_ascii_start().starts_with(b"{") {
+        legacy_form(&decoded)?
+    } else {
+        let value: Value =
+            serde_json::from_slice(&decoded).map_err(|e| ApiError::NotJson(e.to_string()))?;
+        let Value::Object(object) = value else {
+            return Err(ApiError::NotObject(json_kind(&value)));
+        };
+        object
     };
     if object.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
         return Err(ApiError::NulCharacter);
@@ -107,6 +113,34 @@ async fn handle(
             limits.ack_deadline.as_millis()
         ))),
     }
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// Legacy deliveries may come as a form whose `sourceUpdate` field holds the JSON; the body
+/// is then stored as if it had been `{"sourceUpdate": <that JSON>}`, so both spellings of
+/// one delivery share a fingerprint.
+fn legacy_form(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let (_, json) = form_urlencoded::parse(body)
+        .find(|(name, _)| name == LEGACY_EVENT_TYPE)
+        .ok_or_else(|| {
+            ApiError::Form(format!(
+                "no {LEGACY_EVENT_TYPE} field (content-type is application/x-www-form-urlencoded)"
+            ))
+        })?;
+    let update: Value = serde_json::from_str(&json)
+        .map_err(|e| ApiError::Form(format!("field {LEGACY_EVENT_TYPE} is not JSON: {e}")))?;
+    Ok(Map::from_iter([(LEGACY_EVENT_TYPE.to_owned(), update)]))
 }
 
 fn has_nul(value: &Value) -> bool {
