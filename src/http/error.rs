@@ -7,7 +7,7 @@ use axum::{
 };
 use serde_json::json;
 
-use super::decode::DecodeError;
+use super::{decode::DecodeError, hmac::HmacError};
 
 /// Everything a webhook request can fail with. Internal details (database errors) are logged
 /// by the handler, never sent.
@@ -15,6 +15,8 @@ use super::decode::DecodeError;
 pub enum ApiError {
     #[error("missing or wrong credentials")]
     Unauthorized { basic_challenge: bool },
+    #[error("HMAC signature refused: {0}")]
+    Signature(#[from] HmacError),
     #[error("body is larger than the {0}-byte limit")]
     TooLarge(usize),
     #[error(transparent)]
@@ -39,7 +41,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized { .. } | ApiError::Signature(_) => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) | ApiError::Decode(DecodeError::TooLarge(_)) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod decode;
 mod error;
 mod health;
+pub mod hmac;
 mod webhook;
 
 use std::{sync::Arc, time::Duration};

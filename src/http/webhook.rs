@@ -1,4 +1,4 @@
-//! `POST /webhooks/thryve`: authenticate, read, decode, classify, commit, then answer.
+//! `POST /webhooks/thryve`: authenticate, read, verify, decode, classify, commit, then answer.
 
 use std::time::Instant;
 
@@ -8,6 +8,7 @@ use axum::{
     http::{header, HeaderMap},
     Json,
 };
+use chrono::Utc;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Map, Value};
 
@@ -50,6 +51,7 @@ async fn handle(
     started: Instant,
 ) -> Result<(Receipt, Option<String>), ApiError> {
     let limits = state.limits;
+    // Static credentials first: they need no body, so a stranger's upload is never read.
     if !state.auth.admits(headers) {
         return Err(ApiError::Unauthorized {
             basic_challenge: true,
@@ -73,6 +75,8 @@ async fn handle(
             }
         })?
         .to_bytes();
+    // Over the bytes as received: the signer signed what it sent, compressed or not.
+    state.auth.verify_signature(headers, &raw, Utc::now())?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
