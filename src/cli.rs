@@ -1,15 +1,16 @@
-//! The `thryve-bridge` command line: `serve` (the default), `migrate`, `healthcheck`, and the
-//! operator commands, which print JSON.
+//! The `thryve-bridge` command line: `serve` (the default), `migrate`, `healthcheck`, `hmac
+//! check`, and the operator commands, which print JSON.
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{DatabaseConfig, ServeConfig},
+    config::{DatabaseConfig, Secret, ServeConfig},
     db,
+    http::hmac,
     ranges::{self, Consumer},
     server::Application,
     telemetry,
@@ -36,6 +37,9 @@ pub enum Command {
     Serve(Box<ServeConfig>),
     /// Apply the embedded migrations (schema `thryve`) and exit.
     Migrate,
+    /// HMAC signature tools (JSON out).
+    #[command(subcommand)]
+    Hmac(HmacCommand),
     /// Exit 0 if the local server answers `/readyz` with 200 (for container health checks).
     Healthcheck {
         /// URL to probe; only plain http is supported.
@@ -162,6 +166,12 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
             );
             Ok(())
         }
+        Command::Hmac(HmacCommand::Check {
+            body,
+            timestamp,
+            signature,
+            secret,
+        }) => hmac_check(&body, &timestamp, &signature, &secret).await,
         Command::Healthcheck { url } => healthcheck(&url).await,
         Command::Ranges(command) => {
             let pool = db::pool(
@@ -301,5 +311,58 @@ async fn healthcheck(url: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{url}: {status_line}"))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HmacCommand {
+    /// Find the WEBHOOK_HMAC_LAYOUT of a captured delivery: tries every layout, prints
+    /// {"matches":[...],"tried":[...]}, exits 1 if none matches.
+    Check {
+        /// File holding the raw body exactly as received (still compressed).
+        #[arg(long)]
+        body: PathBuf,
+        /// The delivery's x-hmac-timestamp header.
+        #[arg(long)]
+        timestamp: String,
+        /// The delivery's x-hmac-signature header (hex).
+        #[arg(long)]
+        signature: String,
+        /// The HMAC secret; prefer the variable, as `ps` shows command lines.
+        #[arg(long, env = "WEBHOOK_HMAC_SECRET", hide_env_values = true)]
+        secret: Secret,
+    },
+}
+
+async fn hmac_check(
+    body: &std::path::Path,
+    timestamp: &str,
+    signature: &str,
+    secret: &Secret,
+) -> Result<(), String> {
+    let body = tokio::fs::read(body)
+        .await
+        .map_err(|e| format!("--body {}: {e}", body.display()))?;
+    let signature =
+        hmac::decode_signature(signature.as_bytes()).map_err(|e| format!("--signature: {e}"))?;
+    let matches = hmac::matching_layouts(
+        secret.expose().as_bytes(),
+        &body,
+        timestamp.as_bytes(),
+        &signature,
+    );
+    let names = |layouts: &[hmac::Layout]| layouts.iter().map(|l| l.as_str()).collect::<Vec<_>>();
+    println!(
+        "{}",
+        serde_json::json!({ "matches": names(&matches), "tried": names(&hmac::Layout::ALL) })
+    );
+    if matches.is_empty() {
+        Err(
+            "no layout matches: check the secret, and that the body file holds the bytes as \
+             received (still compressed)"
+                .to_owned(),
+        )
+    } else {
+        Ok(())
     }
 }

@@ -4,6 +4,8 @@ use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{builder::BoolishValueParser, Args, ValueEnum};
 
+use crate::http::hmac::{HmacVerifier, Layout};
+
 /// A credential or secret: printed as `[redacted]` by `Debug` and `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -80,6 +82,20 @@ pub struct ServeConfig {
     #[arg(long, env = "WEBHOOK_AUTH_HEADER", hide_env_values = true)]
     pub webhook_auth_header: Option<Secret>,
 
+    /// HMAC secret from Thryve's dashboard: each delivery must then carry a valid
+    /// `x-hmac-signature` and a recent `x-hmac-timestamp`, besides any static credential.
+    #[arg(long, env = "WEBHOOK_HMAC_SECRET", hide_env_values = true)]
+    pub webhook_hmac_secret: Option<Secret>,
+
+    /// Bytes the HMAC covers ("body" = raw body as received, still compressed); find it with
+    /// `thryve-bridge hmac check` on a captured delivery.
+    #[arg(long, env = "WEBHOOK_HMAC_LAYOUT", value_enum, default_value_t = Layout::BodyTimestamp)]
+    pub webhook_hmac_layout: Layout,
+
+    /// Largest accepted gap, either way, between `x-hmac-timestamp` and this clock, in seconds.
+    #[arg(long, env = "WEBHOOK_HMAC_WINDOW_SECS", default_value_t = 300)]
+    pub webhook_hmac_window_secs: u64,
+
     /// Run without any credential (only behind something else that authenticates).
     #[arg(long, env = "WEBHOOK_ALLOW_UNAUTHENTICATED", value_parser = BoolishValueParser::new(), default_value = "false")]
     pub webhook_allow_unauthenticated: bool,
@@ -149,6 +165,20 @@ pub struct ServeConfig {
 impl ServeConfig {
     pub fn ack_deadline(&self) -> Duration {
         Duration::from_millis(self.ack_deadline_ms)
+    }
+
+    /// The signature check, when `WEBHOOK_HMAC_SECRET` is set.
+    pub fn hmac_verifier(&self) -> Result<Option<HmacVerifier>, ConfigError> {
+        self.webhook_hmac_secret
+            .clone()
+            .map(|secret| {
+                HmacVerifier::new(
+                    secret,
+                    self.webhook_hmac_layout,
+                    self.webhook_hmac_window_secs,
+                )
+            })
+            .transpose()
     }
 }
 

@@ -162,13 +162,18 @@ impl Metrics {
 /// Known webhook types map to themselves; anything else to `other`, so a sender cannot grow
 /// the label set without bound.
 pub fn event_type_label(event_type: Option<&str>) -> &'static str {
-    const KNOWN: [&str; 6] = [
+    const KNOWN: [&str; 11] = [
         "notification.source.connect",
         "notification.source.disconnect",
         "webhook.source.connect",
         "webhook.source.disconnect",
         "notification.data.epoch.createupdate",
         "notification.data.daily.createupdate",
+        "event.data.epoch.create",
+        "event.data.epoch.update",
+        "event.data.daily.create",
+        "event.data.daily.update",
+        crate::thryve::LEGACY_EVENT_TYPE,
     ];
     match event_type {
         None => "none",

@@ -56,6 +56,7 @@ impl Application {
         let auth = Authenticator::from_config(
             config.webhook_basic_auth.as_ref(),
             config.webhook_auth_header.as_ref(),
+            config.hmac_verifier()?,
             config.webhook_allow_unauthenticated,
         )?;
         if config.max_body_bytes == 0 {

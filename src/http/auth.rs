@@ -1,28 +1,33 @@
-//! Static webhook credentials (HTTP Basic, fixed headers), compared in constant time.
+//! Webhook credentials: static ones (HTTP Basic, fixed headers) compared in constant time, and the HMAC signature.
 
 use axum::http::{header::AUTHORIZATION, HeaderMap, HeaderName};
 use base64::{engine::general_purpose::STANDARD, Engine as _};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
+use super::hmac::{HmacError, HmacVerifier};
 use crate::config::{ConfigError, Secret};
 
-/// The credentials a delivery may present; any one of them admits it.
+/// The credentials a delivery must present: any one of the static credentials (if any is
+/// configured) and, if a secret is configured, a valid HMAC signature as well.
 ///
-/// Credentials are kept as SHA-256 digests and compared with [`subtle`], so neither the
+/// Static credentials are kept as SHA-256 digests and compared with [`subtle`], so neither the
 /// position of the first wrong byte nor the length of a guess shows in the response time.
 #[derive(Clone)]
 pub struct Authenticator {
     basic: Vec<[u8; 32]>,
     headers: Vec<(HeaderName, [u8; 32])>,
+    hmac: Option<HmacVerifier>,
 }
 
 impl Authenticator {
-    /// Builds the checker from `WEBHOOK_BASIC_AUTH` / `WEBHOOK_AUTH_HEADER`; refuses an empty
-    /// configuration unless `allow_unauthenticated`.
+    /// Builds the checker from `WEBHOOK_BASIC_AUTH` / `WEBHOOK_AUTH_HEADER` and the HMAC
+    /// settings; refuses a configuration with none of them unless `allow_unauthenticated`.
     pub fn from_config(
         basic: Option<&Secret>,
         header: Option<&Secret>,
+        hmac: Option<HmacVerifier>,
         allow_unauthenticated: bool,
     ) -> Result<Self, ConfigError> {
         let basic = match basic {
@@ -33,15 +38,19 @@ impl Authenticator {
             Some(list) => parse_headers(list.expose())?,
             None => Vec::new(),
         };
-        if basic.is_empty() && headers.is_empty() && !allow_unauthenticated {
+        if basic.is_empty() && headers.is_empty() && hmac.is_none() && !allow_unauthenticated {
             return Err(ConfigError::new(
                 "WEBHOOK_BASIC_AUTH",
                 "no webhook credential configured; set WEBHOOK_BASIC_AUTH=user:password (or \
-                 WEBHOOK_AUTH_HEADER='Header-Name: value'), or WEBHOOK_ALLOW_UNAUTHENTICATED=true \
-                 to accept anyone",
+                 WEBHOOK_AUTH_HEADER='Header-Name: value', or WEBHOOK_HMAC_SECRET), or \
+                 WEBHOOK_ALLOW_UNAUTHENTICATED=true to accept anyone",
             ));
         }
-        Ok(Self { basic, headers })
+        Ok(Self {
+            basic,
+            headers,
+            hmac,
+        })
     }
 
     /// Names of the enabled modes, for the start-up line (never the credentials).
@@ -53,6 +62,9 @@ impl Authenticator {
         for (name, _) in &self.headers {
             modes.push(format!("header({name})"));
         }
+        if let Some(hmac) = &self.hmac {
+            modes.push(format!("hmac({})", hmac.layout()));
+        }
         if modes.is_empty() {
             "none (WEBHOOK_ALLOW_UNAUTHENTICATED)".to_owned()
         } else {
@@ -60,7 +72,8 @@ impl Authenticator {
         }
     }
 
-    /// True when the request carries one of the configured credentials, or none is configured.
+    /// True when the request carries one of the configured static credentials, or none is
+    /// configured. Checked before the body is read.
     pub fn admits(&self, request: &HeaderMap) -> bool {
         if self.basic.is_empty() && self.headers.is_empty() {
             return true;
@@ -83,6 +96,20 @@ impl Authenticator {
             }
         }
         ok.into()
+    }
+
+    /// Checks the HMAC signature over the raw body, if a secret is configured. Checked after the
+    /// body is read and before it is decompressed, so an unsigned body is never inflated.
+    pub fn verify_signature(
+        &self,
+        request: &HeaderMap,
+        raw_body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<(), HmacError> {
+        match &self.hmac {
+            Some(hmac) => hmac.verify(request, raw_body, now),
+            None => Ok(()),
+        }
     }
 }
 
@@ -171,9 +198,13 @@ mod tests {
 
     #[test]
     fn any_of_several_basic_credentials_is_admitted() {
-        let auth =
-            Authenticator::from_config(Some(&Secret::new("thryve:old, thryve:new")), None, false)
-                .unwrap();
+        let auth = Authenticator::from_config(
+            Some(&Secret::new("thryve:old, thryve:new")),
+            None,
+            None,
+            false,
+        )
+        .unwrap();
         assert!(auth.admits(&headers(&[("authorization", &basic("thryve:old"))])));
         assert!(auth.admits(&headers(&[("authorization", &basic("thryve:new"))])));
         assert!(!auth.admits(&headers(&[("authorization", &basic("thryve:nope"))])));
@@ -186,6 +217,7 @@ mod tests {
         let auth = Authenticator::from_config(
             None,
             Some(&Secret::new("X-Api-Key: k1,Authorization: Bearer t")),
+            None,
             false,
         )
         .unwrap();
@@ -197,19 +229,38 @@ mod tests {
 
     #[test]
     fn no_credentials_needs_explicit_opt_in() {
-        let err = Authenticator::from_config(None, None, false).err().unwrap();
+        let err = Authenticator::from_config(None, None, None, false)
+            .err()
+            .unwrap();
         assert!(err
             .to_string()
             .contains("WEBHOOK_ALLOW_UNAUTHENTICATED=true"));
-        assert!(Authenticator::from_config(None, None, true)
+        assert!(Authenticator::from_config(None, None, None, true)
             .unwrap()
             .admits(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn an_hmac_secret_alone_is_a_credential() {
+        let hmac = HmacVerifier::new(
+            Secret::new("k"),
+            crate::http::hmac::Layout::BodyTimestamp,
+            300,
+        )
+        .unwrap();
+        let auth = Authenticator::from_config(None, None, Some(hmac), false).unwrap();
+        assert_eq!(auth.modes(), "hmac(body+timestamp)");
+        assert!(auth.admits(&HeaderMap::new()));
+        assert!(auth
+            .verify_signature(&HeaderMap::new(), b"{}", Utc::now())
+            .is_err());
     }
 
     #[test]
     fn malformed_settings_name_the_variable_without_the_secret() {
         let err = Authenticator::from_config(
             Some(&Secret::new("user-without-password-hunter2")),
+            None,
             None,
             false,
         )
@@ -218,9 +269,10 @@ mod tests {
         .to_string();
         assert!(err.starts_with("WEBHOOK_BASIC_AUTH: entry 1"), "{err}");
         assert!(!err.contains("hunter2"));
-        let err = Authenticator::from_config(None, Some(&Secret::new("bad header: v")), false)
-            .err()
-            .unwrap();
+        let err =
+            Authenticator::from_config(None, Some(&Secret::new("bad header: v")), None, false)
+                .err()
+                .unwrap();
         assert!(err
             .to_string()
             .starts_with("WEBHOOK_AUTH_HEADER: entry 1: not a valid header name"));

@@ -7,7 +7,7 @@ use axum::{
 };
 use serde_json::json;
 
-use super::decode::DecodeError;
+use super::{decode::DecodeError, hmac::HmacError};
 
 /// Everything a webhook request can fail with. Internal details (database errors) are logged
 /// by the handler, never sent.
@@ -15,6 +15,8 @@ use super::decode::DecodeError;
 pub enum ApiError {
     #[error("missing or wrong credentials")]
     Unauthorized { basic_challenge: bool },
+    #[error("HMAC signature refused: {0}")]
+    Signature(#[from] HmacError),
     #[error("body is larger than the {0}-byte limit")]
     TooLarge(usize),
     #[error(transparent)]
@@ -23,6 +25,8 @@ pub enum ApiError {
     NotJson(String),
     #[error("body must be a JSON object, got {0}")]
     NotObject(&'static str),
+    #[error("form body: {0}")]
+    Form(String),
     #[error("body contains a NUL character (\\u0000), which Postgres cannot store")]
     NulCharacter,
     #[error("could not read the request body: {0}")]
@@ -39,7 +43,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized { .. } | ApiError::Signature(_) => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) | ApiError::Decode(DecodeError::TooLarge(_)) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -49,6 +53,7 @@ impl ApiError {
             ApiError::Decode(DecodeError::Corrupt { .. })
             | ApiError::NotJson(_)
             | ApiError::NotObject(_)
+            | ApiError::Form(_)
             | ApiError::NulCharacter
             | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -61,7 +66,7 @@ impl ApiError {
     /// The `outcome` label of the deliveries metric.
     pub fn metric_outcome(&self) -> &'static str {
         match self {
-            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::Unauthorized { .. } | ApiError::Signature(_) => "unauthorized",
             ApiError::TooLarge(_) | ApiError::Decode(DecodeError::TooLarge(_)) => "too_large",
             ApiError::Decode(DecodeError::UnsupportedEncoding(_)) => "unsupported_encoding",
             ApiError::BodyTimeout(_) => "timeout",
@@ -70,6 +75,7 @@ impl ApiError {
             | ApiError::NotJson(_)
             | ApiError::NotObject(_)
             | ApiError::NulCharacter
+            | ApiError::Form(_)
             | ApiError::BodyRead(_) => "bad_request",
         }
     }

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod decode;
 mod error;
 mod health;
+pub mod hmac;
 pub mod listener;
 mod webhook;
 

@@ -1,4 +1,4 @@
-//! `POST /webhooks/thryve`: authenticate, read, decode, classify, commit, then answer.
+//! `POST /webhooks/thryve`: authenticate, read, verify, decode, classify, commit, then answer.
 
 use std::time::Instant;
 
@@ -8,14 +8,15 @@ use axum::{
     http::{header, HeaderMap},
     Json,
 };
+use chrono::Utc;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::{decode::decode_body, ApiError, AppState};
 use crate::{
     inbox::{NewDelivery, Receipt},
     metrics::{event_type_label, DeliveryLabels},
-    thryve::json_kind,
+    thryve::{json_kind, LEGACY_EVENT_TYPE},
 };
 
 pub async fn receive(
@@ -74,6 +75,7 @@ async fn handle(
     started: Instant,
 ) -> Result<(Receipt, Option<String>), ApiError> {
     let limits = state.limits;
+    // Static credentials first: they need no body, so a stranger's upload is never read.
     if !state.auth.admits(headers) {
         return Err(ApiError::Unauthorized {
             basic_challenge: true,
@@ -101,14 +103,22 @@ async fn handle(
         }
     })?
     .to_bytes();
+    // Over the bytes as received: the signer signed what it sent, compressed or not.
+    state.auth.verify_signature(headers, &raw, Utc::now())?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
     let decoded = decode_body(encoding, &raw, limits.max_body_bytes)?;
-    let value: Value =
-        serde_json::from_slice(&decoded).map_err(|e| ApiError::NotJson(e.to_string()))?;
-    let Value::Object(object) = value else {
-        return Err(ApiError::NotObject(json_kind(&value)));
+    // A JSON object under a form content-type is still JSON: a mislabelled delivery is kept.
+    let object = if is_form(headers) && !decoded.trim_ascii_start().starts_with(b"{") {
+        legacy_form(&decoded)?
+    } else {
+        let value: Value =
+            serde_json::from_slice(&decoded).map_err(|e| ApiError::NotJson(e.to_string()))?;
+        let Value::Object(object) = value else {
+            return Err(ApiError::NotObject(json_kind(&value)));
+        };
+        object
     };
     if object.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
         return Err(ApiError::NulCharacter);
@@ -135,6 +145,34 @@ async fn handle(
             limits.ack_deadline.as_millis()
         ))),
     }
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// Legacy deliveries may come as a form whose `sourceUpdate` field holds the JSON; the body
+/// is then stored as if it had been `{"sourceUpdate": <that JSON>}`, so both spellings of
+/// one delivery share a fingerprint.
+fn legacy_form(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let (_, json) = form_urlencoded::parse(body)
+        .find(|(name, _)| name == LEGACY_EVENT_TYPE)
+        .ok_or_else(|| {
+            ApiError::Form(format!(
+                "no {LEGACY_EVENT_TYPE} field (content-type is application/x-www-form-urlencoded)"
+            ))
+        })?;
+    let update: Value = serde_json::from_str(&json)
+        .map_err(|e| ApiError::Form(format!("field {LEGACY_EVENT_TYPE} is not JSON: {e}")))?;
+    Ok(Map::from_iter([(LEGACY_EVENT_TYPE.to_owned(), update)]))
 }
 
 fn has_nul(value: &Value) -> bool {

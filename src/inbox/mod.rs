@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::PgExecutor;
 
-use crate::thryve::{self, Event, Parsed};
+use crate::thryve::{self, ConnectionChange, DaySpan, Event, InstantSpan, Parsed};
 
 /// Where a row stands; the text values are the `status` column's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,7 +60,8 @@ pub struct Receipt {
     pub outcome: Outcome,
 }
 
-/// The typed columns of a row, filled for single-span notifications.
+/// The typed columns of a row, filled only where they describe the whole event (see
+/// `typed_columns`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TypedColumns {
     pub data_source_id: Option<i32>,
@@ -143,32 +144,65 @@ impl NewDelivery {
     }
 }
 
+/// The typed columns of a valid event.
+///
+/// Rule: `data_source_id` is filled only when the typed columns describe the *whole* event
+/// (one connection change, or one span and nothing else). The poller reads a non-null
+/// `data_source_id` as "the columns are complete, no need to parse payload", so an event that
+/// carries more (several spans, pushed values) must leave every column null and be re-parsed.
 fn typed_columns(event: &Event) -> TypedColumns {
     match event {
         Event::SourceConnection {
             data_source_id,
             connected,
             at,
-        } => TypedColumns {
-            data_source_id: Some(*data_source_id),
-            connected: Some(*connected),
-            event_time: Some(*at),
-            ..TypedColumns::default()
+        } => connection_columns(&ConnectionChange {
+            data_source_id: *data_source_id,
+            connected: *connected,
+            at: *at,
+        }),
+        Event::EpochData(span) => epoch_columns(span),
+        Event::DailyData(span) => daily_columns(span),
+        Event::Legacy {
+            daily,
+            epoch,
+            connection,
+        } => match (daily, epoch, connection) {
+            (Some(span), None, None) => daily_columns(span),
+            (None, Some(span), None) => epoch_columns(span),
+            (None, None, Some(change)) => connection_columns(change),
+            _ => TypedColumns::default(),
         },
-        Event::EpochData(span) => TypedColumns {
-            data_source_id: Some(span.data_source_id),
-            data_type_ids: Some(span.data_type_ids.clone()),
-            start_time: Some(span.start),
-            end_time: Some(span.end),
-            ..TypedColumns::default()
-        },
-        Event::DailyData(span) => TypedColumns {
-            data_source_id: Some(span.data_source_id),
-            data_type_ids: Some(span.data_type_ids.clone()),
-            start_day: Some(span.start),
-            end_day: Some(span.end),
-            ..TypedColumns::default()
-        },
+        Event::EpochPush(_) | Event::DailyPush(_) => TypedColumns::default(),
+    }
+}
+
+fn connection_columns(change: &ConnectionChange) -> TypedColumns {
+    TypedColumns {
+        data_source_id: Some(change.data_source_id),
+        connected: Some(change.connected),
+        event_time: Some(change.at),
+        ..TypedColumns::default()
+    }
+}
+
+fn epoch_columns(span: &InstantSpan) -> TypedColumns {
+    TypedColumns {
+        data_source_id: Some(span.data_source_id),
+        data_type_ids: Some(span.data_type_ids.clone()),
+        start_time: Some(span.start),
+        end_time: Some(span.end),
+        ..TypedColumns::default()
+    }
+}
+
+fn daily_columns(span: &DaySpan) -> TypedColumns {
+    TypedColumns {
+        data_source_id: Some(span.data_source_id),
+        data_type_ids: Some(span.data_type_ids.clone()),
+        start_day: Some(span.start),
+        end_day: Some(span.end),
+        ..TypedColumns::default()
     }
 }
 

@@ -2,10 +2,14 @@
 
 mod canonical;
 mod effects;
+mod legacy;
 mod notification;
+mod push;
 
 pub use canonical::{canonical_json, fingerprint};
 pub use effects::{ConnectionChange, DailyValue, Effects, EpochValue, Span};
+pub use legacy::LEGACY_EVENT_TYPE;
 pub use notification::{
     json_kind, parse, DaySpan, Envelope, Event, InstantSpan, Notification, ParseError, Parsed,
 };
+pub use push::{SourceDailyValues, SourceEpochValues, MAX_DATA_POINTS};

@@ -4,6 +4,12 @@
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
+use super::{
+    effects::ConnectionChange,
+    legacy::{self, LEGACY_EVENT_TYPE},
+    push::{self, SourceDailyValues, SourceEpochValues},
+};
+
 /// Who a delivery is about and what kind it is; present, as far as it can be read, for every
 /// JSON object, valid or not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,11 +42,22 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub(super) fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             problem: problem.into(),
         }
+    }
+
+    /// The same error with its field placed under `parent`, so inner readers need not know
+    /// where they sit and the happy path builds no path strings.
+    pub(super) fn within(mut self, parent: &str) -> Self {
+        self.field = if self.field.is_empty() {
+            parent.to_owned()
+        } else {
+            format!("{parent}.{}", self.field)
+        };
+        self
     }
 }
 
@@ -66,6 +83,17 @@ pub enum Event {
     EpochData(InstantSpan),
     /// `notification.data.daily.createupdate`.
     DailyData(DaySpan),
+    /// `event.data.epoch.create` / `.update`: the values themselves, per data source.
+    EpochPush(Vec<SourceEpochValues>),
+    /// `event.data.daily.create` / `.update`: the values themselves, per data source.
+    DailyPush(Vec<SourceDailyValues>),
+    /// The legacy `{"sourceUpdate": {...}}` body (event type `sourceUpdate`): one data source,
+    /// and at least one of a daily span, an epoch span and a connection change.
+    Legacy {
+        daily: Option<DaySpan>,
+        epoch: Option<InstantSpan>,
+        connection: Option<ConnectionChange>,
+    },
 }
 
 /// Epoch data of some types changed between two instants (both inclusive).
@@ -95,6 +123,8 @@ const DISCONNECT_TYPES: [&str; 2] = [
 ];
 const EPOCH_TYPE: &str = "notification.data.epoch.createupdate";
 const DAILY_TYPE: &str = "notification.data.daily.createupdate";
+const EPOCH_PUSH_TYPES: [&str; 2] = ["event.data.epoch.create", "event.data.epoch.update"];
+const DAILY_PUSH_TYPES: [&str; 2] = ["event.data.daily.create", "event.data.daily.update"];
 
 /// Reads a webhook body that has already been decoded into a JSON object.
 ///
@@ -120,23 +150,45 @@ pub fn parse(body: &Map<String, Value>) -> Parsed {
             .map(str::to_owned),
     };
     let Some(event_type) = envelope.event_type.as_deref() else {
-        return Parsed::Unknown { envelope };
+        return match body.get("sourceUpdate") {
+            Some(update) => classify(LEGACY_EVENT_TYPE, legacy::envelope(update), || {
+                legacy::parse(update)
+            }),
+            None => Parsed::Unknown { envelope },
+        };
     };
     let kind = if CONNECT_TYPES.contains(&event_type) {
-        Kind::Connect(true)
+        Kind::Notice(Notice::Connect(true))
     } else if DISCONNECT_TYPES.contains(&event_type) {
-        Kind::Connect(false)
+        Kind::Notice(Notice::Connect(false))
     } else if event_type == EPOCH_TYPE {
-        Kind::Epoch
+        Kind::Notice(Notice::Epoch)
     } else if event_type == DAILY_TYPE {
-        Kind::Daily
+        Kind::Notice(Notice::Daily)
+    } else if EPOCH_PUSH_TYPES.contains(&event_type) {
+        Kind::EpochPush
+    } else if DAILY_PUSH_TYPES.contains(&event_type) {
+        Kind::DailyPush
     } else {
         return Parsed::Unknown { envelope };
     };
-    match parse_known(body, kind) {
+    classify(event_type, envelope.clone(), || parse_known(body, kind))
+}
+
+/// Valid or invalid, for a body whose type is known.
+fn classify(
+    event_type: &str,
+    envelope: Envelope,
+    event: impl FnOnce() -> Result<Event, ParseError>,
+) -> Parsed {
+    let envelope = Envelope {
+        event_type: Some(event_type.to_owned()),
+        ..envelope
+    };
+    match event() {
         Ok(event) => Parsed::Valid(Notification {
             event_type: event_type.to_owned(),
-            end_user_id: envelope.end_user_id.clone().unwrap_or_default(),
+            end_user_id: envelope.end_user_id.unwrap_or_default(),
             end_user_alias: envelope.end_user_alias,
             event,
         }),
@@ -146,50 +198,46 @@ pub fn parse(body: &Map<String, Value>) -> Parsed {
 
 #[derive(Clone, Copy)]
 enum Kind {
+    Notice(Notice),
+    EpochPush,
+    DailyPush,
+}
+
+/// The notification kinds, whose `data` is one object.
+#[derive(Clone, Copy)]
+enum Notice {
     Connect(bool),
     Epoch,
     Daily,
 }
 
 fn parse_known(body: &Map<String, Value>, kind: Kind) -> Result<Event, ParseError> {
-    match body.get("endUserId") {
-        Some(Value::String(id)) if !id.is_empty() => {}
-        Some(Value::String(_)) => return Err(ParseError::new("endUserId", "is empty")),
-        Some(other) => {
-            return Err(ParseError::new(
-                "endUserId",
-                format!("expected a string, got {}", json_kind(other)),
-            ))
-        }
-        None => return Err(ParseError::new("endUserId", "missing")),
-    }
-    if let Some(alias) = body.get("endUserAlias") {
-        if !alias.is_string() && !alias.is_null() {
-            return Err(ParseError::new(
-                "endUserAlias",
-                format!("expected a string, got {}", json_kind(alias)),
-            ));
-        }
-    }
+    required_string(body.get("endUserId"), "endUserId")?;
+    optional_string(body.get("endUserAlias"), "endUserAlias")?;
     let form = timestamp_form(body)?;
-    let data = match body.get("data") {
-        Some(Value::Object(data)) => data,
-        Some(other) => {
-            return Err(ParseError::new(
-                "data",
-                format!("expected an object, got {}", json_kind(other)),
-            ))
-        }
-        None => return Err(ParseError::new("data", "missing")),
-    };
-    let data_source_id = positive_i32(data.get("dataSourceId"), "data.dataSourceId")?;
+    let data = body
+        .get("data")
+        .ok_or_else(|| ParseError::new("data", "missing"))?;
     match kind {
-        Kind::Connect(connected) => Ok(Event::SourceConnection {
+        Kind::EpochPush => push::epoch(data, form).map(Event::EpochPush),
+        Kind::DailyPush => push::daily(data, form).map(Event::DailyPush),
+        Kind::Notice(notice) => notice_data(object(data, "data")?, notice, form),
+    }
+}
+
+fn notice_data(
+    data: &Map<String, Value>,
+    notice: Notice,
+    form: Option<Form>,
+) -> Result<Event, ParseError> {
+    let data_source_id = positive_i32(data.get("dataSourceId"), "data.dataSourceId")?;
+    match notice {
+        Notice::Connect(connected) => Ok(Event::SourceConnection {
             data_source_id,
             connected,
             at: instant(data.get("timestamp"), "data.timestamp", form)?,
         }),
-        Kind::Epoch => {
+        Notice::Epoch => {
             let start = instant(data.get("startTimestamp"), "data.startTimestamp", form)?;
             let end = instant(data.get("endTimestamp"), "data.endTimestamp", form)?;
             if start > end {
@@ -205,7 +253,7 @@ fn parse_known(body: &Map<String, Value>, kind: Kind) -> Result<Event, ParseErro
                 end,
             }))
         }
-        Kind::Daily => {
+        Notice::Daily => {
             let start = day(data.get("startDay"), "data.startDay", form)?;
             let end = day(data.get("endDay"), "data.endDay", form)?;
             if start > end {
@@ -227,7 +275,7 @@ fn parse_known(body: &Map<String, Value>, kind: Kind) -> Result<Event, ParseErro
 /// How timestamps are written. `None` when the body does not say: each value is then read by
 /// its JSON type (number = unix milliseconds, string = ISO 8601).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Form {
+pub(super) enum Form {
     Iso,
     Unix,
 }
@@ -249,7 +297,7 @@ fn timestamp_form(body: &Map<String, Value>) -> Result<Option<Form>, ParseError>
 const MIN_MS: i64 = 0;
 const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
 
-fn instant(
+pub(super) fn instant(
     value: Option<&Value>,
     field: &str,
     form: Option<Form>,
@@ -286,7 +334,11 @@ fn instant(
     }
 }
 
-fn day(value: Option<&Value>, field: &str, form: Option<Form>) -> Result<NaiveDate, ParseError> {
+pub(super) fn day(
+    value: Option<&Value>,
+    field: &str,
+    form: Option<Form>,
+) -> Result<NaiveDate, ParseError> {
     let value = value.ok_or_else(|| ParseError::new(field, "missing"))?;
     match (value, form) {
         // Thryve sends the milliseconds of 00:00 UTC; any other time of day names that UTC date.
@@ -360,7 +412,7 @@ fn in_range(t: DateTime<Utc>, field: &str) -> Result<DateTime<Utc>, ParseError> 
     }
 }
 
-fn positive_i32(value: Option<&Value>, field: &str) -> Result<i32, ParseError> {
+pub(super) fn positive_i32(value: Option<&Value>, field: &str) -> Result<i32, ParseError> {
     let value = value.ok_or_else(|| ParseError::new(field, "missing"))?;
     value
         .as_i64()
@@ -377,7 +429,7 @@ fn positive_i32(value: Option<&Value>, field: &str) -> Result<i32, ParseError> {
 /// Most data types one notification may name; Thryve defines a few hundred.
 const MAX_DATA_TYPES: usize = 10_000;
 
-fn type_ids(value: Option<&Value>, field: &str) -> Result<Vec<i32>, ParseError> {
+pub(super) fn type_ids(value: Option<&Value>, field: &str) -> Result<Vec<i32>, ParseError> {
     let items = match value {
         Some(Value::Array(items)) => items,
         Some(other) => {
@@ -413,6 +465,44 @@ fn type_ids(value: Option<&Value>, field: &str) -> Result<Vec<i32>, ParseError> 
     Ok(ids)
 }
 
+/// A JSON object, or an error naming `field`.
+pub(super) fn object<'a>(
+    value: &'a Value,
+    field: &str,
+) -> Result<&'a Map<String, Value>, ParseError> {
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(ParseError::new(
+            field,
+            format!("expected an object, got {}", json_kind(other)),
+        )),
+    }
+}
+
+/// A non-empty string: the ids that say whom a delivery is about.
+pub(super) fn required_string(value: Option<&Value>, field: &str) -> Result<(), ParseError> {
+    match value {
+        Some(Value::String(s)) if !s.is_empty() => Ok(()),
+        Some(Value::String(_)) => Err(ParseError::new(field, "is empty")),
+        Some(other) => Err(ParseError::new(
+            field,
+            format!("expected a string, got {}", json_kind(other)),
+        )),
+        None => Err(ParseError::new(field, "missing")),
+    }
+}
+
+/// A string, null or absent.
+pub(super) fn optional_string(value: Option<&Value>, field: &str) -> Result<(), ParseError> {
+    match value {
+        None | Some(Value::Null | Value::String(_)) => Ok(()),
+        Some(other) => Err(ParseError::new(
+            field,
+            format!("expected a string, got {}", json_kind(other)),
+        )),
+    }
+}
+
 /// "a string", "an array", ...: the JSON type of a value, for error messages.
 pub fn json_kind(value: &Value) -> &'static str {
     match value {
@@ -426,7 +516,7 @@ pub fn json_kind(value: &Value) -> &'static str {
 }
 
 /// A value for an error message, cut so a hostile payload cannot make the reason huge.
-fn short(value: &Value) -> String {
+pub(super) fn short(value: &Value) -> String {
     let text = value.to_string();
     if text.len() <= 64 {
         text

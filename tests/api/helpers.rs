@@ -9,6 +9,7 @@ use sqlx::{
 use thryve_bridge::{
     config::{Secret, ServeConfig},
     db,
+    http::hmac::Layout,
     server::Application,
 };
 use tokio::task::JoinHandle;
@@ -106,6 +107,9 @@ pub fn test_config() -> ServeConfig {
             "{USER}:{PASSWORD},{USER}:{ROTATED_PASSWORD}"
         ))),
         webhook_auth_header: None,
+        webhook_hmac_secret: None,
+        webhook_hmac_layout: Layout::BodyTimestamp,
+        webhook_hmac_window_secs: 300,
         webhook_allow_unauthenticated: false,
         max_body_bytes: 1024 * 1024,
         ack_deadline_ms: 1500,

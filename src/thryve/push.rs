@@ -1,0 +1,462 @@
+//! Data-push webhooks (`event.data.*`): the values themselves, one `data` element per data source.
+
+use serde_json::{Map, Value};
+
+use super::{
+    effects::{DailyValue, EpochValue},
+    notification::{day, instant, json_kind, object, positive_i32, short, Form, ParseError},
+};
+
+/// One data source's epoch values from an `event.data.epoch.*` push, in payload order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceEpochValues {
+    pub data_source_id: i32,
+    /// Every value carries `data_source_id` too, so each can be stored on its own.
+    pub values: Vec<EpochValue>,
+}
+
+/// One data source's daily values from an `event.data.daily.*` push, in payload order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceDailyValues {
+    pub data_source_id: i32,
+    /// Every value carries `data_source_id` too, so each can be stored on its own.
+    pub values: Vec<DailyValue>,
+}
+
+/// Most data points one push may carry, over all its data sources. The default 1 MiB body
+/// limit allows about 10,000; the cap keeps a raised limit from turning one delivery into a
+/// transaction that holds the poller for minutes.
+pub const MAX_DATA_POINTS: usize = 100_000;
+
+pub(super) fn epoch(
+    data: &Value,
+    form: Option<Form>,
+) -> Result<Vec<SourceEpochValues>, ParseError> {
+    per_source(data, "epochData", |point, data_source_id| {
+        let start = instant(point.get("startTimestamp"), "startTimestamp", form)?;
+        let end = match point.get("endTimestamp") {
+            None | Some(Value::Null) => None,
+            end => Some(instant(end, "endTimestamp", form)?),
+        };
+        if let Some(end) = end.filter(|end| *end < start) {
+            return Err(ParseError::new(
+                "startTimestamp",
+                format!("{start} is after endTimestamp {end}"),
+            ));
+        }
+        Ok(EpochValue {
+            data_source_id,
+            data_type_id: positive_i32(point.get("dataTypeId"), "dataTypeId")?,
+            start,
+            end,
+            timezone_offset: timezone_offset(point.get("timezoneOffset"))?,
+            value: value_text(point.get("value"))?,
+        })
+    })
+    .map(|sources| {
+        sources
+            .into_iter()
+            .map(|(data_source_id, values)| SourceEpochValues {
+                data_source_id,
+                values,
+            })
+            .collect()
+    })
+}
+
+pub(super) fn daily(
+    data: &Value,
+    form: Option<Form>,
+) -> Result<Vec<SourceDailyValues>, ParseError> {
+    per_source(data, "dailyData", |point, data_source_id| {
+        Ok(DailyValue {
+            data_source_id,
+            data_type_id: positive_i32(point.get("dataTypeId"), "dataTypeId")?,
+            day: day(point.get("day"), "day", form)?,
+            timezone_offset: timezone_offset(point.get("timezoneOffset"))?,
+            value: value_text(point.get("value"))?,
+        })
+    })
+    .map(|sources| {
+        sources
+            .into_iter()
+            .map(|(data_source_id, values)| SourceDailyValues {
+                data_source_id,
+                values,
+            })
+            .collect()
+    })
+}
+
+/// Walks `data[i].<list>[j]`, reading each point with `read` (whose error fields are relative
+/// to the point) and returning each element's data source with its points.
+fn per_source<T>(
+    data: &Value,
+    list: &str,
+    mut read: impl FnMut(&Map<String, Value>, i32) -> Result<T, ParseError>,
+) -> Result<Vec<(i32, Vec<T>)>, ParseError> {
+    let elements = match data {
+        Value::Array(elements) => elements,
+        other => {
+            return Err(ParseError::new(
+                "data",
+                format!(
+                    "expected an array of data-source elements, got {}",
+                    json_kind(other)
+                ),
+            ))
+        }
+    };
+    // Counted before anything is read, so an oversized push costs no parsing.
+    let points: usize = elements
+        .iter()
+        .filter_map(|e| e.get(list).and_then(Value::as_array).map(Vec::len))
+        .sum();
+    if points > MAX_DATA_POINTS {
+        return Err(ParseError::new(
+            "data",
+            format!("{points} data points, more than the {MAX_DATA_POINTS} accepted in one push"),
+        ));
+    }
+    elements
+        .iter()
+        .enumerate()
+        .map(|(i, element)| {
+            let at = || format!("data[{i}]");
+            let element = object(element, &at())?;
+            let data_source_id = positive_i32(element.get("dataSourceId"), "dataSourceId")
+                .map_err(|e| e.within(&at()))?;
+            let items = match element.get(list) {
+                Some(Value::Array(items)) => items,
+                Some(other) => {
+                    return Err(ParseError::new(
+                        format!("{}.{list}", at()),
+                        format!("expected an array, got {}", json_kind(other)),
+                    ))
+                }
+                None => return Err(ParseError::new(format!("{}.{list}", at()), "missing")),
+            };
+            let values = items
+                .iter()
+                .enumerate()
+                .map(|(j, item)| {
+                    let at = || format!("data[{i}].{list}[{j}]");
+                    read(object(item, &at())?, data_source_id).map_err(|e| e.within(&at()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((data_source_id, values))
+        })
+        .collect()
+}
+
+fn timezone_offset(value: Option<&Value>) -> Result<Option<i32>, ParseError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ParseError::new(
+                    "timezoneOffset",
+                    format!("expected a 32-bit integer, got {}", short(v)),
+                )
+            }),
+    }
+}
+
+/// Thryve sends values as strings; a sender that writes a bare number means its text.
+fn value_text(value: Option<&Value>) -> Result<String, ParseError> {
+    match value {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(other) => Err(ParseError::new(
+            "value",
+            format!("expected a string or a number, got {}", json_kind(other)),
+        )),
+        None => Err(ParseError::new("value", "missing")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+    use serde_json::{json, Value};
+
+    use super::super::{parse, Event, Notification, Parsed};
+    use super::*;
+
+    fn valid(body: &Value) -> Notification {
+        match parse(body.as_object().expect("object")) {
+            Parsed::Valid(n) => n,
+            other => panic!("expected valid, got {other:?} for {body}"),
+        }
+    }
+
+    fn reason(body: &Value) -> String {
+        match parse(body.as_object().expect("object")) {
+            Parsed::Invalid { error, .. } => error.to_string(),
+            other => panic!("expected invalid, got {other:?} for {body}"),
+        }
+    }
+
+    fn push(event_type: &str, form: &str, data: Value) -> Value {
+        json!({"endUserId": "u", "endUserAlias": "a", "timestampType": form, "type": event_type, "data": data})
+    }
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(ms).unwrap()
+    }
+
+    fn ymd(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn epoch_pushes_in_both_timestamp_forms() {
+        let unix = json!([{"dataSourceId": 8, "dataSourceName": "Nokia", "epochData": [
+            {"startTimestamp": 1763083020000_i64, "endTimestamp": 1763084220000_i64, "timezoneOffset": 0, "dataTypeId": 2005, "value": "true"},
+            {"startTimestamp": 1763009460000_i64, "endTimestamp": null, "timezoneOffset": -120, "dataTypeId": 1200, "value": 102},
+            {"startTimestamp": 1763009460000_i64, "dataTypeId": 3000, "value": "61.5"}]}]);
+        let iso = json!([{"dataSourceId": 8, "epochData": [
+            {"startTimestamp": "2025-11-14T01:17:00Z", "endTimestamp": "2025-11-14T01:37:00Z", "timezoneOffset": 0, "dataTypeId": 2005, "value": "true"},
+            {"startTimestamp": "2025-11-13T04:51:00Z", "endTimestamp": null, "timezoneOffset": -120, "dataTypeId": 1200, "value": 102},
+            {"startTimestamp": "2025-11-13T04:51:00+00:00", "dataTypeId": 3000, "value": "61.5"}]}]);
+        let expected = Event::EpochPush(vec![SourceEpochValues {
+            data_source_id: 8,
+            values: vec![
+                EpochValue {
+                    data_source_id: 8,
+                    data_type_id: 2005,
+                    start: at(1763083020000),
+                    end: Some(at(1763084220000)),
+                    timezone_offset: Some(0),
+                    value: "true".into(),
+                },
+                EpochValue {
+                    data_source_id: 8,
+                    data_type_id: 1200,
+                    start: at(1763009460000),
+                    end: None,
+                    timezone_offset: Some(-120),
+                    value: "102".into(),
+                },
+                EpochValue {
+                    data_source_id: 8,
+                    data_type_id: 3000,
+                    start: at(1763009460000),
+                    end: None,
+                    timezone_offset: None,
+                    value: "61.5".into(),
+                },
+            ],
+        }]);
+        for event_type in ["event.data.epoch.create", "event.data.epoch.update"] {
+            for (form, data) in [("unix", &unix), ("iso", &iso)] {
+                let n = valid(&push(event_type, form, data.clone()));
+                assert_eq!(n.event_type, event_type);
+                assert_eq!(
+                    (n.end_user_id.as_str(), n.end_user_alias.as_deref()),
+                    ("u", Some("a"))
+                );
+                assert_eq!(n.event, expected, "{event_type} {form}");
+            }
+        }
+    }
+
+    #[test]
+    fn daily_pushes_in_both_timestamp_forms() {
+        let unix = json!([
+            {"dataSourceId": 8, "dailyData": [
+                {"day": 1765584000000_i64, "timezoneOffset": 60, "dataTypeId": 3001, "value": "59"},
+                {"day": 1765670400000_i64, "dataTypeId": 1000, "value": 4200}]},
+            {"dataSourceId": 1, "dailyData": []}]);
+        let iso = json!([
+            {"dataSourceId": 8, "dailyData": [
+                {"day": "2025-12-13", "timezoneOffset": 60, "dataTypeId": 3001, "value": "59"},
+                {"day": "2025-12-14", "timezoneOffset": null, "dataTypeId": 1000, "value": 4200}]},
+            {"dataSourceId": 1, "dailyData": []}]);
+        let expected = Event::DailyPush(vec![
+            SourceDailyValues {
+                data_source_id: 8,
+                values: vec![
+                    DailyValue {
+                        data_source_id: 8,
+                        data_type_id: 3001,
+                        day: ymd(2025, 12, 13),
+                        timezone_offset: Some(60),
+                        value: "59".into(),
+                    },
+                    DailyValue {
+                        data_source_id: 8,
+                        data_type_id: 1000,
+                        day: ymd(2025, 12, 14),
+                        timezone_offset: None,
+                        value: "4200".into(),
+                    },
+                ],
+            },
+            SourceDailyValues {
+                data_source_id: 1,
+                values: vec![],
+            },
+        ]);
+        for event_type in ["event.data.daily.create", "event.data.daily.update"] {
+            for (form, data) in [("unix", &unix), ("iso", &iso)] {
+                assert_eq!(
+                    valid(&push(event_type, form, data.clone())).event,
+                    expected,
+                    "{event_type} {form}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_push_is_valid_and_changes_nothing() {
+        let n = valid(&push("event.data.epoch.update", "unix", json!([])));
+        assert_eq!(n.event, Event::EpochPush(vec![]));
+    }
+
+    #[test]
+    fn bad_fields_are_named_by_their_path() {
+        let epoch = |point: Value| {
+            push(
+                "event.data.epoch.create",
+                "unix",
+                json!([{"dataSourceId": 8, "epochData": [
+                    {"startTimestamp": 1, "dataTypeId": 1, "value": "ok"}, point]}]),
+            )
+        };
+        let daily = |point: Value| {
+            push(
+                "event.data.daily.update",
+                "iso",
+                json!([{"dataSourceId": 8, "dailyData": [point]}]),
+            )
+        };
+        let cases = [
+            (
+                push("event.data.epoch.create", "unix", json!({"dataSourceId": 8})),
+                "data: expected an array of data-source elements, got an object",
+            ),
+            (
+                push("event.data.daily.create", "unix", json!([7])),
+                "data[0]: expected an object, got a number",
+            ),
+            (
+                push("event.data.epoch.update", "unix", json!([{"epochData": []}])),
+                "data[0].dataSourceId: missing",
+            ),
+            (
+                push("event.data.epoch.update", "unix", json!([{"dataSourceId": 8}])),
+                "data[0].epochData: missing",
+            ),
+            (
+                push(
+                    "event.data.epoch.update",
+                    "unix",
+                    json!([{"dataSourceId": 8, "dailyData": []}]),
+                ),
+                "data[0].epochData: missing",
+            ),
+            (
+                push(
+                    "event.data.daily.update",
+                    "unix",
+                    json!([{"dataSourceId": 8, "dailyData": {}}]),
+                ),
+                "data[0].dailyData: expected an array, got an object",
+            ),
+            (epoch(json!("x")), "data[0].epochData[1]: expected an object"),
+            (
+                epoch(json!({"dataTypeId": 1, "value": "v"})),
+                "data[0].epochData[1].startTimestamp: missing",
+            ),
+            (
+                epoch(json!({"startTimestamp": "2025-01-01T00:00:00Z", "dataTypeId": 1, "value": "v"})),
+                "data[0].epochData[1].startTimestamp: timestampType is unix",
+            ),
+            (
+                epoch(json!({"startTimestamp": 5, "endTimestamp": 4, "dataTypeId": 1, "value": "v"})),
+                "data[0].epochData[1].startTimestamp: 1970-01-01 00:00:00.005 UTC is after endTimestamp",
+            ),
+            (
+                epoch(json!({"startTimestamp": 5, "endTimestamp": true, "dataTypeId": 1, "value": "v"})),
+                "data[0].epochData[1].endTimestamp: timestampType is unix",
+            ),
+            (
+                epoch(json!({"startTimestamp": 5, "dataTypeId": 0, "value": "v"})),
+                "data[0].epochData[1].dataTypeId: expected a positive 32-bit integer",
+            ),
+            (
+                epoch(json!({"startTimestamp": 5, "value": "v"})),
+                "data[0].epochData[1].dataTypeId: missing",
+            ),
+            (
+                epoch(json!({"startTimestamp": 5, "dataTypeId": 1})),
+                "data[0].epochData[1].value: missing",
+            ),
+            (
+                epoch(json!({"startTimestamp": 5, "dataTypeId": 1, "value": null})),
+                "data[0].epochData[1].value: expected a string or a number, got null",
+            ),
+            (
+                epoch(json!({"startTimestamp": 5, "dataTypeId": 1, "value": [1]})),
+                "data[0].epochData[1].value: expected a string or a number, got an array",
+            ),
+            (
+                epoch(json!({"startTimestamp": 5, "dataTypeId": 1, "value": "v", "timezoneOffset": "+01:00"})),
+                "data[0].epochData[1].timezoneOffset: expected a 32-bit integer",
+            ),
+            (
+                epoch(json!({"startTimestamp": 5, "dataTypeId": 1, "value": "v", "timezoneOffset": 4294967296_i64})),
+                "data[0].epochData[1].timezoneOffset: expected a 32-bit integer",
+            ),
+            (
+                daily(json!({"dataTypeId": 1, "value": "v"})),
+                "data[0].dailyData[0].day: missing",
+            ),
+            (
+                daily(json!({"day": "2025-13-01", "dataTypeId": 1, "value": "v"})),
+                "data[0].dailyData[0].day: \"2025-13-01\" is not a YYYY-MM-DD date",
+            ),
+            (
+                daily(json!({"day": 1765584000000_i64, "dataTypeId": 1, "value": "v"})),
+                "data[0].dailyData[0].day: timestampType is iso",
+            ),
+            (
+                json!({"timestampType": "unix", "type": "event.data.daily.update", "data": []}),
+                "endUserId: missing",
+            ),
+            (
+                json!({"endUserId": "u", "type": "event.data.daily.update"}),
+                "data: missing",
+            ),
+        ];
+        for (body, expected) in cases {
+            let got = reason(&body);
+            assert!(
+                got.starts_with(expected),
+                "{got:?} should start with {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_push_over_the_cap_is_refused_before_it_is_read() {
+        let points = vec![json!({}); MAX_DATA_POINTS / 2 + 1];
+        let body = push(
+            "event.data.daily.create",
+            "unix",
+            json!([{"dataSourceId": 1, "dailyData": points}, {"dataSourceId": 2, "dailyData": points}]),
+        );
+        assert_eq!(
+            reason(&body),
+            format!(
+                "data: {} data points, more than the {MAX_DATA_POINTS} accepted in one push",
+                MAX_DATA_POINTS + 2
+            )
+        );
+    }
+}
