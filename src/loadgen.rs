@@ -408,6 +408,9 @@ pub struct Verification {
     pub acknowledged: u64,
     /// Of those, how many have no inbox row: must be 0.
     pub missing: u64,
+    /// Acknowledged rows still pending when the poller was waited for (or quarantined or
+    /// ignored): their coverage is not checked, so this must be 0 for a clean run.
+    pub not_processed: u64,
     /// (user, source, type, span) of processed deliveries not inside a range dirtied at or
     /// after processing: must be 0.
     pub uncovered: u64,
@@ -443,6 +446,13 @@ pub async fn verify(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    let not_processed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM thryve.inbox WHERE id = ANY($1) AND status <> 'processed'",
+    )
+    .bind(&distinct)
+    .fetch_one(pool)
+    .await?;
 
     let (mut inbox_ids, mut users, mut sources, mut grans, mut types) =
         (vec![], vec![], vec![], vec![], vec![]);
@@ -514,6 +524,7 @@ pub async fn verify(
     Ok(Verification {
         acknowledged: acked.len() as u64,
         missing,
+        not_processed: not_processed as u64,
         uncovered: uncovered as u64,
     })
 }

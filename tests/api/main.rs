@@ -4,6 +4,7 @@ mod cli;
 mod formats;
 mod helpers;
 mod invariants;
+mod loadgen;
 mod poller;
 mod properties;
 mod proxy;

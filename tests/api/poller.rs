@@ -813,3 +813,112 @@ async fn a_poller_elsewhere_wakes_on_notify() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+fn push(user: &str, points: &[(i64, i32, &str)]) -> Value {
+    let data: Vec<Value> = points
+        .iter()
+        .map(|(start, t, v)| json!({"startTimestamp": start, "endTimestamp": start + 60_000, "timezoneOffset": 60, "dataTypeId": t, "value": v}))
+        .collect();
+    json!({"endUserId": user, "timestampType": "unix", "type": "event.data.epoch.update",
+           "data": [{"dataSourceId": 8, "dataSourceName": "Withings", "epochData": data}]})
+}
+
+async fn epoch_values(db: &TestDb) -> Vec<(i32, String, Option<String>, i64)> {
+    sqlx::query_as(
+        "SELECT data_type_id, value, value_numeric::text, inbox_id FROM thryve.epoch_values ORDER BY data_type_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn pushed_values_are_upserted_an_update_replaces_and_a_replay_changes_nothing() {
+    let db = TestDb::new().await;
+    let t0 = 1_763_083_020_000_i64;
+    let first = push("v", &[(t0, 1200, "102"), (t0, 2005, "true")]);
+    let first_id = store(&db, std::slice::from_ref(&first)).await[0];
+    poller(&db).drain().await.unwrap();
+    assert_eq!(
+        epoch_values(&db).await,
+        vec![
+            (1200, "102".to_owned(), Some("102".to_owned()), first_id),
+            (2005, "true".to_owned(), None, first_id),
+        ]
+    );
+    let range = &pending(&db).await[0];
+    assert_eq!(
+        (
+            range.start_time.unwrap().timestamp_millis(),
+            range.end_time.unwrap().timestamp_millis()
+        ),
+        (t0, t0 + 60_000)
+    );
+    assert_eq!(range.data_type_ids, vec![1200, 2005]);
+
+    let update = push("v", &[(t0, 1200, "99.5")]);
+    let update_id = store(&db, &[update]).await[0];
+    poller(&db).drain().await.unwrap();
+    let after_update = epoch_values(&db).await;
+    assert_eq!(
+        after_update[0],
+        (1200, "99.5".to_owned(), Some("99.5".to_owned()), update_id)
+    );
+
+    // Thryve retries the first delivery: the row is re-armed and re-processed, the newer value stays.
+    store(&db, &[first]).await;
+    let report = poller(&db).poll_once().await.unwrap();
+    assert_eq!(report.processed, 1);
+    assert_eq!(epoch_values(&db).await, after_update);
+    let updated_at: Vec<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT updated_at FROM thryve.epoch_values ORDER BY data_type_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(updated_at[1] < Utc::now(), "untouched");
+    assert_guarantees(&db.pool).await;
+}
+
+#[tokio::test]
+async fn a_legacy_source_update_makes_epoch_and_daily_ranges_and_daily_push_values_land() {
+    let db = TestDb::new().await;
+    let legacy = json!({"sourceUpdate": {"authenticationToken": "legacy-user", "partnerUserID": "p", "dataSource": 1,
+        "createdAt": "2020-02-26T16:54:30Z",
+        "/v5/dailyDynamicValues": {"startDay": "2020-02-26", "endDay": "2020-02-26", "dailyDynamicValueTypes": [2000, 2001]},
+        "/v5/dynamicEpochValues": {"startTimestamp": "2020-02-26T12:38:00Z", "endTimestamp": "2020-02-26T16:55:00Z",
+            "dynamicValueTypes": [1012, 3000], "startTimestampUnix": 1582720680000_i64, "endTimestampUnix": 1582736100000_i64}}});
+    let daily_push = json!({"endUserId": "legacy-user", "timestampType": "unix", "type": "event.data.daily.create",
+        "data": [{"dataSourceId": 8, "dailyData": [{"day": 1765584000000_i64, "timezoneOffset": 0, "dataTypeId": 3001, "value": "59"}]}]});
+    store(&db, &[legacy, daily_push]).await;
+    poller(&db).drain().await.unwrap();
+    let all = pending(&db).await;
+    let mut shapes: Vec<(i32, String, Vec<i32>)> = all
+        .iter()
+        .map(|r| {
+            (
+                r.data_source_id,
+                r.granularity.clone(),
+                r.data_type_ids.clone(),
+            )
+        })
+        .collect();
+    shapes.sort();
+    assert_eq!(
+        shapes,
+        vec![
+            (1, "daily".to_owned(), vec![2000, 2001]),
+            (1, "epoch".to_owned(), vec![1012, 3000]),
+            (8, "daily".to_owned(), vec![3001]),
+        ]
+    );
+    let daily: (String, Option<String>, NaiveDate) =
+        sqlx::query_as("SELECT value, value_numeric::text, day FROM thryve.daily_values")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        daily,
+        ("59".to_owned(), Some("59".to_owned()), day("2025-12-13"))
+    );
+    assert_guarantees(&db.pool).await;
+}
