@@ -241,7 +241,7 @@ pub async fn run(config: &LoadConfig) -> LoadRun {
             let lag_tx = lag_tx.clone();
             tokio::spawn(async move {
                 let mut rng = Rng::new(config.seed.wrapping_add(worker as u64 * 7919));
-                let mut latencies = Histogram::<u64>::new(3).expect("histogram");
+                let mut latencies = latency_histogram();
                 let mut sent = Vec::new();
                 let mut errors = 0u64;
                 let mut ticker = config.rate.map(|rate| {
@@ -315,7 +315,7 @@ pub async fn run(config: &LoadConfig) -> LoadRun {
             })
         })
         .collect();
-    let mut latencies = Histogram::<u64>::new(3).expect("histogram");
+    let mut latencies = latency_histogram();
     let mut sent = Vec::new();
     let mut transport_errors = 0;
     for worker in workers {
@@ -366,7 +366,7 @@ async fn watch_lag(
     pool: PgPool,
     mut acked: tokio::sync::mpsc::UnboundedReceiver<(i64, Instant)>,
 ) -> Histogram<u64> {
-    let mut lags = Histogram::<u64>::new(3).expect("histogram");
+    let mut lags = latency_histogram();
     let mut waiting: std::collections::HashMap<i64, Instant> = std::collections::HashMap::new();
     let mut open = true;
     let mut give_up = None;
@@ -601,4 +601,9 @@ pub async fn drain_benchmark(
         drain_seconds,
         rows_per_s: drained as f64 / drain_seconds,
     })
+}
+
+/// Microseconds from 1 µs to 60 s at 3 significant digits; `saturating_record` clamps to it.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
