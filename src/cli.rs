@@ -4,12 +4,15 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
+use serde::Serialize;
+use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{DatabaseConfig, ServeConfig},
     db,
+    inbox::{self, Status},
     ranges::{self, Consumer},
     server::Application,
     telemetry,
@@ -49,6 +52,24 @@ pub enum Command {
     /// Claim, complete, fail or list dirty ranges by hand (JSON out).
     #[command(subcommand)]
     Ranges(RangesCommand),
+    /// Show or list inbox rows (JSON out).
+    #[command(subcommand)]
+    Inbox(InboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InboxCommand {
+    /// Print one row, payload included.
+    Show { id: i64 },
+    /// List rows in one status, newest first, without payloads.
+    List {
+        #[arg(long, value_enum)]
+        status: Status,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        end_user: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,12 +167,7 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
                 .map_err(|e| e.to_string())
         }
         Command::Migrate => {
-            let pool = db::pool(
-                database.url().map_err(|e| e.to_string())?,
-                2,
-                Duration::from_secs(30),
-            )
-            .map_err(|e| format!("DATABASE_URL: {e}"))?;
+            let pool = operator_pool(database)?;
             db::migrate(&pool)
                 .await
                 .map_err(|e| format!("migrate: {e}"))?;
@@ -163,20 +179,57 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
             Ok(())
         }
         Command::Healthcheck { url } => healthcheck(&url).await,
-        Command::Ranges(command) => {
-            let pool = db::pool(
-                database.url().map_err(|e| e.to_string())?,
-                2,
-                Duration::from_secs(30),
-            )
-            .map_err(|e| format!("DATABASE_URL: {e}"))?;
-            ranges_command(command, pool).await
+        Command::Ranges(command) => ranges_command(command, operator_pool(database)?).await,
+        Command::Inbox(command) => inbox_command(command, operator_pool(database)?).await,
+    }
+}
+
+/// A small pool for a one-shot command.
+fn operator_pool(database: &DatabaseConfig) -> Result<PgPool, String> {
+    db::pool(
+        database.url().map_err(|e| e.to_string())?,
+        2,
+        Duration::from_secs(30),
+    )
+    .map_err(|e| format!("DATABASE_URL: {e}"))
+}
+
+fn db_error(e: sqlx::Error) -> String {
+    format!("database: {e}")
+}
+
+fn print_json(value: &impl Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("operator output serialises")
+    );
+}
+
+async fn inbox_command(command: InboxCommand, pool: PgPool) -> Result<(), String> {
+    match command {
+        InboxCommand::Show { id } => {
+            let row = inbox::get(&pool, id)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| format!("inbox row {id}: not found"))?;
+            print_json(&row);
+            Ok(())
+        }
+        InboxCommand::List {
+            status,
+            limit,
+            end_user,
+        } => {
+            let rows = inbox::list(&pool, status, end_user.as_deref(), limit)
+                .await
+                .map_err(db_error)?;
+            print_json(&rows);
+            Ok(())
         }
     }
 }
 
-async fn ranges_command(command: RangesCommand, pool: sqlx::PgPool) -> Result<(), String> {
-    let db_error = |e: sqlx::Error| format!("database: {e}");
+async fn ranges_command(command: RangesCommand, pool: PgPool) -> Result<(), String> {
     let held = |range_id: i64, action: &str, ok: bool| {
         println!(
             "{}",
@@ -244,10 +297,7 @@ async fn ranges_command(command: RangesCommand, pool: sqlx::PgPool) -> Result<()
             let ranges = ranges::list(&pool, status.as_deref(), limit)
                 .await
                 .map_err(db_error)?;
-            println!(
-                "{}",
-                serde_json::to_string(&ranges).expect("ranges serialise")
-            );
+            print_json(&ranges);
             Ok(())
         }
     }

@@ -12,7 +12,7 @@ use sqlx::PgExecutor;
 use crate::thryve::{self, Event, Parsed};
 
 /// Where a row stands; the text values are the `status` column's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending,
@@ -338,4 +338,73 @@ pub async fn finish(
     .execute(executor)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// A row of `thryve.inbox` without its payload, as `thryve-bridge inbox list` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct InboxSummary {
+    pub id: i64,
+    /// SHA-256 of the canonical JSON, in hex.
+    pub fingerprint: String,
+    pub event_type: Option<String>,
+    pub end_user_id: Option<String>,
+    pub end_user_alias: Option<String>,
+    pub status: String,
+    pub error: Option<String>,
+    pub delivery_count: i32,
+    pub first_received_at: DateTime<Utc>,
+    pub last_received_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub data_source_id: Option<i32>,
+    pub data_type_ids: Option<Vec<i32>>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub start_day: Option<NaiveDate>,
+    pub end_day: Option<NaiveDate>,
+    pub connected: Option<bool>,
+    pub event_time: Option<DateTime<Utc>>,
+}
+
+/// A whole row of `thryve.inbox`.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct InboxRow {
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub summary: InboxSummary,
+    /// The decoded body; JSON `null` once payload retention has blanked it.
+    pub payload: Value,
+}
+
+const SUMMARY_COLUMNS: &str = "id, encode(fingerprint, 'hex') AS fingerprint, event_type,
+    end_user_id, end_user_alias, status, error, delivery_count, first_received_at,
+    last_received_at, processed_at, data_source_id, data_type_ids, start_time, end_time,
+    start_day, end_day, connected, event_time";
+
+/// One row, payload included.
+pub async fn get(executor: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<InboxRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {SUMMARY_COLUMNS}, payload FROM thryve.inbox WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+}
+
+/// Rows in `status` (of `end_user_id` if given), newest first, at most `limit`.
+pub async fn list(
+    executor: impl PgExecutor<'_>,
+    status: Status,
+    end_user_id: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<InboxSummary>> {
+    sqlx::query_as(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM thryve.inbox
+         WHERE status = $1 AND ($2::text IS NULL OR end_user_id = $2)
+         ORDER BY id DESC LIMIT $3"
+    ))
+    .bind(status.as_str())
+    .bind(end_user_id)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
 }

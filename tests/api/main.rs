@@ -3,6 +3,7 @@
 mod cli;
 mod helpers;
 mod invariants;
+mod ops;
 mod poller;
 mod properties;
 mod proxy;
