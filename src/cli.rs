@@ -3,7 +3,7 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,7 +52,7 @@ pub enum Command {
     /// Claim, complete, fail or list dirty ranges by hand (JSON out).
     #[command(subcommand)]
     Ranges(RangesCommand),
-    /// Show or list inbox rows (JSON out).
+    /// Show, list or replay inbox rows (JSON out).
     #[command(subcommand)]
     Inbox(InboxCommand),
 }
@@ -70,6 +70,35 @@ pub enum InboxCommand {
         #[arg(long)]
         end_user: Option<String>,
     },
+    /// Run quarantined and ignored rows through today's parser, oldest first: rows that parse
+    /// now get their typed columns and go back to pending for the poller; the others get
+    /// today's reason. Prints counts and ids.
+    Replay {
+        /// Only rows in this status (both when absent).
+        #[arg(long, value_enum)]
+        status: Option<HeldStatus>,
+        /// Only this row.
+        #[arg(long)]
+        id: Option<i64>,
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+}
+
+/// The statuses a row can be held in that `inbox replay` reads again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HeldStatus {
+    Quarantined,
+    Ignored,
+}
+
+impl From<HeldStatus> for Status {
+    fn from(held: HeldStatus) -> Self {
+        match held {
+            HeldStatus::Quarantined => Status::Quarantined,
+            HeldStatus::Ignored => Status::Ignored,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +254,28 @@ async fn inbox_command(command: InboxCommand, pool: PgPool) -> Result<(), String
                 .map_err(db_error)?;
             print_json(&rows);
             Ok(())
+        }
+        InboxCommand::Replay { status, id, limit } => {
+            let mut conn = pool.acquire().await.map_err(db_error)?;
+            let report = inbox::replay(&mut conn, status.map(Status::from), id, limit)
+                .await
+                .map_err(db_error)?;
+            let examined = report.pending.len() + report.quarantined.len() + report.ignored.len();
+            print_json(&serde_json::json!({
+                "examined": examined,
+                "counts": {
+                    "pending": report.pending.len(),
+                    "quarantined": report.quarantined.len(),
+                    "ignored": report.ignored.len(),
+                },
+                "ids": report,
+            }));
+            match id {
+                Some(id) if examined == 0 => Err(format!(
+                    "inbox row {id}: not found, not quarantined or ignored, or held by another replay"
+                )),
+                _ => Ok(()),
+            }
         }
     }
 }

@@ -7,9 +7,12 @@ pub use writer::{InboxWriter, WriteError};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sqlx::PgExecutor;
+use sqlx::{Connection, PgConnection, PgExecutor};
 
-use crate::thryve::{self, Event, Parsed};
+use crate::{
+    poller,
+    thryve::{self, Event, Parsed},
+};
 
 /// Where a row stands; the text values are the `status` column's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -407,4 +410,83 @@ pub async fn list(
     .bind(limit)
     .fetch_all(executor)
     .await
+}
+
+/// Where [`replay`] put each row it read again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    /// Rows that parse now: typed columns filled, back to `pending` for the poller.
+    pub pending: Vec<i64>,
+    /// Rows still invalid; `error` holds today's reason.
+    pub quarantined: Vec<i64>,
+    /// Rows of a type the bridge still does not handle.
+    pub ignored: Vec<i64>,
+}
+
+/// Runs `quarantined` and `ignored` rows (only those in `status`, or only row `id`, if given)
+/// through today's parser, oldest first, at most `limit`, in one transaction: each row gets
+/// the status, reason, envelope and typed columns a first delivery of its payload would get
+/// now. Fingerprint, payload and delivery counts stay. Other statuses are never touched.
+pub async fn replay(
+    conn: &mut PgConnection,
+    status: Option<Status>,
+    id: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<ReplayReport> {
+    let mut tx = conn.begin().await?;
+    let rows: Vec<(i64, Value)> = sqlx::query_as(
+        "SELECT id, payload FROM thryve.inbox
+         WHERE status IN ('quarantined', 'ignored') AND ($1::text IS NULL OR status = $1)
+           AND ($2::bigint IS NULL OR id = $2) AND jsonb_typeof(payload) = 'object'
+         ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(status.map(Status::as_str))
+    .bind(id)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut report = ReplayReport::default();
+    for (id, payload) in rows {
+        let Value::Object(body) = payload else {
+            continue;
+        };
+        let delivery = NewDelivery::from_body(&body);
+        let t = &delivery.typed;
+        sqlx::query(
+            "UPDATE thryve.inbox SET status = $2, error = $3, event_type = $4, end_user_id = $5,
+                 end_user_alias = $6, data_source_id = $7, data_type_ids = $8, start_time = $9,
+                 end_time = $10, start_day = $11, end_day = $12, connected = $13, event_time = $14
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(delivery.status.as_str())
+        .bind(&delivery.error)
+        .bind(&delivery.event_type)
+        .bind(&delivery.end_user_id)
+        .bind(&delivery.end_user_alias)
+        .bind(t.data_source_id)
+        .bind(&t.data_type_ids)
+        .bind(t.start_time)
+        .bind(t.end_time)
+        .bind(t.start_day)
+        .bind(t.end_day)
+        .bind(t.connected)
+        .bind(t.event_time)
+        .execute(&mut *tx)
+        .await?;
+        match delivery.status {
+            Status::Pending | Status::Processed => report.pending.push(id),
+            Status::Quarantined => report.quarantined.push(id),
+            Status::Ignored => report.ignored.push(id),
+        }
+    }
+    if !report.pending.is_empty() {
+        // Delivered at commit, so pollers in every process start on the rows at once.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(poller::CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(report)
 }
