@@ -10,8 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{DatabaseConfig, ServeConfig},
+    config::{DatabaseConfig, RetentionConfig, ServeConfig},
     db,
+    housekeeping::Housekeeping,
     inbox::{self, Status},
     ranges::{self, Consumer},
     server::Application,
@@ -55,6 +56,9 @@ pub enum Command {
     /// Show, list or replay inbox rows (JSON out).
     #[command(subcommand)]
     Inbox(InboxCommand),
+    /// Run housekeeping (retention) by hand (JSON out).
+    #[command(subcommand)]
+    Housekeeping(HousekeepingCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +103,12 @@ impl From<HeldStatus> for Status {
             HeldStatus::Ignored => Status::Ignored,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HousekeepingCommand {
+    /// One pass now with the retention settings; prints what it deleted and blanked.
+    Run(RetentionConfig),
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +220,16 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
         Command::Healthcheck { url } => healthcheck(&url).await,
         Command::Ranges(command) => ranges_command(command, operator_pool(database)?).await,
         Command::Inbox(command) => inbox_command(command, operator_pool(database)?).await,
+        Command::Housekeeping(HousekeepingCommand::Run(retention)) => {
+            retention.validate().map_err(|e| e.to_string())?;
+            // One pass, so the interval between passes plays no part.
+            let report = Housekeeping::new(operator_pool(database)?, retention, Duration::ZERO)
+                .run_once(&CancellationToken::new())
+                .await
+                .map_err(db_error)?;
+            print_json(&report);
+            Ok(())
+        }
     }
 }
 

@@ -3,11 +3,12 @@
 //!
 //! A delivery's path: [`http`] (auth, decode) -> [`thryve`] (pure parsing) -> [`inbox`]
 //! (group-committed rows) -> [`poller`] -> [`ranges`] (coalesced dirty ranges and the
-//! consumer API).
+//! consumer API). Beside that path: [`housekeeping`] (retention), for operators.
 
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod housekeeping;
 pub mod http;
 pub mod inbox;
 pub mod poller;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{ConfigError, ServeConfig},
     db,
+    housekeeping::Housekeeping,
     http::{self, auth::Authenticator, AppState, Limits},
     inbox::InboxWriter,
     poller::{self, Poller, PollerConfig},
@@ -37,6 +38,7 @@ pub struct Application {
     state: AppState,
     writers: Vec<JoinHandle<()>>,
     poller: Option<Poller>,
+    housekeeping: Option<Housekeeping>,
     wake: watch::Receiver<u64>,
     notify: Option<PgPool>,
 }
@@ -69,6 +71,14 @@ impl Application {
                 ConfigError::new("ACK_DEADLINE_MS", "must be at least 1 (default 1500)").into(),
             );
         }
+        config.retention.validate()?;
+        if config.housekeeping_interval_secs == 0 {
+            return Err(ConfigError::new(
+                "HOUSEKEEPING_INTERVAL_SECS",
+                "must be at least 1 (default 60)",
+            )
+            .into());
+        }
         if config.migrate_on_start {
             db::migrate(&pool).await?;
             tracing::info!("migrations applied");
@@ -97,6 +107,13 @@ impl Application {
                 },
             )
         });
+        let housekeeping = config.housekeeping_enabled.then(|| {
+            Housekeeping::new(
+                pool.clone(),
+                config.retention.clone(),
+                Duration::from_secs(config.housekeeping_interval_secs),
+            )
+        });
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             bind_addr = %listener.local_addr().map_err(StartError::Serve)?,
@@ -110,6 +127,10 @@ impl Application {
             poll_batch_size = config.poll_batch_size,
             poll_interval_ms = config.poll_interval_ms,
             poll_notify = config.poll_notify,
+            housekeeping = config.housekeeping_enabled,
+            inbox_retention_secs = config.retention.inbox_retention.as_secs(),
+            range_retention_secs = config.retention.range_retention.as_secs(),
+            payload_retention_secs = config.retention.payload_retention.map(|d| d.as_secs()),
             "thryve-bridge started"
         );
         let state = AppState {
@@ -128,6 +149,7 @@ impl Application {
             state,
             writers,
             poller,
+            housekeeping,
             wake,
             notify: (config.poll_notify && config.receiver_enabled).then_some(pool),
         })
@@ -141,17 +163,19 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests
     /// finish (each still commits before its answer), waits for the inbox writers to drain
-    /// and for the poller to finish its batch.
+    /// and for the poller and housekeeping to finish their batches.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let Self {
             listener,
             state,
             writers,
             poller,
+            housekeeping,
             wake,
             notify,
         } = self;
         let poller = poller.map(|p| tokio::spawn(p.run(wake.clone(), shutdown.clone())));
+        let housekeeping = housekeeping.map(|h| tokio::spawn(h.run(shutdown.clone())));
         let notifier = notify.map(|pool| tokio::spawn(notify_loop(pool, wake, shutdown.clone())));
         let router = http::app(state);
         let served = axum::serve(listener, router)
@@ -163,7 +187,7 @@ impl Application {
         for writer in writers {
             let _ = writer.await;
         }
-        for task in poller.into_iter().chain(notifier) {
+        for task in poller.into_iter().chain(housekeeping).chain(notifier) {
             let _ = task.await;
         }
         served?;

@@ -4,6 +4,8 @@ mod writer;
 
 pub use writer::{InboxWriter, WriteError};
 
+use std::time::Duration;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -174,7 +176,8 @@ pub struct InsertedRow {
 
 /// Writes distinct deliveries in one statement (so one commit): new content becomes a row with
 /// `delivery_count` = its count; known content adds its count to the existing row, and a
-/// `processed` row goes back to `pending` so its work is done again.
+/// `processed` row goes back to `pending` so its work is done again, with its payload back if
+/// payload retention had blanked it.
 ///
 /// `batch` must not repeat a fingerprint. Rows are written in fingerprint order so that
 /// concurrent batches lock the unique index in the same order and cannot deadlock.
@@ -238,6 +241,10 @@ pub async fn insert_batch(
         ON CONFLICT (fingerprint) DO UPDATE SET
             delivery_count   = i.delivery_count + EXCLUDED.delivery_count,
             last_received_at = now(),
+            -- Same fingerprint, same content: a blanked payload can be had back for free, and
+            -- the poller needs it where the typed columns do not describe the event.
+            payload          = CASE WHEN i.payload = 'null'::jsonb THEN EXCLUDED.payload
+                                    ELSE i.payload END,
             status           = CASE WHEN i.status = 'processed' THEN 'pending' ELSE i.status END,
             processed_at     = CASE WHEN i.status = 'processed' THEN NULL ELSE i.processed_at END
         RETURNING fingerprint, id, (xmax = 0) AS inserted
@@ -410,6 +417,52 @@ pub async fn list(
     .bind(limit)
     .fetch_all(executor)
     .await
+}
+
+/// Deletes up to `limit` `processed` rows processed more than `older_than` ago (by the
+/// database's clock), skipping rows someone else holds; returns how many it deleted. Never
+/// touches other statuses: a re-delivery turns a row `pending` under the same lock.
+pub async fn delete_processed(
+    executor: impl PgExecutor<'_>,
+    older_than: Duration,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    // `= ANY (ARRAY(...))` makes the outer statement a primary-key lookup per id; `IN`
+    // may be planned as a join that scans the whole table.
+    let done = sqlx::query(
+        "DELETE FROM thryve.inbox WHERE id = ANY (ARRAY(
+             SELECT id FROM thryve.inbox
+             WHERE status = 'processed' AND processed_at < now() - make_interval(secs => $1)
+             LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Sets the payload of up to `limit` `processed` rows processed more than `older_than` ago to
+/// JSON `null` (JSON, not SQL: the column stays NOT NULL, and no real body is `null`, since
+/// the receiver stores only objects). Typed columns and the fingerprint stay, so a late
+/// re-delivery is still a duplicate, and brings the payload back. Returns how many it blanked.
+pub async fn blank_payloads(
+    executor: impl PgExecutor<'_>,
+    older_than: Duration,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE thryve.inbox SET payload = 'null'::jsonb WHERE id = ANY (ARRAY(
+             SELECT id FROM thryve.inbox
+             WHERE status = 'processed' AND payload <> 'null'::jsonb
+               AND processed_at < now() - make_interval(secs => $1)
+             LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Where [`replay`] put each row it read again.

@@ -214,3 +214,26 @@ pub async fn list(
     .fetch_all(executor)
     .await
 }
+
+/// Deletes up to `limit` `done` ranges completed more than `older_than` ago (by the database's
+/// clock), skipping rows someone else holds; returns how many it deleted. Pending, claimed
+/// and failed ranges are never touched.
+pub async fn delete_done(
+    executor: impl PgExecutor<'_>,
+    older_than: Duration,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    // `= ANY (ARRAY(...))` makes the outer statement a primary-key lookup per id; `IN`
+    // may be planned as a join that scans the whole table.
+    let done = sqlx::query(
+        "DELETE FROM thryve.dirty_ranges WHERE id = ANY (ARRAY(
+             SELECT id FROM thryve.dirty_ranges
+             WHERE status = 'done' AND completed_at < now() - make_interval(secs => $1)
+             LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,14 +1,28 @@
 //! Operations: retention, payload blanking, replay, stats and erasure, through the library and
 //! the real binary. Time moves by updating timestamps into the past, never by waiting.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
-use thryve_bridge::{inbox, ranges};
+use thryve_bridge::{
+    config::RetentionConfig,
+    db,
+    housekeeping::{Housekeeping, PassReport},
+    inbox, ranges,
+};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::{bridge, json_out},
-    helpers::{epoch_notification, TestDb},
+    helpers::{
+        answer, epoch_notification, spawn_app, spawn_on, test_config, test_retention, TestDb,
+    },
     poller::{poller, store},
 };
+
+fn housekeeping(db: &TestDb, retention: RetentionConfig) -> Housekeeping {
+    Housekeeping::new(db.pool.clone(), retention, Duration::from_secs(3600))
+}
 
 /// A body the parser quarantines: a known type without `data`.
 fn broken(user: &str) -> Value {
@@ -17,6 +31,50 @@ fn broken(user: &str) -> Value {
 
 fn unknown(user: &str) -> Value {
     json!({"endUserId": user, "type": "measurement.something.new", "data": {}})
+}
+
+/// Sets status and a processed_at `days` ago on inbox rows, whatever status they are given,
+/// so that only the status can keep a row from retention.
+async fn age_inbox(db: &TestDb, ids: &[i64], status: &str, days: i32) {
+    sqlx::query(
+        "UPDATE thryve.inbox SET status = $2, processed_at = now() - make_interval(days => $3)
+         WHERE id = ANY ($1)",
+    )
+    .bind(ids)
+    .bind(status)
+    .bind(days)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+/// An epoch range per (status, days since completed_at), each for a user of its own.
+async fn insert_ranges(db: &TestDb, ranges: &[(&str, i32)]) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for (i, (status, days)) in ranges.iter().enumerate() {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO thryve.dirty_ranges (end_user_id, data_source_id, granularity,
+                 data_type_ids, start_time, end_time, status, claimed_by, completed_at)
+             VALUES ($1, 8, 'epoch', '{1000}', now(), now(), $2, 'w',
+                     now() - make_interval(days => $3))
+             RETURNING id",
+        )
+        .bind(format!("range-user-{i}"))
+        .bind(status)
+        .bind(days)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+async fn ids(db: &TestDb, table: &str) -> Vec<i64> {
+    sqlx::query_scalar(&format!("SELECT id FROM thryve.{table} ORDER BY id"))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
 }
 
 /// Stores `n` distinct valid notifications of `user`.
@@ -28,6 +86,240 @@ async fn store_epochs(db: &TestDb, user: &str, n: i64) -> Vec<i64> {
         })
         .collect();
     store(db, &bodies).await
+}
+
+#[tokio::test]
+async fn retention_deletes_only_old_processed_rows_and_done_ranges_in_batches() {
+    let db = TestDb::new().await;
+    let rows = store_epochs(&db, "retention", 10).await;
+    let (old_processed, kept) = rows.split_at(5);
+    age_inbox(&db, old_processed, "processed", 31).await;
+    age_inbox(&db, &kept[0..1], "processed", 29).await;
+    age_inbox(&db, &kept[1..2], "quarantined", 31).await;
+    age_inbox(&db, &kept[2..3], "ignored", 31).await;
+    age_inbox(&db, &kept[3..4], "pending", 31).await;
+    // kept[4] stays pending with no processed_at at all.
+    let ranges = insert_ranges(
+        &db,
+        &[
+            ("done", 8),
+            ("done", 8),
+            ("done", 8),
+            ("done", 8),
+            ("done", 8),
+            ("done", 6),
+            ("pending", 8),
+            ("claimed", 8),
+            ("failed", 8),
+        ],
+    )
+    .await;
+
+    let retention = RetentionConfig {
+        housekeeping_batch: 2,
+        ..test_retention()
+    };
+    let report = housekeeping(&db, retention)
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        report,
+        PassReport {
+            inbox_deleted: 5,
+            ranges_deleted: 5,
+            payloads_blanked: 0
+        }
+    );
+    assert_eq!(ids(&db, "inbox").await, kept);
+    assert_eq!(ids(&db, "dirty_ranges").await, ranges[5..]);
+}
+
+#[tokio::test]
+async fn no_batch_starts_after_shutdown() {
+    let db = TestDb::new().await;
+    let rows = store_epochs(&db, "stopping", 3).await;
+    age_inbox(&db, &rows, "processed", 31).await;
+    insert_ranges(&db, &[("done", 8)]).await;
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    let retention = RetentionConfig {
+        payload_retention: Some(Duration::ZERO),
+        ..test_retention()
+    };
+    let report = housekeeping(&db, retention)
+        .run_once(&shutdown)
+        .await
+        .unwrap();
+    assert_eq!(report, PassReport::default());
+    assert_eq!(ids(&db, "inbox").await, rows);
+}
+
+#[tokio::test]
+async fn the_served_housekeeping_runs_at_start_and_stops_at_once_on_shutdown() {
+    let db = TestDb::new().await;
+    let rows = store_epochs(&db, "served", 2).await;
+    age_inbox(&db, &rows[..1], "processed", 31).await;
+    let mut config = test_config();
+    config.housekeeping_enabled = true;
+    config.housekeeping_interval_secs = 3600; // only the pass at start can delete the row
+    let pool = db::pool(&db.url(), 10, config.ack_deadline()).unwrap();
+    let app = spawn_on(db, pool, config).await;
+    let started = std::time::Instant::now();
+    while ids(&app.db, "inbox").await != rows[1..] {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "housekeeping never ran"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Its hour-long sleep must end on shutdown, or this would hang.
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the server stops while housekeeping sleeps");
+}
+
+#[tokio::test]
+async fn blanked_payloads_keep_typed_columns_and_a_redelivery_is_still_a_duplicate() {
+    let app = spawn_app().await;
+    let old_body = epoch_notification("blank", 1_700_000_000_000, 1_700_000_060_000, &[1000]);
+    let recent_body = epoch_notification("blank", 1_700_000_100_000, 1_700_000_160_000, &[1000]);
+    let (_, old) = answer(app.post_json(&old_body).await).await;
+    let (_, recent) = answer(app.post_json(&recent_body).await).await;
+    let (old_id, recent_id) = (
+        old["inbox_id"].as_i64().unwrap(),
+        recent["inbox_id"].as_i64().unwrap(),
+    );
+    poller(&app.db).drain().await.unwrap();
+    sqlx::query("UPDATE thryve.inbox SET processed_at = now() - interval '2 days' WHERE id = $1")
+        .bind(old_id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let before = inbox::get(&app.db.pool, old_id).await.unwrap().unwrap();
+    let retention = RetentionConfig {
+        payload_retention: Some(Duration::from_secs(86_400)),
+        housekeeping_batch: 1,
+        ..test_retention()
+    };
+    let keeper = housekeeping(&app.db, retention);
+
+    let report = keeper.run_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(report.payloads_blanked, 1);
+    let blanked = inbox::get(&app.db.pool, old_id).await.unwrap().unwrap();
+    assert_eq!(blanked.payload, Value::Null);
+    assert_eq!(
+        blanked.summary, before.summary,
+        "typed columns and fingerprint stay"
+    );
+    assert_eq!(
+        inbox::get(&app.db.pool, recent_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .payload,
+        recent_body
+    );
+    let again = keeper.run_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        again.payloads_blanked, 0,
+        "a blanked row is not blanked again"
+    );
+
+    let (status, ack) = answer(app.post_json(&old_body).await).await;
+    assert_eq!(
+        (status, ack["outcome"].as_str(), ack["inbox_id"].as_i64()),
+        (200, Some("duplicate"), Some(old_id))
+    );
+    let redelivered = inbox::get(&app.db.pool, old_id).await.unwrap().unwrap();
+    assert_eq!(
+        redelivered.payload, old_body,
+        "the payload came back with it"
+    );
+    assert_eq!(redelivered.summary.status, "pending");
+    assert_eq!(redelivered.summary.delivery_count, 2);
+    poller(&app.db).drain().await.unwrap();
+    let processed = inbox::get(&app.db.pool, old_id).await.unwrap().unwrap();
+    assert_eq!(processed.summary.status, "processed");
+}
+
+#[tokio::test]
+async fn housekeeping_run_through_the_binary_prints_what_it_did() {
+    let db = TestDb::new().await;
+    let rows = store_epochs(&db, "cli-housekeeping", 4).await;
+    age_inbox(&db, &rows[..3], "processed", 31).await;
+    age_inbox(&db, &rows[3..], "processed", 2).await;
+    insert_ranges(&db, &[("done", 8), ("done", 1)]).await;
+    let out = json_out(&bridge(
+        &db.url(),
+        &["housekeeping", "run"],
+        &[("HOUSEKEEPING_BATCH", "2"), ("PAYLOAD_RETENTION", "1d")],
+    ));
+    assert_eq!(
+        out,
+        json!({"inbox_deleted": 3, "ranges_deleted": 1, "payloads_blanked": 1})
+    );
+    // An empty PAYLOAD_RETENTION (as .env.example has it) keeps payloads.
+    let out = json_out(&bridge(
+        &db.url(),
+        &["housekeeping", "run", "--inbox-retention", "1d"],
+        &[("PAYLOAD_RETENTION", "")],
+    ));
+    assert_eq!(
+        out,
+        json!({"inbox_deleted": 1, "ranges_deleted": 0, "payloads_blanked": 0})
+    );
+}
+
+#[test]
+fn bad_housekeeping_settings_name_their_variable() {
+    let url = crate::helpers::admin_url();
+    for (variable, value) in [
+        ("INBOX_RETENTION", "30 days"),
+        ("RANGE_RETENTION", "7"),
+        ("PAYLOAD_RETENTION", "1w"),
+    ] {
+        for args in [&["housekeeping", "run"][..], &["serve"][..]] {
+            let out = bridge(
+                &url,
+                args,
+                &[
+                    (variable, value),
+                    ("WEBHOOK_BASIC_AUTH", "a:b"),
+                    ("BIND_ADDR", "127.0.0.1:0"),
+                ],
+            );
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{variable}={value} {args:?}");
+            assert!(stderr.contains(variable), "{variable}: {stderr}");
+        }
+    }
+    for (variable, args) in [
+        ("HOUSEKEEPING_BATCH", &["housekeeping", "run"][..]),
+        ("HOUSEKEEPING_BATCH", &["serve"][..]),
+        ("HOUSEKEEPING_INTERVAL_SECS", &["serve"][..]),
+    ] {
+        let out = bridge(
+            &url,
+            args,
+            &[
+                (variable, "0"),
+                ("WEBHOOK_BASIC_AUTH", "a:b"),
+                ("BIND_ADDR", "127.0.0.1:0"),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr
+                .lines()
+                .last()
+                .unwrap()
+                .starts_with(&format!("error: {variable}: must be at least 1")),
+            "{stderr}"
+        );
+    }
 }
 
 #[tokio::test]
