@@ -16,7 +16,7 @@ use crate::{
     inbox::{self, Status},
     ranges::{self, Consumer},
     server::Application,
-    telemetry,
+    stats, telemetry,
 };
 
 #[derive(Debug, Parser)]
@@ -56,6 +56,8 @@ pub enum Command {
     /// Show, list or replay inbox rows (JSON out).
     #[command(subcommand)]
     Inbox(InboxCommand),
+    /// Counts and ages per table and status, and seconds since the last delivery (JSON out).
+    Stats,
     /// Run housekeeping (retention) by hand (JSON out).
     #[command(subcommand)]
     Housekeeping(HousekeepingCommand),
@@ -220,6 +222,13 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
         Command::Healthcheck { url } => healthcheck(&url).await,
         Command::Ranges(command) => ranges_command(command, operator_pool(database)?).await,
         Command::Inbox(command) => inbox_command(command, operator_pool(database)?).await,
+        Command::Stats => {
+            let stats = stats::collect(&operator_pool(database)?)
+                .await
+                .map_err(db_error)?;
+            print_json(&stats);
+            Ok(())
+        }
         Command::Housekeeping(HousekeepingCommand::Run(retention)) => {
             retention.validate().map_err(|e| e.to_string())?;
             // One pass, so the interval between passes plays no part.

@@ -3,7 +3,7 @@
 //!
 //! A delivery's path: [`http`] (auth, decode) -> [`thryve`] (pure parsing) -> [`inbox`]
 //! (group-committed rows) -> [`poller`] -> [`ranges`] (coalesced dirty ranges and the
-//! consumer API). Beside that path: [`housekeeping`] (retention), for operators.
+//! consumer API). Beside that path: [`housekeeping`] (retention) and [`stats`], for operators.
 
 pub mod cli;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod poller;
 pub mod ranges;
 pub mod server;
 pub mod sources;
+pub mod stats;
 pub mod telemetry;
 pub mod thryve;
 pub mod values;

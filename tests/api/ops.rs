@@ -8,7 +8,8 @@ use thryve_bridge::{
     config::RetentionConfig,
     db,
     housekeeping::{Housekeeping, PassReport},
-    inbox, ranges,
+    inbox,
+    ranges::{self, Consumer},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,11 @@ use crate::{
 
 fn housekeeping(db: &TestDb, retention: RetentionConfig) -> Housekeeping {
     Housekeeping::new(db.pool.clone(), retention, Duration::from_secs(3600))
+}
+
+fn connect(user: &str) -> Value {
+    json!({"endUserId": user, "timestampType": "unix", "type": "notification.source.connect",
+           "data": {"timestamp": 1_765_635_343_541_i64, "dataSourceId": 8}})
 }
 
 /// A body the parser quarantines: a known type without `data`.
@@ -500,4 +506,96 @@ async fn replay_requeues_rows_that_parse_now_and_the_poller_makes_their_ranges()
             (1_700_000_100_000, 1_700_000_160_000, vec![1000]),
         ]
     );
+}
+
+#[tokio::test]
+async fn stats_counts_and_ages_every_table() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    let empty = json_out(&bridge(&url, &["stats"], &[]));
+    assert_eq!(empty["inbox"]["pending"]["count"], 0);
+    assert_eq!(empty["seconds_since_last_delivery"], Value::Null);
+    assert_eq!(empty["oldest_pending_inbox_age_secs"], Value::Null);
+
+    store(
+        &db,
+        &[
+            epoch_notification("stats-a", 1_000, 2_000, &[1]),
+            epoch_notification("stats-b", 1_000, 2_000, &[1]),
+            connect("stats-a"),
+        ],
+    )
+    .await;
+    poller(&db).drain().await.unwrap();
+    let waiting = store(
+        &db,
+        &[
+            epoch_notification("stats-c", 1_000, 2_000, &[1]),
+            broken("stats-c"),
+            unknown("stats-c"),
+        ],
+    )
+    .await;
+    sqlx::query(
+        "UPDATE thryve.inbox SET last_received_at = now() - interval '100 seconds' WHERE id = $1",
+    )
+    .bind(waiting[0])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    Consumer::new(db.pool.clone(), "stats-worker")
+        .claim(1, Duration::from_secs(300))
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE thryve.dirty_ranges SET first_dirtied_at = now() - interval '50 seconds'
+         WHERE status = 'pending'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO thryve.epoch_values (end_user_id, data_source_id, data_type_id, start_time,
+             value, inbox_id)
+         SELECT 'stats-a', 8, 1000, to_timestamp(g), '1', 1 FROM generate_series(1, 3) g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE thryve.epoch_values")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let stats = json_out(&bridge(&url, &["stats"], &[]));
+    let count = |table: &str, status: &str| stats[table][status]["count"].as_i64().unwrap();
+    assert_eq!(
+        [
+            count("inbox", "pending"),
+            count("inbox", "processed"),
+            count("inbox", "quarantined"),
+            count("inbox", "ignored"),
+        ],
+        [1, 3, 1, 1]
+    );
+    assert_eq!(
+        [
+            count("dirty_ranges", "pending"),
+            count("dirty_ranges", "claimed"),
+            count("dirty_ranges", "done"),
+            count("dirty_ranges", "failed"),
+        ],
+        [1, 1, 0, 0]
+    );
+    assert_eq!(stats["source_connections"]["count"], 1);
+    assert_eq!(stats["epoch_values"]["rows_estimate"], 3);
+    let secs = |v: &Value| v.as_f64().unwrap();
+    let pending_age = secs(&stats["oldest_pending_inbox_age_secs"]);
+    assert!((100.0..160.0).contains(&pending_age), "{pending_age}");
+    assert_eq!(stats["inbox"]["pending"]["oldest_age_secs"], pending_age);
+    let range_age = secs(&stats["oldest_pending_range_age_secs"]);
+    assert!((50.0..110.0).contains(&range_age), "{range_age}");
+    let since = secs(&stats["seconds_since_last_delivery"]);
+    assert!((0.0..60.0).contains(&since), "{since}");
+    assert!(secs(&stats["inbox"]["processed"]["oldest_age_secs"]) >= since);
 }
