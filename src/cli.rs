@@ -16,7 +16,7 @@ use crate::{
     inbox::{self, Status},
     ranges::{self, Consumer},
     server::Application,
-    stats, telemetry,
+    stats, telemetry, users,
 };
 
 #[derive(Debug, Parser)]
@@ -58,6 +58,9 @@ pub enum Command {
     Inbox(InboxCommand),
     /// Counts and ages per table and status, and seconds since the last delivery (JSON out).
     Stats,
+    /// Erase one end user's rows (JSON out).
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Run housekeeping (retention) by hand (JSON out).
     #[command(subcommand)]
     Housekeeping(HousekeepingCommand),
@@ -105,6 +108,18 @@ impl From<HeldStatus> for Status {
             HeldStatus::Ignored => Status::Ignored,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Delete every row of END_USER_ID from every table, in one transaction (GDPR erasure).
+    /// Without --yes, prints what it would delete and exits 1.
+    Erase {
+        end_user_id: String,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +242,24 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
                 .await
                 .map_err(db_error)?;
             print_json(&stats);
+            Ok(())
+        }
+        Command::Users(UsersCommand::Erase { end_user_id, yes }) => {
+            let pool = operator_pool(database)?;
+            if !yes {
+                let rows = users::count(&pool, &end_user_id).await.map_err(db_error)?;
+                print_json(
+                    &serde_json::json!({ "end_user_id": end_user_id, "would_delete": rows }),
+                );
+                return Err(format!(
+                    "refusing to erase {end_user_id:?} without --yes (would_delete on stdout is what it would delete)"
+                ));
+            }
+            let mut conn = pool.acquire().await.map_err(db_error)?;
+            let rows = users::erase(&mut conn, &end_user_id)
+                .await
+                .map_err(db_error)?;
+            print_json(&serde_json::json!({ "end_user_id": end_user_id, "deleted": rows }));
             Ok(())
         }
         Command::Housekeeping(HousekeepingCommand::Run(retention)) => {

@@ -3,7 +3,8 @@
 //!
 //! A delivery's path: [`http`] (auth, decode) -> [`thryve`] (pure parsing) -> [`inbox`]
 //! (group-committed rows) -> [`poller`] -> [`ranges`] (coalesced dirty ranges and the
-//! consumer API). Beside that path: [`housekeeping`] (retention) and [`stats`], for operators.
+//! consumer API). Beside that path: [`housekeeping`] (retention), [`stats`] and [`users`]
+//! (erasure), for operators.
 
 pub mod cli;
 pub mod config;
@@ -18,4 +19,5 @@ pub mod sources;
 pub mod stats;
 pub mod telemetry;
 pub mod thryve;
+pub mod users;
 pub mod values;

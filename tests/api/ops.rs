@@ -10,6 +10,7 @@ use thryve_bridge::{
     housekeeping::{Housekeeping, PassReport},
     inbox,
     ranges::{self, Consumer},
+    users::{self, UserRows},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -598,4 +599,60 @@ async fn stats_counts_and_ages_every_table() {
     let since = secs(&stats["seconds_since_last_delivery"]);
     assert!((0.0..60.0).contains(&since), "{since}");
     assert!(secs(&stats["inbox"]["processed"]["oldest_age_secs"]) >= since);
+}
+
+async fn every_table_has(db: &TestDb, user: &str) -> UserRows {
+    users::count(&db.pool, user).await.unwrap()
+}
+
+#[tokio::test]
+async fn erasing_a_user_deletes_their_rows_everywhere_and_only_theirs() {
+    let db = TestDb::new().await;
+    for user in ["erased", "kept"] {
+        store(
+            &db,
+            &[
+                epoch_notification(user, 1_000, 2_000, &[1000]),
+                connect(user),
+                broken(user),
+            ],
+        )
+        .await;
+        // Data-push parsing is not on this branch: the values a push would write, by hand.
+        for insert in [
+            "INSERT INTO thryve.epoch_values (end_user_id, data_source_id, data_type_id,
+                 start_time, value, inbox_id) VALUES ($1, 8, 1000, now(), '42', 1)",
+            "INSERT INTO thryve.daily_values (end_user_id, data_source_id, data_type_id, day,
+                 value, inbox_id) VALUES ($1, 8, 1000, current_date, '42', 1)",
+        ] {
+            sqlx::query(insert)
+                .bind(user)
+                .execute(&db.pool)
+                .await
+                .unwrap();
+        }
+    }
+    poller(&db).drain().await.unwrap();
+    let all = UserRows {
+        inbox: 3,
+        dirty_ranges: 1,
+        source_connections: 1,
+        epoch_values: 1,
+        daily_values: 1,
+    };
+    assert_eq!(every_table_has(&db, "erased").await, all);
+    let url = db.url();
+
+    let refused = bridge(&url, &["users", "erase", "erased"], &[]);
+    assert_eq!(refused.status.code(), Some(1));
+    let preview: Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(preview["would_delete"], serde_json::to_value(all).unwrap());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("without --yes"));
+    assert_eq!(every_table_has(&db, "erased").await, all, "nothing deleted");
+
+    let out = json_out(&bridge(&url, &["users", "erase", "erased", "--yes"], &[]));
+    assert_eq!(out["end_user_id"], "erased");
+    assert_eq!(out["deleted"], serde_json::to_value(all).unwrap());
+    assert_eq!(every_table_has(&db, "erased").await, UserRows::default());
+    assert_eq!(every_table_has(&db, "kept").await, all);
 }
