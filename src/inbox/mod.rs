@@ -421,7 +421,8 @@ pub async fn list(
 
 /// Deletes up to `limit` `processed` rows processed more than `older_than` ago (by the
 /// database's clock), skipping rows someone else holds; returns how many it deleted. Never
-/// touches other statuses: a re-delivery turns a row `pending` under the same lock.
+/// touches other statuses. A re-delivery racing the delete either turns the row `pending`
+/// first (and the row is skipped) or waits for the delete and is stored anew.
 pub async fn delete_processed(
     executor: impl PgExecutor<'_>,
     older_than: Duration,
