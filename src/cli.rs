@@ -3,17 +3,21 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{DatabaseConfig, Secret, ServeConfig},
+    config::{DatabaseConfig, RetentionConfig, Secret, ServeConfig},
     db,
+    housekeeping::Housekeeping,
     http::hmac,
+    inbox::{self, Status},
     ranges::{self, Consumer},
     server::Application,
-    telemetry,
+    stats, telemetry, users,
 };
 
 #[derive(Debug, Parser)]
@@ -53,6 +57,79 @@ pub enum Command {
     /// Claim, complete, fail or list dirty ranges by hand (JSON out).
     #[command(subcommand)]
     Ranges(RangesCommand),
+    /// Show, list or replay inbox rows (JSON out).
+    #[command(subcommand)]
+    Inbox(InboxCommand),
+    /// Counts and ages per table and status, and seconds since the last delivery (JSON out).
+    Stats,
+    /// Erase one end user's rows (JSON out).
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Run housekeeping (retention) by hand (JSON out).
+    #[command(subcommand)]
+    Housekeeping(HousekeepingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InboxCommand {
+    /// Print one row, payload included.
+    Show { id: i64 },
+    /// List rows in one status, newest first, without payloads.
+    List {
+        #[arg(long, value_enum)]
+        status: Status,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        end_user: Option<String>,
+    },
+    /// Run quarantined and ignored rows through today's parser, oldest first: rows that parse
+    /// now get their typed columns and go back to pending for the poller; the others get
+    /// today's reason. Prints counts and ids.
+    Replay {
+        /// Only rows in this status (both when absent).
+        #[arg(long, value_enum)]
+        status: Option<HeldStatus>,
+        /// Only this row.
+        #[arg(long)]
+        id: Option<i64>,
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+}
+
+/// The statuses a row can be held in that `inbox replay` reads again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HeldStatus {
+    Quarantined,
+    Ignored,
+}
+
+impl From<HeldStatus> for Status {
+    fn from(held: HeldStatus) -> Self {
+        match held {
+            HeldStatus::Quarantined => Status::Quarantined,
+            HeldStatus::Ignored => Status::Ignored,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Delete every row of END_USER_ID from every table, in one transaction (GDPR erasure).
+    /// Without --yes, prints what it would delete and exits 1.
+    Erase {
+        end_user_id: String,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HousekeepingCommand {
+    /// One pass now with the retention settings; prints what it deleted and blanked.
+    Run(RetentionConfig),
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,12 +227,7 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
                 .map_err(|e| e.to_string())
         }
         Command::Migrate => {
-            let pool = db::pool(
-                database.url().map_err(|e| e.to_string())?,
-                2,
-                Duration::from_secs(30),
-            )
-            .map_err(|e| format!("DATABASE_URL: {e}"))?;
+            let pool = operator_pool(database)?;
             db::migrate(&pool)
                 .await
                 .map_err(|e| format!("migrate: {e}"))?;
@@ -173,20 +245,114 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
             secret,
         }) => hmac_check(&body, &timestamp, &signature, &secret).await,
         Command::Healthcheck { url } => healthcheck(&url).await,
-        Command::Ranges(command) => {
-            let pool = db::pool(
-                database.url().map_err(|e| e.to_string())?,
-                2,
-                Duration::from_secs(30),
-            )
-            .map_err(|e| format!("DATABASE_URL: {e}"))?;
-            ranges_command(command, pool).await
+        Command::Ranges(command) => ranges_command(command, operator_pool(database)?).await,
+        Command::Inbox(command) => inbox_command(command, operator_pool(database)?).await,
+        Command::Stats => {
+            let stats = stats::collect(&operator_pool(database)?)
+                .await
+                .map_err(db_error)?;
+            print_json(&stats);
+            Ok(())
+        }
+        Command::Users(UsersCommand::Erase { end_user_id, yes }) => {
+            let pool = operator_pool(database)?;
+            if !yes {
+                let rows = users::count(&pool, &end_user_id).await.map_err(db_error)?;
+                print_json(
+                    &serde_json::json!({ "end_user_id": end_user_id, "would_delete": rows }),
+                );
+                return Err(format!(
+                    "refusing to erase {end_user_id:?} without --yes (would_delete on stdout is what it would delete)"
+                ));
+            }
+            let mut conn = pool.acquire().await.map_err(db_error)?;
+            let rows = users::erase(&mut conn, &end_user_id)
+                .await
+                .map_err(db_error)?;
+            print_json(&serde_json::json!({ "end_user_id": end_user_id, "deleted": rows }));
+            Ok(())
+        }
+        Command::Housekeeping(HousekeepingCommand::Run(retention)) => {
+            retention.validate().map_err(|e| e.to_string())?;
+            // One pass, so the interval between passes plays no part.
+            let report = Housekeeping::new(operator_pool(database)?, retention, Duration::ZERO)
+                .run_once(&CancellationToken::new())
+                .await
+                .map_err(db_error)?;
+            print_json(&report);
+            Ok(())
         }
     }
 }
 
-async fn ranges_command(command: RangesCommand, pool: sqlx::PgPool) -> Result<(), String> {
-    let db_error = |e: sqlx::Error| format!("database: {e}");
+/// A small pool for a one-shot command.
+fn operator_pool(database: &DatabaseConfig) -> Result<PgPool, String> {
+    db::pool(
+        database.url().map_err(|e| e.to_string())?,
+        2,
+        Duration::from_secs(30),
+    )
+    .map_err(|e| format!("DATABASE_URL: {e}"))
+}
+
+fn db_error(e: sqlx::Error) -> String {
+    format!("database: {e}")
+}
+
+fn print_json(value: &impl Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("operator output serialises")
+    );
+}
+
+async fn inbox_command(command: InboxCommand, pool: PgPool) -> Result<(), String> {
+    match command {
+        InboxCommand::Show { id } => {
+            let row = inbox::get(&pool, id)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| format!("inbox row {id}: not found"))?;
+            print_json(&row);
+            Ok(())
+        }
+        InboxCommand::List {
+            status,
+            limit,
+            end_user,
+        } => {
+            let rows = inbox::list(&pool, status, end_user.as_deref(), limit)
+                .await
+                .map_err(db_error)?;
+            print_json(&rows);
+            Ok(())
+        }
+        InboxCommand::Replay { status, id, limit } => {
+            let mut conn = pool.acquire().await.map_err(db_error)?;
+            let report = inbox::replay(&mut conn, status.map(Status::from), id, limit)
+                .await
+                .map_err(db_error)?;
+            let examined = report.pending.len() + report.quarantined.len() + report.ignored.len();
+            print_json(&serde_json::json!({
+                "examined": examined,
+                "counts": {
+                    "pending": report.pending.len(),
+                    "quarantined": report.quarantined.len(),
+                    "ignored": report.ignored.len(),
+                },
+                "ids": report,
+            }));
+            match id {
+                Some(id) if examined == 0 => Err(format!(
+                    "inbox row {id}: not found, not quarantined or ignored, or held by another replay"
+                )),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+async fn ranges_command(command: RangesCommand, pool: PgPool) -> Result<(), String> {
     let held = |range_id: i64, action: &str, ok: bool| {
         println!(
             "{}",
@@ -254,10 +420,7 @@ async fn ranges_command(command: RangesCommand, pool: sqlx::PgPool) -> Result<()
             let ranges = ranges::list(&pool, status.as_deref(), limit)
                 .await
                 .map_err(db_error)?;
-            println!(
-                "{}",
-                serde_json::to_string(&ranges).expect("ranges serialise")
-            );
+            print_json(&ranges);
             Ok(())
         }
     }

@@ -160,6 +160,16 @@ pub struct ServeConfig {
     /// On SIGTERM, in-flight requests get this many seconds to finish before the exit.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
     pub shutdown_timeout_secs: u64,
+    /// Run housekeeping (retention: deleting and blanking old rows) in this process.
+    #[arg(long, env = "HOUSEKEEPING_ENABLED", value_parser = BoolishValueParser::new(), default_value = "true")]
+    pub housekeeping_enabled: bool,
+
+    /// Seconds between housekeeping passes.
+    #[arg(long, env = "HOUSEKEEPING_INTERVAL_SECS", default_value_t = 60)]
+    pub housekeeping_interval_secs: u64,
+
+    #[command(flatten)]
+    pub retention: RetentionConfig,
 }
 
 impl ServeConfig {
@@ -179,6 +189,82 @@ impl ServeConfig {
                 )
             })
             .transpose()
+    }
+}
+
+/// How long housekeeping keeps finished rows, and how many it touches per statement; shared
+/// by `serve` and `housekeeping run`. Durations read like `30d`, `12h`, `90m`, `45s`.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionConfig {
+    /// Delete `processed` inbox rows this long after they were processed. A re-delivery of a
+    /// deleted row's content is stored (and processed) again as new.
+    #[arg(long, env = "INBOX_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub inbox_retention: Duration,
+
+    /// Delete `done` dirty ranges this long after they were completed.
+    #[arg(long, env = "RANGE_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub range_retention: Duration,
+
+    /// Replace the payload of `processed` inbox rows with JSON `null` this long after they
+    /// were processed; empty (the default) keeps payloads until the row is deleted.
+    // The full path stops clap from treating the field as optional, so that an empty value
+    // (`PAYLOAD_RETENTION=` in .env) reaches the parser and means "keep".
+    #[arg(long, env = "PAYLOAD_RETENTION", default_value = "", value_parser = parse_optional_duration)]
+    pub payload_retention: std::option::Option<Duration>,
+
+    /// Most rows one housekeeping statement deletes or blanks (each its own transaction).
+    #[arg(long, env = "HOUSEKEEPING_BATCH", default_value_t = 1000)]
+    pub housekeeping_batch: i64,
+}
+
+impl RetentionConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.housekeeping_batch < 1 {
+            return Err(ConfigError::new(
+                "HOUSEKEEPING_BATCH",
+                "must be at least 1 (default 1000)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a duration written as a whole number and a unit: `s`, `m`, `h` or `d`.
+///
+/// ```
+/// use std::time::Duration;
+/// use thryve_bridge::config::parse_duration;
+/// assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+/// assert!(parse_duration("30").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let expected =
+        || format!("{text:?}: expected a whole number and a unit (s, m, h or d), e.g. 30d");
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(expected)?;
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(expected()),
+    };
+    number
+        .checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?}: too long"))
+}
+
+/// [`parse_duration`], where an empty value means "not set".
+pub fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
+    if text.trim().is_empty() {
+        Ok(None)
+    } else {
+        parse_duration(text).map(Some)
     }
 }
 
@@ -207,5 +293,61 @@ impl DatabaseConfig {
                 "not set; set it (or put it in .env) to e.g. postgres://postgres@127.0.0.1:5432/postgres",
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_each_unit() {
+        let cases = [
+            ("45s", 45),
+            ("90m", 90 * 60),
+            ("12h", 12 * 3_600),
+            ("30d", 30 * 86_400),
+            ("0s", 0),
+            (" 7d ", 7 * 86_400),
+        ];
+        for (text, secs) in cases {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_durations_are_refused() {
+        for text in [
+            "",
+            "30",
+            "d",
+            "30x",
+            "30 d",
+            "-1d",
+            "1.5h",
+            "30D",
+            "1h30m",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text:?}");
+        }
+        assert!(parse_duration("18446744073709551615d")
+            .unwrap_err()
+            .contains("too long"));
+    }
+
+    #[test]
+    fn an_empty_optional_duration_is_unset() {
+        assert_eq!(parse_optional_duration(""), Ok(None));
+        assert_eq!(parse_optional_duration("  "), Ok(None));
+        assert_eq!(
+            parse_optional_duration("1d"),
+            Ok(Some(Duration::from_secs(86_400)))
+        );
+        assert!(parse_optional_duration("soon").is_err());
     }
 }

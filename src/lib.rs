@@ -3,11 +3,13 @@
 //!
 //! A delivery's path: [`http`] (auth, decode) -> [`thryve`] (pure parsing) -> [`inbox`]
 //! (group-committed rows) -> [`poller`] -> [`ranges`] (coalesced dirty ranges and the
-//! consumer API).
+//! consumer API). Beside that path: [`housekeeping`] (retention), [`stats`] and [`users`]
+//! (erasure), for operators.
 
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod housekeeping;
 pub mod http;
 pub mod inbox;
 pub mod loadgen;
@@ -16,6 +18,8 @@ pub mod poller;
 pub mod ranges;
 pub mod server;
 pub mod sources;
+pub mod stats;
 pub mod telemetry;
 pub mod thryve;
+pub mod users;
 pub mod values;

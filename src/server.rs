@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{ConfigError, ServeConfig},
     db,
+    housekeeping::Housekeeping,
     http::{
         self,
         auth::Authenticator,
@@ -45,6 +46,7 @@ pub struct Application {
     state: AppState,
     writers: Vec<JoinHandle<()>>,
     poller: Option<Poller>,
+    housekeeping: Option<Housekeeping>,
     wake: watch::Receiver<u64>,
     notify: Option<PgPool>,
     listener_options: ListenerOptions,
@@ -78,6 +80,14 @@ impl Application {
             return Err(
                 ConfigError::new("ACK_DEADLINE_MS", "must be at least 1 (default 1500)").into(),
             );
+        }
+        config.retention.validate()?;
+        if config.housekeeping_interval_secs == 0 {
+            return Err(ConfigError::new(
+                "HOUSEKEEPING_INTERVAL_SECS",
+                "must be at least 1 (default 60)",
+            )
+            .into());
         }
         let tls = match (&config.tls_cert_path, &config.tls_key_path) {
             (Some(cert), Some(key)) => Some(listener::tls_acceptor(cert, key).map_err(StartError::Tls)?),
@@ -125,6 +135,13 @@ impl Application {
             )
             .with_metrics(metrics.clone())
         });
+        let housekeeping = config.housekeeping_enabled.then(|| {
+            Housekeeping::new(
+                pool.clone(),
+                config.retention.clone(),
+                Duration::from_secs(config.housekeeping_interval_secs),
+            )
+        });
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             bind_addr = %listener.local_addr().map_err(StartError::Serve)?,
@@ -139,6 +156,10 @@ impl Application {
             poll_batch_size = config.poll_batch_size,
             poll_interval_ms = config.poll_interval_ms,
             poll_notify = config.poll_notify,
+            housekeeping = config.housekeeping_enabled,
+            inbox_retention_secs = config.retention.inbox_retention.as_secs(),
+            range_retention_secs = config.retention.range_retention.as_secs(),
+            payload_retention_secs = config.retention.payload_retention.map(|d| d.as_secs()),
             "thryve-bridge started"
         );
         let state = AppState {
@@ -158,6 +179,7 @@ impl Application {
             state,
             writers,
             poller,
+            housekeeping,
             wake,
             notify: (config.poll_notify && config.receiver_enabled).then_some(pool),
             listener_options,
@@ -172,18 +194,20 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests
     /// finish (each still commits before its answer), waits for the inbox writers to drain
-    /// and for the poller to finish its batch.
+    /// and for the poller and housekeeping to finish their batches.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let Self {
             listener,
             state,
             writers,
             poller,
+            housekeeping,
             wake,
             notify,
             listener_options,
         } = self;
         let poller = poller.map(|p| tokio::spawn(p.run(wake.clone(), shutdown.clone())));
+        let housekeeping = housekeeping.map(|h| tokio::spawn(h.run(shutdown.clone())));
         let notifier = notify.map(|pool| tokio::spawn(notify_loop(pool, wake, shutdown.clone())));
         let router = http::app(state);
         let grace = listener_options.shutdown_timeout;
@@ -198,7 +222,7 @@ impl Application {
             for writer in writers {
                 let _ = writer.await;
             }
-            for task in poller.into_iter().chain(notifier) {
+            for task in poller.into_iter().chain(housekeeping).chain(notifier) {
                 let _ = task.await;
             }
         };

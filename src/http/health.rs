@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::AppState;
 use crate::metrics::StatusLabels;
-use crate::{db, inbox, ranges};
+use crate::{db, stats};
 
 pub async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -40,31 +40,28 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     m.pool_connections_open.set(size);
     m.pool_connections_in_use
         .set(size - state.pool.num_idle() as i64);
-    let refresh = async {
-        let (inbox_counts, oldest_inbox, since_last) = inbox::gauges(&state.pool).await?;
-        let (range_counts, oldest_range) = ranges::gauges(&state.pool).await?;
-        Ok::<_, sqlx::Error>((
-            inbox_counts,
-            oldest_inbox,
-            since_last,
-            range_counts,
-            oldest_range,
-        ))
-    };
-    match tokio::time::timeout(state.limits.ack_deadline, refresh).await {
-        Ok(Ok((inbox_counts, oldest_inbox, since_last, range_counts, oldest_range))) => {
-            for (status, n) in inbox_counts {
-                m.inbox_rows.get_or_create(&StatusLabels { status }).set(n);
+    match tokio::time::timeout(state.limits.ack_deadline, stats::collect(&state.pool)).await {
+        Ok(Ok(stats)) => {
+            for (status, figures) in &stats.inbox {
+                m.inbox_rows
+                    .get_or_create(&StatusLabels {
+                        status: status.clone(),
+                    })
+                    .set(figures.count);
             }
-            for (status, n) in range_counts {
+            for (status, figures) in &stats.dirty_ranges {
                 m.dirty_ranges
-                    .get_or_create(&StatusLabels { status })
-                    .set(n);
+                    .get_or_create(&StatusLabels {
+                        status: status.clone(),
+                    })
+                    .set(figures.count);
             }
-            m.inbox_oldest_pending_seconds.set(oldest_inbox);
-            m.ranges_oldest_pending_seconds.set(oldest_range);
+            m.inbox_oldest_pending_seconds
+                .set(stats.oldest_pending_inbox_age_secs.unwrap_or(0.0));
+            m.ranges_oldest_pending_seconds
+                .set(stats.oldest_pending_range_age_secs.unwrap_or(0.0));
             m.seconds_since_last_delivery
-                .set(since_last.unwrap_or(-1.0));
+                .set(stats.seconds_since_last_delivery.unwrap_or(-1.0));
         }
         Ok(Err(error)) => tracing::warn!(%error, "metrics: database gauges not refreshed"),
         Err(_) => tracing::warn!("metrics: database gauges not refreshed within the ack deadline"),

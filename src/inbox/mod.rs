@@ -4,15 +4,20 @@ mod writer;
 
 pub use writer::{InboxWriter, WriteError};
 
+use std::time::Duration;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sqlx::PgExecutor;
+use sqlx::{Connection, PgConnection, PgExecutor};
 
-use crate::thryve::{self, ConnectionChange, DaySpan, Event, InstantSpan, Parsed};
+use crate::{
+    poller,
+    thryve::{self, ConnectionChange, DaySpan, Event, InstantSpan, Parsed},
+};
 
 /// Where a row stands; the text values are the `status` column's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending,
@@ -216,7 +221,8 @@ pub struct InsertedRow {
 
 /// Writes distinct deliveries in one statement (so one commit): new content becomes a row with
 /// `delivery_count` = its count; known content adds its count to the existing row, and a
-/// `processed` row goes back to `pending` so its work is done again.
+/// `processed` row goes back to `pending` so its work is done again, with its payload back if
+/// payload retention had blanked it.
 ///
 /// `batch` must not repeat a fingerprint. Rows are written in fingerprint order so that
 /// concurrent batches lock the unique index in the same order and cannot deadlock.
@@ -280,6 +286,10 @@ pub async fn insert_batch(
         ON CONFLICT (fingerprint) DO UPDATE SET
             delivery_count   = i.delivery_count + EXCLUDED.delivery_count,
             last_received_at = now(),
+            -- Same fingerprint, same content: a blanked payload can be had back for free, and
+            -- the poller needs it where the typed columns do not describe the event.
+            payload          = CASE WHEN i.payload = 'null'::jsonb THEN EXCLUDED.payload
+                                    ELSE i.payload END,
             status           = CASE WHEN i.status = 'processed' THEN 'pending' ELSE i.status END,
             processed_at     = CASE WHEN i.status = 'processed' THEN NULL ELSE i.processed_at END
         RETURNING fingerprint, id, (xmax = 0) AS inserted
@@ -385,36 +395,197 @@ pub async fn finish(
     Ok(done.rows_affected())
 }
 
-/// Rows per status, the age in seconds of the oldest pending row, and seconds since the last
-/// delivery, for `/metrics`. The pending figures use the pending index; the per-status counts
-/// scan the table, which retention keeps bounded.
-pub async fn gauges(
-    executor: impl PgExecutor<'_>,
-) -> sqlx::Result<(Vec<(String, i64)>, f64, Option<f64>)> {
-    let row: (Value, f64, Option<f64>) = sqlx::query_as(
-        "SELECT
-             coalesce((SELECT jsonb_object_agg(status, n) FROM
-                 (SELECT status, count(*) AS n FROM thryve.inbox GROUP BY status) s), '{}'),
-             coalesce((SELECT extract(epoch FROM now() - first_received_at)::float8
-                       FROM thryve.inbox WHERE status = 'pending' ORDER BY id LIMIT 1), 0),
-             (SELECT extract(epoch FROM now() - max(last_received_at))::float8 FROM thryve.inbox)",
-    )
-    .fetch_one(executor)
-    .await?;
-    let counts = status_counts(&row.0, &["pending", "processed", "quarantined", "ignored"]);
-    Ok((counts, row.1, row.2))
+/// A row of `thryve.inbox` without its payload, as `thryve-bridge inbox list` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct InboxSummary {
+    pub id: i64,
+    /// SHA-256 of the canonical JSON, in hex.
+    pub fingerprint: String,
+    pub event_type: Option<String>,
+    pub end_user_id: Option<String>,
+    pub end_user_alias: Option<String>,
+    pub status: String,
+    pub error: Option<String>,
+    pub delivery_count: i32,
+    pub first_received_at: DateTime<Utc>,
+    pub last_received_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub data_source_id: Option<i32>,
+    pub data_type_ids: Option<Vec<i32>>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub start_day: Option<NaiveDate>,
+    pub end_day: Option<NaiveDate>,
+    pub connected: Option<bool>,
+    pub event_time: Option<DateTime<Utc>>,
 }
 
-/// Each of `statuses` with its count in `counts` (a JSON object), zero where absent, so a
-/// gauge drops back to 0 when the last row of a status goes.
-pub(crate) fn status_counts(counts: &Value, statuses: &[&str]) -> Vec<(String, i64)> {
-    statuses
-        .iter()
-        .map(|s| {
-            (
-                (*s).to_owned(),
-                counts.get(*s).and_then(Value::as_i64).unwrap_or(0),
-            )
-        })
-        .collect()
+/// A whole row of `thryve.inbox`.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct InboxRow {
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub summary: InboxSummary,
+    /// The decoded body; JSON `null` once payload retention has blanked it.
+    pub payload: Value,
+}
+
+const SUMMARY_COLUMNS: &str = "id, encode(fingerprint, 'hex') AS fingerprint, event_type,
+    end_user_id, end_user_alias, status, error, delivery_count, first_received_at,
+    last_received_at, processed_at, data_source_id, data_type_ids, start_time, end_time,
+    start_day, end_day, connected, event_time";
+
+/// One row, payload included.
+pub async fn get(executor: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<InboxRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {SUMMARY_COLUMNS}, payload FROM thryve.inbox WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+}
+
+/// Rows in `status` (of `end_user_id` if given), newest first, at most `limit`.
+pub async fn list(
+    executor: impl PgExecutor<'_>,
+    status: Status,
+    end_user_id: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<InboxSummary>> {
+    sqlx::query_as(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM thryve.inbox
+         WHERE status = $1 AND ($2::text IS NULL OR end_user_id = $2)
+         ORDER BY id DESC LIMIT $3"
+    ))
+    .bind(status.as_str())
+    .bind(end_user_id)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// Deletes up to `limit` `processed` rows processed more than `older_than` ago (by the
+/// database's clock), skipping rows someone else holds; returns how many it deleted. Never
+/// touches other statuses. A re-delivery racing the delete either turns the row `pending`
+/// first (and the row is skipped) or waits for the delete and is stored anew.
+pub async fn delete_processed(
+    executor: impl PgExecutor<'_>,
+    older_than: Duration,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    // `= ANY (ARRAY(...))` makes the outer statement a primary-key lookup per id; `IN`
+    // may be planned as a join that scans the whole table.
+    let done = sqlx::query(
+        "DELETE FROM thryve.inbox WHERE id = ANY (ARRAY(
+             SELECT id FROM thryve.inbox
+             WHERE status = 'processed' AND processed_at < now() - make_interval(secs => $1)
+             LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Sets the payload of up to `limit` `processed` rows processed more than `older_than` ago to
+/// JSON `null` (JSON, not SQL: the column stays NOT NULL, and no real body is `null`, since
+/// the receiver stores only objects). Typed columns and the fingerprint stay, so a late
+/// re-delivery is still a duplicate, and brings the payload back. Returns how many it blanked.
+pub async fn blank_payloads(
+    executor: impl PgExecutor<'_>,
+    older_than: Duration,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE thryve.inbox SET payload = 'null'::jsonb WHERE id = ANY (ARRAY(
+             SELECT id FROM thryve.inbox
+             WHERE status = 'processed' AND payload <> 'null'::jsonb
+               AND processed_at < now() - make_interval(secs => $1)
+             LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Where [`replay`] put each row it read again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    /// Rows that parse now: typed columns filled, back to `pending` for the poller.
+    pub pending: Vec<i64>,
+    /// Rows still invalid; `error` holds today's reason.
+    pub quarantined: Vec<i64>,
+    /// Rows of a type the bridge still does not handle.
+    pub ignored: Vec<i64>,
+}
+
+/// Runs `quarantined` and `ignored` rows (only those in `status`, or only row `id`, if given)
+/// through today's parser, oldest first, at most `limit`, in one transaction: each row gets
+/// the status, reason, envelope and typed columns a first delivery of its payload would get
+/// now. Fingerprint, payload and delivery counts stay. Other statuses are never touched.
+pub async fn replay(
+    conn: &mut PgConnection,
+    status: Option<Status>,
+    id: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<ReplayReport> {
+    let mut tx = conn.begin().await?;
+    let rows: Vec<(i64, Value)> = sqlx::query_as(
+        "SELECT id, payload FROM thryve.inbox
+         WHERE status IN ('quarantined', 'ignored') AND ($1::text IS NULL OR status = $1)
+           AND ($2::bigint IS NULL OR id = $2) AND jsonb_typeof(payload) = 'object'
+         ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(status.map(Status::as_str))
+    .bind(id)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut report = ReplayReport::default();
+    for (id, payload) in rows {
+        let Value::Object(body) = payload else {
+            continue;
+        };
+        let delivery = NewDelivery::from_body(&body);
+        let t = &delivery.typed;
+        sqlx::query(
+            "UPDATE thryve.inbox SET status = $2, error = $3, event_type = $4, end_user_id = $5,
+                 end_user_alias = $6, data_source_id = $7, data_type_ids = $8, start_time = $9,
+                 end_time = $10, start_day = $11, end_day = $12, connected = $13, event_time = $14
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(delivery.status.as_str())
+        .bind(&delivery.error)
+        .bind(&delivery.event_type)
+        .bind(&delivery.end_user_id)
+        .bind(&delivery.end_user_alias)
+        .bind(t.data_source_id)
+        .bind(&t.data_type_ids)
+        .bind(t.start_time)
+        .bind(t.end_time)
+        .bind(t.start_day)
+        .bind(t.end_day)
+        .bind(t.connected)
+        .bind(t.event_time)
+        .execute(&mut *tx)
+        .await?;
+        match delivery.status {
+            Status::Pending | Status::Processed => report.pending.push(id),
+            Status::Quarantined => report.quarantined.push(id),
+            Status::Ignored => report.ignored.push(id),
+        }
+    }
+    if !report.pending.is_empty() {
+        // Delivered at commit, so pollers in every process start on the rows at once.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(poller::CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(report)
 }

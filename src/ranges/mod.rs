@@ -215,20 +215,25 @@ pub async fn list(
     .await
 }
 
-/// Ranges per status and the age in seconds of the oldest pending one, for `/metrics`.
-pub async fn gauges(executor: impl PgExecutor<'_>) -> sqlx::Result<(Vec<(String, i64)>, f64)> {
-    let (counts, oldest): (Value, f64) = sqlx::query_as(
-        "SELECT
-             coalesce((SELECT jsonb_object_agg(status, n) FROM
-                 (SELECT status, count(*) AS n FROM thryve.dirty_ranges GROUP BY status) s), '{}'),
-             coalesce((SELECT extract(epoch FROM now() - first_dirtied_at)::float8
-                       FROM thryve.dirty_ranges WHERE status = 'pending'
-                       ORDER BY first_dirtied_at, id LIMIT 1), 0)",
+/// Deletes up to `limit` `done` ranges completed more than `older_than` ago (by the database's
+/// clock), skipping rows someone else holds; returns how many it deleted. Pending, claimed
+/// and failed ranges are never touched.
+pub async fn delete_done(
+    executor: impl PgExecutor<'_>,
+    older_than: Duration,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    // `= ANY (ARRAY(...))` makes the outer statement a primary-key lookup per id; `IN`
+    // may be planned as a join that scans the whole table.
+    let done = sqlx::query(
+        "DELETE FROM thryve.dirty_ranges WHERE id = ANY (ARRAY(
+             SELECT id FROM thryve.dirty_ranges
+             WHERE status = 'done' AND completed_at < now() - make_interval(secs => $1)
+             LIMIT $2 FOR UPDATE SKIP LOCKED))",
     )
-    .fetch_one(executor)
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .execute(executor)
     .await?;
-    Ok((
-        crate::inbox::status_counts(&counts, &["pending", "claimed", "done", "failed"]),
-        oldest,
-    ))
+    Ok(done.rows_affected())
 }

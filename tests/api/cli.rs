@@ -26,7 +26,7 @@ pub fn bridge(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Output
     command.output().expect("the binary runs")
 }
 
-fn json_out(output: &Output) -> Value {
+pub fn json_out(output: &Output) -> Value {
     assert!(
         output.status.success(),
         "stderr: {}",

@@ -7,7 +7,7 @@ use sqlx::{
     ConnectOptions, Connection, PgConnection, PgPool,
 };
 use thryve_bridge::{
-    config::{Secret, ServeConfig},
+    config::{RetentionConfig, Secret, ServeConfig},
     db,
     http::hmac::Layout,
     server::Application,
@@ -98,8 +98,8 @@ impl Drop for TestDb {
     }
 }
 
-/// The service's settings in tests: two valid Basic passwords; the poller off, so a test
-/// drives it (or turns it on) itself.
+/// The service's settings in tests: two valid Basic passwords; the poller and housekeeping
+/// off, so a test drives them (or turns them on) itself.
 pub fn test_config() -> ServeConfig {
     ServeConfig {
         bind_addr: "127.0.0.1:0".parse().unwrap(),
@@ -126,6 +126,19 @@ pub fn test_config() -> ServeConfig {
         tls_key_path: None,
         header_read_timeout_ms: 10_000,
         shutdown_timeout_secs: 10,
+        housekeeping_enabled: false,
+        housekeeping_interval_secs: 60,
+        retention: test_retention(),
+    }
+}
+
+/// The documented retention defaults; tests shorten what they exercise.
+pub fn test_retention() -> RetentionConfig {
+    RetentionConfig {
+        inbox_retention: Duration::from_secs(30 * 86_400),
+        range_retention: Duration::from_secs(7 * 86_400),
+        payload_retention: None,
+        housekeeping_batch: 1000,
     }
 }
 

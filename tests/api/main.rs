@@ -5,6 +5,7 @@ mod formats;
 mod helpers;
 mod invariants;
 mod loadgen;
+mod ops;
 mod poller;
 mod properties;
 mod proxy;

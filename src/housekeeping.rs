@@ -1,0 +1,118 @@
+//! Housekeeping: deletes processed inbox rows and done ranges past their retention, and blanks
+//! old payloads, in small batches so it never holds locks or a transaction for long.
+
+use std::{future::Future, time::Duration};
+
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::RetentionConfig, inbox, ranges};
+
+/// What one pass deleted or blanked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PassReport {
+    pub inbox_deleted: u64,
+    pub ranges_deleted: u64,
+    pub payloads_blanked: u64,
+}
+
+/// Applies the retention settings every `interval`. Any number may run against one database:
+/// each batch skips rows another one holds.
+///
+/// ```no_run
+/// # async fn once(pool: sqlx::PgPool, retention: thryve_bridge::config::RetentionConfig) -> sqlx::Result<()> {
+/// use std::time::Duration;
+/// use thryve_bridge::housekeeping::Housekeeping;
+/// use tokio_util::sync::CancellationToken;
+/// let report = Housekeeping::new(pool, retention, Duration::from_secs(60))
+///     .run_once(&CancellationToken::new())
+///     .await?;
+/// println!("{} inbox rows deleted", report.inbox_deleted);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Housekeeping {
+    pool: PgPool,
+    retention: RetentionConfig,
+    interval: Duration,
+}
+
+impl Housekeeping {
+    pub fn new(pool: PgPool, retention: RetentionConfig, interval: Duration) -> Self {
+        Self {
+            pool,
+            retention,
+            interval,
+        }
+    }
+
+    /// A pass at once, then one every interval, until `shutdown`; a batch under way is
+    /// finished first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.run_once(&shutdown).await {
+                Ok(report) if report != PassReport::default() => {
+                    tracing::info!(?report, "housekeeping pass");
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "housekeeping pass failed; retrying after the interval");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+        tracing::info!("housekeeping stopped");
+    }
+
+    /// One pass: each kind of row in batches of `HOUSEKEEPING_BATCH`, each batch its own
+    /// statement and transaction, until a batch comes back short; no batch starts after
+    /// `shutdown`.
+    pub async fn run_once(&self, shutdown: &CancellationToken) -> sqlx::Result<PassReport> {
+        let r = &self.retention;
+        let batch = r.housekeeping_batch;
+        let inbox_deleted = self
+            .batches(shutdown, || {
+                inbox::delete_processed(&self.pool, r.inbox_retention, batch)
+            })
+            .await?;
+        let ranges_deleted = self
+            .batches(shutdown, || {
+                ranges::delete_done(&self.pool, r.range_retention, batch)
+            })
+            .await?;
+        // After the deletes, so that no payload is rewritten just before its row goes.
+        let payloads_blanked = match r.payload_retention {
+            Some(keep) => {
+                self.batches(shutdown, || inbox::blank_payloads(&self.pool, keep, batch))
+                    .await?
+            }
+            None => 0,
+        };
+        Ok(PassReport {
+            inbox_deleted,
+            ranges_deleted,
+            payloads_blanked,
+        })
+    }
+
+    async fn batches<F, Fut>(&self, shutdown: &CancellationToken, mut batch: F) -> sqlx::Result<u64>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = sqlx::Result<u64>>,
+    {
+        let mut total = 0;
+        while !shutdown.is_cancelled() {
+            let done = batch().await?;
+            total += done;
+            // A short batch means nothing eligible is left; an empty one too, whatever the size.
+            if done == 0 || (done as i64) < self.retention.housekeeping_batch {
+                break;
+            }
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,135 @@
+//! Operator figures over every table (counts, ages, time since the last delivery), read in
+//! one statement through indexes, for `thryve-bridge stats` and the metrics endpoint.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::PgExecutor;
+
+/// How many rows a set holds and how old its oldest and newest are, in seconds before now
+/// (`null` when the set is empty).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Figures {
+    pub count: i64,
+    pub oldest_age_secs: Option<f64>,
+    pub newest_age_secs: Option<f64>,
+}
+
+/// A table too large to count on every call: the planner's row estimate (`pg_class.reltuples`,
+/// refreshed by autovacuum and ANALYZE; `null` before the table was first analysed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Estimate {
+    pub rows_estimate: Option<i64>,
+}
+
+/// The figures `thryve-bridge stats` prints. All ages are seconds before the statement's
+/// `now()`, and all come from one snapshot.
+///
+/// - `inbox`: by status (`pending`, `processed`, `quarantined`, `ignored`; every key always
+///   present), counts and ages on `last_received_at` (the latest delivery of the row's content).
+/// - `dirty_ranges`: by status (`pending`, `claimed`, `done`, `failed`), ages on
+///   `first_dirtied_at` (when the work first appeared).
+/// - `source_connections`: count and ages on `updated_at`.
+/// - `epoch_values`, `daily_values`: estimates only, since these tables grow without bound and
+///   have no index on time that would not slow their writes.
+/// - `oldest_pending_inbox_age_secs`: how long the oldest pending inbox row has waited for the
+///   poller; `oldest_pending_range_age_secs`: for a worker.
+/// - `seconds_since_last_delivery`: since the newest `last_received_at` of any inbox row, so an
+///   operator notices when Thryve silently stops sending (`null` when the inbox is empty).
+///
+/// Cost: one index-only scan per status over `(status, last_received_at)` and
+/// `(status, first_dirtied_at)`, so the busy statuses cost what retention lets them hold;
+/// `source_connections` (a row per user and source) is read whole.
+///
+/// ```no_run
+/// # async fn show(pool: sqlx::PgPool) -> sqlx::Result<()> {
+/// let stats = thryve_bridge::stats::collect(&pool).await?;
+/// println!("{} pending", stats.inbox["pending"].count);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    pub inbox: BTreeMap<String, Figures>,
+    pub dirty_ranges: BTreeMap<String, Figures>,
+    pub source_connections: Figures,
+    pub epoch_values: Estimate,
+    pub daily_values: Estimate,
+    pub oldest_pending_inbox_age_secs: Option<f64>,
+    pub oldest_pending_range_age_secs: Option<f64>,
+    pub seconds_since_last_delivery: Option<f64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Line {
+    relation: String,
+    status: Option<String>,
+    count: Option<i64>,
+    oldest_age_secs: Option<f64>,
+    newest_age_secs: Option<f64>,
+}
+
+/// Reads every figure in one statement.
+pub async fn collect(executor: impl PgExecutor<'_>) -> sqlx::Result<Stats> {
+    // The per-status subqueries compare with the outer status so that each one is an
+    // index-only scan of that status's slice, not a scan of the table.
+    let lines: Vec<Line> = sqlx::query_as(
+        "SELECT 'inbox' AS relation, s.status, c.count, c.oldest_age_secs, c.newest_age_secs
+         FROM unnest(ARRAY['pending', 'processed', 'quarantined', 'ignored']) AS s(status)
+         CROSS JOIN LATERAL (
+             SELECT count(*) AS count,
+                    extract(epoch FROM now() - min(i.last_received_at))::float8 AS oldest_age_secs,
+                    extract(epoch FROM now() - max(i.last_received_at))::float8 AS newest_age_secs
+             FROM thryve.inbox i WHERE i.status = s.status) c
+         UNION ALL
+         SELECT 'dirty_ranges', s.status, c.count, c.oldest_age_secs, c.newest_age_secs
+         FROM unnest(ARRAY['pending', 'claimed', 'done', 'failed']) AS s(status)
+         CROSS JOIN LATERAL (
+             SELECT count(*) AS count,
+                    extract(epoch FROM now() - min(d.first_dirtied_at))::float8 AS oldest_age_secs,
+                    extract(epoch FROM now() - max(d.first_dirtied_at))::float8 AS newest_age_secs
+             FROM thryve.dirty_ranges d WHERE d.status = s.status) c
+         UNION ALL
+         SELECT 'source_connections', NULL, count(*),
+                extract(epoch FROM now() - min(updated_at))::float8,
+                extract(epoch FROM now() - max(updated_at))::float8
+         FROM thryve.source_connections
+         UNION ALL
+         SELECT relname::text, NULL, CASE WHEN reltuples >= 0 THEN reltuples::bigint END, NULL, NULL
+         FROM pg_class
+         WHERE oid IN ('thryve.epoch_values'::regclass, 'thryve.daily_values'::regclass)",
+    )
+    .fetch_all(executor)
+    .await?;
+    let mut stats = Stats::default();
+    for line in lines {
+        let figures = Figures {
+            count: line.count.unwrap_or(0),
+            oldest_age_secs: line.oldest_age_secs,
+            newest_age_secs: line.newest_age_secs,
+        };
+        match (line.relation.as_str(), line.status) {
+            ("inbox", Some(status)) => {
+                stats.inbox.insert(status, figures);
+            }
+            ("dirty_ranges", Some(status)) => {
+                stats.dirty_ranges.insert(status, figures);
+            }
+            ("source_connections", _) => stats.source_connections = figures,
+            ("epoch_values", _) => stats.epoch_values.rows_estimate = line.count,
+            ("daily_values", _) => stats.daily_values.rows_estimate = line.count,
+            _ => {}
+        }
+    }
+    stats.oldest_pending_inbox_age_secs =
+        stats.inbox.get("pending").and_then(|f| f.oldest_age_secs);
+    stats.oldest_pending_range_age_secs = stats
+        .dirty_ranges
+        .get("pending")
+        .and_then(|f| f.oldest_age_secs);
+    stats.seconds_since_last_delivery = stats
+        .inbox
+        .values()
+        .filter_map(|f| f.newest_age_secs)
+        .reduce(f64::min);
+    Ok(stats)
+}
