@@ -40,15 +40,20 @@ CREATE TABLE thryve.dirty_ranges (
         OR (granularity = 'daily' AND start_day IS NOT NULL AND end_day IS NOT NULL
             AND start_day <= end_day AND start_time IS NULL AND end_time IS NULL)),
     -- Guarantee 4 in the database itself: pending ranges of one key never overlap.
+    -- DEFERRABLE (still checked at the end of each statement) so that one statement may
+    -- delete merged ranges and widen their survivor in either order.
     CONSTRAINT dirty_ranges_pending_epoch_excl EXCLUDE USING gist (
         end_user_id WITH =, data_source_id WITH =,
         tstzrange(start_time, end_time, '[]') WITH &&)
-        WHERE (status = 'pending' AND granularity = 'epoch'),
+        WHERE (status = 'pending' AND granularity = 'epoch') DEFERRABLE INITIALLY IMMEDIATE,
     CONSTRAINT dirty_ranges_pending_daily_excl EXCLUDE USING gist (
         end_user_id WITH =, data_source_id WITH =,
         daterange(start_day, end_day, '[]') WITH &&)
-        WHERE (status = 'pending' AND granularity = 'daily')
-);
+        WHERE (status = 'pending' AND granularity = 'daily') DEFERRABLE INITIALLY IMMEDIATE
+)
+-- Room on each page so that a merge that only adds types or counts to a range is a HOT
+-- update, with no index to touch.
+WITH (fillfactor = 70);
 
 CREATE INDEX dirty_ranges_pending_order_idx
     ON thryve.dirty_ranges (first_dirtied_at, id) WHERE status = 'pending';
@@ -108,10 +113,135 @@ RETURNS integer LANGUAGE sql STABLE AS $$
     SELECT coalesce((SELECT value::integer FROM thryve.settings WHERE key = p_key), p_default)
 $$;
 
--- Adds a span to the pending work of its key: pending ranges it overlaps or touches (equal
--- instants; adjacent days) merge with it into one (hull of spans, union of types, counts
--- summed, earliest first_dirtied_at, latest backoff). Claimed ranges are never touched.
--- Takes the key's advisory lock; callers merging several keys take them in lock-key order.
+-- The merge, for any number of spans at once (the poller's batch; fail_dirty_range's one
+-- span). Each span joins the pending work of its (user, source, granularity): spans and
+-- pending ranges that overlap or touch (equal instants; adjacent days) become one range
+-- (hull of the spans, union of the types, counts summed, earliest first_dirtied_at, most
+-- attempts, latest backoff), kept under the oldest range's id. Claimed ranges are never
+-- touched. Takes every key's advisory lock, in lock-key order, so concurrent callers cannot
+-- deadlock; a pending range of a key only appears under its lock, so the ranges found here
+-- stay the whole truth until commit. p_data_type_ids holds int[] literals ('{1,2}') because
+-- a ragged int[][] cannot be passed. The optional arrays may be NULL (defaults: now(), 0,
+-- now(), none). Returns the number of spans given.
+CREATE FUNCTION thryve.merge_dirty_ranges(
+    p_end_user_ids        text[],
+    p_data_source_ids     integer[],
+    p_granularities       text[],
+    p_data_type_ids       text[],
+    p_start_times         timestamptz[],
+    p_end_times           timestamptz[],
+    p_start_days          date[],
+    p_end_days            date[],
+    p_notification_counts integer[],
+    p_first_dirtied_ats   timestamptz[] DEFAULT NULL,
+    p_attempts            integer[]     DEFAULT NULL,
+    p_available_ats       timestamptz[] DEFAULT NULL,
+    p_last_errors         text[]        DEFAULT NULL
+) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_hits bigint[];
+BEGIN
+    PERFORM pg_advisory_xact_lock(k) FROM (
+        SELECT DISTINCT thryve.range_lock_key(u, ds, g) AS k
+        FROM unnest(p_end_user_ids, p_data_source_ids, p_granularities) AS s(u, ds, g)
+        ORDER BY 1) keys;
+
+    -- Pending ranges each span overlaps or touches (a day span widened by a day on each side
+    -- overlaps exactly the ranges it touches), found through the exclusion constraints' indexes.
+    -- LATERAL keeps the lookup a per-span probe of the index, whatever the statistics say.
+    SELECT array_agg(DISTINCT id) INTO v_hits FROM (
+        SELECT h.id
+        FROM unnest(p_end_user_ids, p_data_source_ids, p_granularities, p_start_times, p_end_times,
+                    p_start_days, p_end_days) AS s(u, ds, g, st, et, sd, ed)
+        CROSS JOIN LATERAL (
+            SELECT r.id FROM thryve.dirty_ranges r
+            WHERE s.g = 'epoch' AND r.status = 'pending' AND r.granularity = 'epoch'
+              AND r.end_user_id = s.u AND r.data_source_id = s.ds
+              AND tstzrange(r.start_time, r.end_time, '[]') && tstzrange(s.st, s.et, '[]')
+            UNION ALL
+            SELECT r.id FROM thryve.dirty_ranges r
+            WHERE s.g = 'daily' AND r.status = 'pending' AND r.granularity = 'daily'
+              AND r.end_user_id = s.u AND r.data_source_id = s.ds
+              AND daterange(r.start_day, r.end_day, '[]') && daterange(s.sd - 1, s.ed + 1, '[]')) h
+        ) hits;
+
+    -- Lock them; one a worker claimed meanwhile is no longer pending and drops out.
+    SELECT array_agg(id) INTO v_hits FROM (
+        SELECT id FROM thryve.dirty_ranges
+        WHERE id = ANY (v_hits) AND status = 'pending'
+        ORDER BY id FOR UPDATE) locked;
+
+    -- Gaps and islands: per key, sorted by start, an item joins the group before it when it
+    -- starts no later than the furthest reach so far (end, or end + 1 day for days).
+    WITH items AS (
+        SELECT u, ds, g, dt::integer[] AS types, st, et, sd, ed, coalesce(c, 1) AS cnt,
+               coalesce(fd, now()) AS first_dirtied, coalesce(a, 0) AS attempts,
+               coalesce(av, now()) AS available, le AS last_error, NULL::bigint AS id,
+               now() AS last_dirtied
+        FROM unnest(p_end_user_ids, p_data_source_ids, p_granularities, p_data_type_ids,
+                    p_start_times, p_end_times, p_start_days, p_end_days, p_notification_counts,
+                    p_first_dirtied_ats, p_attempts, p_available_ats, p_last_errors)
+             AS s(u, ds, g, dt, st, et, sd, ed, c, fd, a, av, le)
+        UNION ALL
+        SELECT end_user_id, data_source_id, granularity, data_type_ids, start_time, end_time,
+               start_day, end_day, notification_count, first_dirtied_at, attempts, available_at,
+               last_error, id, last_dirtied_at
+        FROM thryve.dirty_ranges WHERE id = ANY (v_hits)),
+    bounded AS (
+        SELECT *, coalesce(st, sd::timestamp AT TIME ZONE 'UTC') AS lo,
+               coalesce(et, ed::timestamp AT TIME ZONE 'UTC')
+                 + CASE WHEN g = 'daily' THEN interval '1 day' ELSE interval '0' END AS reach
+        FROM items),
+    marked AS (
+        SELECT *, coalesce(lo <= max(reach) OVER (PARTITION BY u, ds, g ORDER BY lo, reach
+                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), false) AS joins
+        FROM bounded),
+    grouped AS (
+        SELECT *, count(*) FILTER (WHERE NOT joins) OVER (PARTITION BY u, ds, g ORDER BY lo, reach
+                  ROWS UNBOUNDED PRECEDING) AS grp
+        FROM marked),
+    merged AS (
+        SELECT u, ds, g, grp, min(id) AS keep, array_agg(id) FILTER (WHERE id IS NOT NULL) AS old_ids,
+               min(st) AS st, max(et) AS et, min(sd) AS sd, max(ed) AS ed, sum(cnt)::integer AS cnt,
+               min(first_dirtied) AS first_dirtied, max(attempts) AS attempts,
+               max(available) AS available,
+               coalesce(max(last_error) FILTER (WHERE id IS NULL), max(last_error)) AS last_error,
+               -- now() is the transaction's start: a transaction that began earlier but
+               -- merges later must not move last_dirtied_at back.
+               greatest(max(last_dirtied), now()) AS last_dirtied
+        FROM grouped
+        GROUP BY u, ds, g, grp
+        HAVING bool_or(id IS NULL)),
+    typed AS (
+        SELECT u, ds, g, grp, array_agg(DISTINCT t ORDER BY t) AS types
+        FROM grouped CROSS JOIN LATERAL unnest(grouped.types) AS t
+        GROUP BY u, ds, g, grp),
+    gone AS (
+        DELETE FROM thryve.dirty_ranges d USING merged m
+        WHERE d.id = ANY (m.old_ids) AND d.id <> m.keep),
+    widened AS (
+        UPDATE thryve.dirty_ranges d SET
+            data_type_ids = t.types, start_time = m.st, end_time = m.et, start_day = m.sd,
+            end_day = m.ed, notification_count = m.cnt, first_dirtied_at = m.first_dirtied,
+            last_dirtied_at = m.last_dirtied, attempts = m.attempts, available_at = m.available,
+            last_error = m.last_error
+        FROM merged m JOIN typed t USING (u, ds, g, grp)
+        WHERE d.id = m.keep)
+    INSERT INTO thryve.dirty_ranges (
+        end_user_id, data_source_id, granularity, data_type_ids, start_time, end_time, start_day,
+        end_day, notification_count, first_dirtied_at, last_dirtied_at, attempts, available_at,
+        last_error)
+    SELECT m.u, m.ds, m.g, t.types, m.st, m.et, m.sd, m.ed, m.cnt, m.first_dirtied,
+           m.last_dirtied, m.attempts, m.available, m.last_error
+    FROM merged m JOIN typed t USING (u, ds, g, grp)
+    WHERE m.keep IS NULL;
+
+    RETURN coalesce(cardinality(p_end_user_ids), 0);
+END
+$$;
+
+-- One span into pending work (the same merge as merge_dirty_ranges); returns the id of the
+-- pending range that now holds it.
 CREATE FUNCTION thryve.merge_dirty_range(
     p_end_user_id        text,
     p_data_source_id     integer,
@@ -128,114 +258,19 @@ CREATE FUNCTION thryve.merge_dirty_range(
     p_last_error         text        DEFAULT NULL
 ) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
-    v_ids  bigint[];
-    v_keep bigint;
-    v_new  thryve.dirty_ranges%ROWTYPE;
+    v_id bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(thryve.range_lock_key(p_end_user_id, p_data_source_id, p_granularity));
-
-    IF p_granularity = 'epoch' THEN
-        SELECT array_agg(id ORDER BY id) INTO v_ids FROM (
-            SELECT id FROM thryve.dirty_ranges
-            WHERE status = 'pending' AND granularity = 'epoch'
-              AND end_user_id = p_end_user_id AND data_source_id = p_data_source_id
-              AND tstzrange(start_time, end_time, '[]') && tstzrange(p_start_time, p_end_time, '[]')
-            FOR UPDATE) s;
-    ELSIF p_granularity = 'daily' THEN
-        SELECT array_agg(id ORDER BY id) INTO v_ids FROM (
-            SELECT id FROM thryve.dirty_ranges
-            WHERE status = 'pending' AND granularity = 'daily'
-              AND end_user_id = p_end_user_id AND data_source_id = p_data_source_id
-              AND (daterange(start_day, end_day, '[]') && daterange(p_start_day, p_end_day, '[]')
-                   OR daterange(start_day, end_day, '[]') -|- daterange(p_start_day, p_end_day, '[]'))
-            FOR UPDATE) s;
-    ELSE
-        RAISE EXCEPTION 'granularity must be epoch or daily, got %', p_granularity;
-    END IF;
-
-    IF v_ids IS NULL THEN
-        INSERT INTO thryve.dirty_ranges (
-            end_user_id, data_source_id, granularity, data_type_ids, start_time, end_time,
-            start_day, end_day, notification_count, first_dirtied_at, attempts, available_at,
-            last_error)
-        VALUES (
-            p_end_user_id, p_data_source_id, p_granularity,
-            ARRAY(SELECT DISTINCT t FROM unnest(p_data_type_ids) t ORDER BY t),
-            p_start_time, p_end_time, p_start_day, p_end_day, p_notification_count,
-            p_first_dirtied_at, p_attempts, p_available_at, p_last_error)
-        RETURNING id INTO v_keep;
-        RETURN v_keep;
-    END IF;
-
-    v_keep := v_ids[1];
-    SELECT least(min(d.start_time), p_start_time), greatest(max(d.end_time), p_end_time),
-           least(min(d.start_day), p_start_day), greatest(max(d.end_day), p_end_day),
-           sum(d.notification_count)::integer + p_notification_count,
-           least(min(d.first_dirtied_at), p_first_dirtied_at),
-           greatest(max(d.attempts), p_attempts),
-           greatest(max(d.available_at), p_available_at),
-           coalesce(p_last_error, max(d.last_error)),
-           -- now() is the transaction's start: a transaction that began earlier but merges
-           -- later must not move last_dirtied_at back.
-           greatest(max(d.last_dirtied_at), now())
-      INTO v_new.start_time, v_new.end_time, v_new.start_day, v_new.end_day,
-           v_new.notification_count, v_new.first_dirtied_at, v_new.attempts,
-           v_new.available_at, v_new.last_error, v_new.last_dirtied_at
-      FROM thryve.dirty_ranges d WHERE d.id = ANY (v_ids);
-    v_new.data_type_ids := ARRAY(
-        SELECT DISTINCT t FROM (
-            SELECT unnest(d.data_type_ids) FROM thryve.dirty_ranges d WHERE d.id = ANY (v_ids)
-            UNION ALL SELECT unnest(p_data_type_ids)) u(t)
-        ORDER BY t);
-
-    -- The others go first: the survivor's new span overlaps them until they are gone.
-    DELETE FROM thryve.dirty_ranges WHERE id = ANY (v_ids) AND id <> v_keep;
-    UPDATE thryve.dirty_ranges SET
-        data_type_ids      = v_new.data_type_ids,
-        start_time         = v_new.start_time,
-        end_time           = v_new.end_time,
-        start_day          = v_new.start_day,
-        end_day            = v_new.end_day,
-        notification_count = v_new.notification_count,
-        first_dirtied_at   = v_new.first_dirtied_at,
-        last_dirtied_at    = v_new.last_dirtied_at,
-        attempts           = v_new.attempts,
-        available_at       = v_new.available_at,
-        last_error         = v_new.last_error
-    WHERE id = v_keep;
-    RETURN v_keep;
-END
-$$;
-
--- Merges many spans in one call (the poller's batch), taking the keys' locks in lock-key
--- order so that concurrent callers cannot deadlock. p_data_type_ids holds int[] literals
--- ('{1,2}') because a ragged int[][] cannot be passed.
-CREATE FUNCTION thryve.merge_dirty_ranges(
-    p_end_user_ids        text[],
-    p_data_source_ids     integer[],
-    p_granularities       text[],
-    p_data_type_ids       text[],
-    p_start_times         timestamptz[],
-    p_end_times           timestamptz[],
-    p_start_days          date[],
-    p_end_days            date[],
-    p_notification_counts integer[]
-) RETURNS integer LANGUAGE plpgsql AS $$
-DECLARE
-    r record;
-    n integer := 0;
-BEGIN
-    FOR r IN
-        SELECT * FROM unnest(p_end_user_ids, p_data_source_ids, p_granularities, p_data_type_ids,
-                             p_start_times, p_end_times, p_start_days, p_end_days,
-                             p_notification_counts)
-                 AS s(u, ds, g, dt, st, et, sd, ed, c)
-        ORDER BY thryve.range_lock_key(u, ds, g), u, ds, g
-    LOOP
-        PERFORM thryve.merge_dirty_range(r.u, r.ds, r.g, r.dt::integer[], r.st, r.et, r.sd, r.ed, r.c);
-        n := n + 1;
-    END LOOP;
-    RETURN n;
+    PERFORM thryve.merge_dirty_ranges(
+        ARRAY[p_end_user_id], ARRAY[p_data_source_id], ARRAY[p_granularity],
+        ARRAY[p_data_type_ids::text], ARRAY[p_start_time], ARRAY[p_end_time], ARRAY[p_start_day],
+        ARRAY[p_end_day], ARRAY[p_notification_count], ARRAY[p_first_dirtied_at],
+        ARRAY[p_attempts], ARRAY[p_available_at], ARRAY[p_last_error]);
+    SELECT id INTO v_id FROM thryve.dirty_ranges
+    WHERE status = 'pending' AND end_user_id = p_end_user_id
+      AND data_source_id = p_data_source_id AND granularity = p_granularity
+      AND (start_time <= p_start_time AND end_time >= p_end_time
+           OR start_day <= p_start_day AND end_day >= p_end_day);
+    RETURN v_id;
 END
 $$;
 
