@@ -363,13 +363,15 @@ fn row_effects(row: &PendingRow) -> Result<(String, Effects), RowProblem> {
     }
 }
 
-/// Writes a plan; lock order (range keys, connections, values, inbox) is the same in every
-/// transaction, so concurrent pollers and consumers never wait on each other in a cycle.
+/// Writes a plan. Every transaction takes its locks in the same phases (connections, values,
+/// inbox, then range keys), each phase in sorted order, so concurrent pollers and consumers
+/// never wait on each other in a cycle. The range keys' advisory locks come last so another
+/// poller that needs one of the same keys waits only for the merge and the commit.
 async fn apply(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Result<()> {
-    ranges::merge_spans(&mut **tx, &plan.spans).await?;
     sources::apply(&mut **tx, &plan.connections).await?;
     values::apply_epoch(&mut **tx, &plan.epoch_values).await?;
     values::apply_daily(&mut **tx, &plan.daily_values).await?;
     inbox::finish(&mut **tx, &plan.ids, &plan.statuses, &plan.errors).await?;
+    ranges::merge_spans(&mut **tx, &plan.spans).await?;
     Ok(())
 }
