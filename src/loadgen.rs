@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -214,6 +214,50 @@ fn pick_types(rng: &mut Rng, pool: &[i64]) -> Vec<i64> {
         .collect()
 }
 
+/// One request of the run, made ready before the clock starts so that building JSON and
+/// compressing it do not compete with the bridge for the CPU while it is measured.
+#[derive(Clone)]
+struct Prepared {
+    body: Arc<Value>,
+    wire: bytes::Bytes,
+    zstd: bool,
+}
+
+/// Each worker's requests: fresh deliveries of the mix, and (with `retry_share`) exact
+/// byte-for-byte repeats of earlier ones, as Thryve's retries are.
+fn prepare(config: &LoadConfig, worker: usize) -> Vec<Prepared> {
+    let workers = config.concurrency.max(1) as f64;
+    let expected = match (config.requests, config.rate) {
+        (n, _) if n != u64::MAX => n as f64 / workers,
+        (_, Some(rate)) => rate * config.duration.as_secs_f64() / workers * 1.1,
+        // As fast as answers come: enough for 25,000 requests a second.
+        _ => 25_000.0 * config.duration.as_secs_f64() / workers,
+    };
+    let count = expected.ceil() as usize + 1;
+    let mut rng = Rng::new(config.seed.wrapping_add(worker as u64 * 7919));
+    let mut out: Vec<Prepared> = Vec::with_capacity(count);
+    while out.len() < count {
+        if !out.is_empty() && rng.chance(config.retry_share) {
+            let earlier = out[rng.below(out.len() as u64) as usize].clone();
+            out.push(earlier);
+            continue;
+        }
+        let (body, zstd) = delivery(&mut rng, config.users);
+        let json = serde_json::to_vec(&body).expect("JSON serialises");
+        let wire = if zstd {
+            zstd::encode_all(&json[..], 3).expect("zstd in memory")
+        } else {
+            json
+        };
+        out.push(Prepared {
+            body: Arc::new(body),
+            wire: wire.into(),
+            zstd,
+        });
+    }
+    out
+}
+
 /// Sends the mix and records every answer.
 pub async fn run(config: &LoadConfig) -> LoadRun {
     let client = reqwest::Client::builder()
@@ -221,6 +265,9 @@ pub async fn run(config: &LoadConfig) -> LoadRun {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("an HTTP client builds");
+    let prepared: Vec<Vec<Prepared>> = (0..config.concurrency.max(1))
+        .map(|w| prepare(config, w))
+        .collect();
     let started = Instant::now();
     let deadline = started + config.duration;
     let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -229,18 +276,12 @@ pub async fn run(config: &LoadConfig) -> LoadRun {
         .lag_pool
         .clone()
         .map(|pool| tokio::spawn(watch_lag(pool, lag_rx)));
-    let history: Arc<Mutex<Vec<Arc<Value>>>> = Arc::new(Mutex::new(Vec::new()));
-    let workers: Vec<_> = (0..config.concurrency.max(1))
-        .map(|worker| {
-            let (client, config, issued, history) = (
-                client.clone(),
-                config.clone(),
-                issued.clone(),
-                history.clone(),
-            );
+    let workers: Vec<_> = prepared
+        .into_iter()
+        .map(|requests| {
+            let (client, config, issued) = (client.clone(), config.clone(), issued.clone());
             let lag_tx = lag_tx.clone();
             tokio::spawn(async move {
-                let mut rng = Rng::new(config.seed.wrapping_add(worker as u64 * 7919));
                 let mut latencies = latency_histogram();
                 let mut sent = Vec::new();
                 let mut errors = 0u64;
@@ -251,60 +292,42 @@ pub async fn run(config: &LoadConfig) -> LoadRun {
                     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     t
                 });
-                while Instant::now() < deadline {
-                    if issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= config.requests
+                // Past the prepared list (a faster bridge than planned for) it starts over:
+                // the repeats are then duplicates, still valid traffic.
+                for prepared in requests.iter().cycle() {
+                    if Instant::now() >= deadline
+                        || issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            >= config.requests
                     {
                         break;
                     }
                     if let Some(t) = ticker.as_mut() {
                         t.tick().await;
                     }
-                    let retry = rng.chance(config.retry_share);
-                    let earlier = if retry {
-                        let h = history.lock().expect("history lock");
-                        (!h.is_empty()).then(|| h[rng.below(h.len() as u64) as usize].clone())
-                    } else {
-                        None
-                    };
-                    let (body, compress) = match earlier {
-                        Some(body) => (body, false),
-                        None => {
-                            let (body, compress) = delivery(&mut rng, config.users);
-                            (Arc::new(body), compress)
-                        }
-                    };
-                    let bytes = serde_json::to_vec(&*body).expect("JSON serialises");
                     let mut request = client
                         .post(&config.url)
                         .header("content-type", "application/json");
                     if let Some((user, password)) = &config.basic_auth {
                         request = request.basic_auth(user, Some(password));
                     }
-                    request = if compress {
-                        request
-                            .header("content-encoding", "zstd")
-                            .body(zstd::encode_all(&bytes[..], 3).expect("zstd in memory"))
-                    } else {
-                        request.body(bytes)
-                    };
+                    if prepared.zstd {
+                        request = request.header("content-encoding", "zstd");
+                    }
                     let t0 = Instant::now();
-                    match request.send().await {
+                    match request.body(prepared.wire.clone()).send().await {
                         Ok(response) => {
                             let status = response.status().as_u16();
                             let ack: Option<Value> = response.json().await.ok();
                             let answered_at = Instant::now();
                             latencies.saturating_record((answered_at - t0).as_micros() as u64);
                             let inbox_id = ack.as_ref().and_then(|a| a["inbox_id"].as_i64());
-                            if status == 200 && !retry {
-                                history.lock().expect("history lock").push(body.clone());
-                            }
                             if let (200, Some(id)) = (status, inbox_id) {
                                 let _ = lag_tx.send((id, answered_at));
                             }
                             sent.push(Sent {
                                 status,
                                 inbox_id,
-                                body,
+                                body: prepared.body.clone(),
                                 answered_at,
                             });
                         }

@@ -104,7 +104,7 @@ impl NewDelivery {
     /// assert_eq!(d.end_user_id.as_deref(), Some("u1"));
     /// ```
     pub fn from_body(body: &Map<String, Value>) -> Self {
-        let canonical = thryve::canonical_json(&Value::Object(body.clone()));
+        let canonical = thryve::canonical_object(body);
         let fingerprint = thryve::fingerprint(&canonical);
         let payload = String::from_utf8(canonical).expect("serde_json writes UTF-8");
         let (status, error, envelope, typed) = match thryve::parse(body) {

@@ -1,6 +1,6 @@
 //! Canonical JSON and the content fingerprint that stands in for Thryve's missing delivery id.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// Serialises `value` with object keys sorted and no whitespace, so two deliveries that differ
@@ -16,24 +16,34 @@ pub fn canonical_json(value: &Value) -> Vec<u8> {
     out
 }
 
+/// [`canonical_json`] of an object, without first wrapping it in a `Value`.
+pub fn canonical_object(map: &Map<String, Value>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    write_object(map, &mut out);
+    out
+}
+
+fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
+    // Sorted explicitly: serde_json's map order depends on a crate feature
+    // (`preserve_order`) that any dependency could switch on.
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    for (i, (key, item)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, key)
+            .expect("serialising a string into memory cannot fail");
+        out.push(b':');
+        write_canonical(item, out);
+    }
+    out.push(b'}');
+}
+
 fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
-        Value::Object(map) => {
-            // Sorted explicitly: serde_json's map order depends on a crate feature
-            // (`preserve_order`) that any dependency could switch on.
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_scalar(&Value::String(key.clone()), out);
-                out.push(b':');
-                write_canonical(item, out);
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_object(map, out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {

@@ -6,7 +6,7 @@ mod legacy;
 mod notification;
 mod push;
 
-pub use canonical::{canonical_json, fingerprint};
+pub use canonical::{canonical_json, canonical_object, fingerprint};
 pub use effects::{ConnectionChange, DailyValue, Effects, EpochValue, Span};
 pub use legacy::LEGACY_EVENT_TYPE;
 pub use notification::{
