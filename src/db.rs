@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
+use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgExecutor, PgPool};
 
 /// The files under `migrations/`, embedded; `sqlx migrate run` applies the same files.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -24,6 +24,31 @@ pub fn pool(
 /// (sqlx takes an advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// Runs `statement` (`DELETE FROM t` or `UPDATE t SET ...`) on at most `limit` rows of `table`
+/// that match `old_rows`, in which `$1` is `older_than` in seconds; rows another transaction
+/// holds are skipped. Returns how many rows it changed. Housekeeping's statements are built
+/// here so that each stays short and never queues behind the poller.
+pub(crate) async fn bounded_batch(
+    executor: impl PgExecutor<'_>,
+    statement: &'static str,
+    table: &'static str,
+    old_rows: &'static str,
+    older_than: Duration,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    // `= ANY (ARRAY(...))` makes the outer statement a primary-key lookup per id; `IN`
+    // may be planned as a join that scans the whole table.
+    let done = sqlx::query(&format!(
+        "{statement} WHERE id = ANY (ARRAY(
+             SELECT id FROM {table} WHERE {old_rows} LIMIT $2 FOR UPDATE SKIP LOCKED))"
+    ))
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Why the service is not ready.

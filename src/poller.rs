@@ -46,6 +46,16 @@ pub struct BatchReport {
     pub spans_merged: usize,
 }
 
+impl std::ops::AddAssign for BatchReport {
+    fn add_assign(&mut self, other: Self) {
+        self.rows += other.rows;
+        self.processed += other.processed;
+        self.quarantined += other.quarantined;
+        self.ignored += other.ignored;
+        self.spans_merged += other.spans_merged;
+    }
+}
+
 /// Turns pending inbox rows into their effects. Any number may run against one database.
 #[derive(Clone)]
 pub struct Poller {
@@ -145,26 +155,16 @@ impl Poller {
             return Ok(BatchReport::default());
         }
         let plan = plan(&rows);
-        match apply(&mut tx, &plan).await {
-            Ok(()) => {
-                tx.commit().await?;
-                Ok(plan.report(rows.len()))
-            }
-            Err(sqlx::Error::Database(error)) => {
-                tx.rollback().await?;
+        match commit_plan(tx, &plan).await? {
+            Applied::Committed => Ok(plan.report(rows.len())),
+            Applied::Refused(error) => {
                 tracing::warn!(%error, rows = rows.len(), "batch failed; retrying its rows one by one");
                 let mut report = BatchReport::default();
                 for row in &rows {
-                    let one = self.poll_row(row.id).await?;
-                    report.rows += one.rows;
-                    report.processed += one.processed;
-                    report.quarantined += one.quarantined;
-                    report.ignored += one.ignored;
-                    report.spans_merged += one.spans_merged;
+                    report += self.poll_row(row.id).await?;
                 }
                 Ok(report)
             }
-            Err(error) => Err(error),
         }
     }
 
@@ -174,13 +174,9 @@ impl Poller {
             return Ok(BatchReport::default());
         };
         let plan = plan(std::slice::from_ref(&row));
-        match apply(&mut tx, &plan).await {
-            Ok(()) => {
-                tx.commit().await?;
-                Ok(plan.report(1))
-            }
-            Err(sqlx::Error::Database(error)) => {
-                tx.rollback().await?;
+        match commit_plan(tx, &plan).await? {
+            Applied::Committed => Ok(plan.report(1)),
+            Applied::Refused(error) => {
                 tracing::error!(inbox_id = id, %error, "inbox row quarantined: applying it fails");
                 let mut tx = self.pool.begin().await?;
                 if inbox::claim_one(&mut *tx, id).await?.is_some() {
@@ -194,8 +190,29 @@ impl Poller {
                     ..BatchReport::default()
                 })
             }
-            Err(error) => Err(error),
         }
+    }
+}
+
+/// How [`commit_plan`] ended when the connection itself did not fail.
+enum Applied {
+    Committed,
+    /// The database refused a statement (a row's data, not the connection); rolled back.
+    Refused(Box<dyn sqlx::error::DatabaseError>),
+}
+
+/// Applies `plan` in `tx` and commits it, or rolls back if the database refuses it.
+async fn commit_plan(mut tx: Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Result<Applied> {
+    match apply(&mut tx, plan).await {
+        Ok(()) => {
+            tx.commit().await?;
+            Ok(Applied::Committed)
+        }
+        Err(sqlx::Error::Database(error)) => {
+            tx.rollback().await?;
+            Ok(Applied::Refused(error))
+        }
+        Err(error) => Err(error),
     }
 }
 

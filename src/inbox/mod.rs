@@ -473,19 +473,15 @@ pub async fn delete_processed(
     older_than: Duration,
     limit: i64,
 ) -> sqlx::Result<u64> {
-    // `= ANY (ARRAY(...))` makes the outer statement a primary-key lookup per id; `IN`
-    // may be planned as a join that scans the whole table.
-    let done = sqlx::query(
-        "DELETE FROM thryve.inbox WHERE id = ANY (ARRAY(
-             SELECT id FROM thryve.inbox
-             WHERE status = 'processed' AND processed_at < now() - make_interval(secs => $1)
-             LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    crate::db::bounded_batch(
+        executor,
+        "DELETE FROM thryve.inbox",
+        "thryve.inbox",
+        "status = 'processed' AND processed_at < now() - make_interval(secs => $1)",
+        older_than,
+        limit,
     )
-    .bind(older_than.as_secs_f64())
-    .bind(limit)
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected())
+    .await
 }
 
 /// Sets the payload of up to `limit` `processed` rows processed more than `older_than` ago to
@@ -497,18 +493,16 @@ pub async fn blank_payloads(
     older_than: Duration,
     limit: i64,
 ) -> sqlx::Result<u64> {
-    let done = sqlx::query(
-        "UPDATE thryve.inbox SET payload = 'null'::jsonb WHERE id = ANY (ARRAY(
-             SELECT id FROM thryve.inbox
-             WHERE status = 'processed' AND payload <> 'null'::jsonb
-               AND processed_at < now() - make_interval(secs => $1)
-             LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    crate::db::bounded_batch(
+        executor,
+        "UPDATE thryve.inbox SET payload = 'null'::jsonb",
+        "thryve.inbox",
+        "status = 'processed' AND payload <> 'null'::jsonb
+           AND processed_at < now() - make_interval(secs => $1)",
+        older_than,
+        limit,
     )
-    .bind(older_than.as_secs_f64())
-    .bind(limit)
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected())
+    .await
 }
 
 /// Where [`replay`] put each row it read again.

@@ -223,17 +223,13 @@ pub async fn delete_done(
     older_than: Duration,
     limit: i64,
 ) -> sqlx::Result<u64> {
-    // `= ANY (ARRAY(...))` makes the outer statement a primary-key lookup per id; `IN`
-    // may be planned as a join that scans the whole table.
-    let done = sqlx::query(
-        "DELETE FROM thryve.dirty_ranges WHERE id = ANY (ARRAY(
-             SELECT id FROM thryve.dirty_ranges
-             WHERE status = 'done' AND completed_at < now() - make_interval(secs => $1)
-             LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    crate::db::bounded_batch(
+        executor,
+        "DELETE FROM thryve.dirty_ranges",
+        "thryve.dirty_ranges",
+        "status = 'done' AND completed_at < now() - make_interval(secs => $1)",
+        older_than,
+        limit,
     )
-    .bind(older_than.as_secs_f64())
-    .bind(limit)
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected())
+    .await
 }
