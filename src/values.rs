@@ -1,7 +1,7 @@
 //! `thryve.epoch_values` / `thryve.daily_values`: the values data-push webhooks carry, upserted
 //! on Thryve's uniqueness keys.
 
-use sqlx::PgExecutor;
+use sqlx::{postgres::PgArguments, query::Query, PgExecutor, Postgres};
 
 use crate::thryve::{DailyValue, EpochValue};
 
@@ -10,8 +10,128 @@ use crate::thryve::{DailyValue, EpochValue};
 const NUMERIC: &str = r"CASE WHEN v.value ~ '^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?\s*$'
     THEN v.value::numeric END";
 
-/// Upserts epoch values: a newer delivery (higher inbox id) replaces a value, an older one or a
-/// replay of the same content changes nothing. One entry per key.
+/// What the two value tables share: the first columns of the key, the value, the delivery.
+trait PushedValue {
+    fn data_source_id(&self) -> i32;
+    fn data_type_id(&self) -> i32;
+    fn timezone_offset(&self) -> Option<i32>;
+    fn value(&self) -> &str;
+}
+
+impl PushedValue for EpochValue {
+    fn data_source_id(&self) -> i32 {
+        self.data_source_id
+    }
+    fn data_type_id(&self) -> i32 {
+        self.data_type_id
+    }
+    fn timezone_offset(&self) -> Option<i32> {
+        self.timezone_offset
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl PushedValue for DailyValue {
+    fn data_source_id(&self) -> i32 {
+        self.data_source_id
+    }
+    fn data_type_id(&self) -> i32 {
+        self.data_type_id
+    }
+    fn timezone_offset(&self) -> Option<i32> {
+        self.timezone_offset
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+/// The upsert of one value table. `own` are the table's own columns after the shared ones
+/// (`$7` onwards, with their array types), the first of them the last column of the key.
+/// A newer delivery (higher inbox id) replaces a value; an older one, or a replay of the same
+/// content, changes nothing.
+fn upsert_sql(table: &str, own: &[(&str, &str)]) -> String {
+    let own_columns: Vec<&str> = own.iter().map(|(c, _)| *c).collect();
+    let own_params: Vec<String> = own
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ty))| format!("${}::{ty}[]", i + 7))
+        .collect();
+    let key = own_columns[0];
+    let changed: Vec<&str> = own_columns[1..]
+        .iter()
+        .copied()
+        .chain(["timezone_offset", "value"])
+        .collect();
+    let set: Vec<String> = changed
+        .iter()
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    let old: Vec<String> = changed.iter().map(|c| format!("t.{c}")).collect();
+    let new: Vec<String> = changed.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+    format!(
+        "INSERT INTO thryve.{table} AS t (end_user_id, data_source_id, data_type_id, timezone_offset,
+             value, inbox_id, {own_columns}, value_numeric)
+         SELECT v.u, v.ds, v.dt, v.tz, v.value, v.inbox_id, {own_values}, {NUMERIC}
+         FROM unnest($1::text[], $2::integer[], $3::integer[], $4::integer[], $5::text[],
+                     $6::bigint[], {own_params})
+              AS v(u, ds, dt, tz, value, inbox_id, {own_columns})
+         ORDER BY v.u, v.ds, v.dt, v.{key}
+         ON CONFLICT (end_user_id, data_source_id, data_type_id, {key}) DO UPDATE SET
+             {set}, value_numeric = EXCLUDED.value_numeric, inbox_id = EXCLUDED.inbox_id,
+             updated_at = now()
+         WHERE EXCLUDED.inbox_id >= t.inbox_id
+           AND ({old}) IS DISTINCT FROM ({new})",
+        own_columns = own_columns.join(", "),
+        own_values = own_columns
+            .iter()
+            .map(|c| format!("v.{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        own_params = own_params.join(", "),
+        set = set.join(", "),
+        old = old.join(", "),
+        new = new.join(", "),
+    )
+}
+
+/// `sql` (from [`upsert_sql`]) with the shared columns bound as `$1`..`$6`.
+fn bind_shared<'q, V: PushedValue>(
+    sql: &'q str,
+    values: &'q [(String, i64, V)],
+) -> Query<'q, Postgres, PgArguments> {
+    sqlx::query(sql)
+        .bind(
+            values
+                .iter()
+                .map(|(u, _, _)| u.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            values
+                .iter()
+                .map(|(_, _, v)| v.data_source_id())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            values
+                .iter()
+                .map(|(_, _, v)| v.data_type_id())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            values
+                .iter()
+                .map(|(_, _, v)| v.timezone_offset())
+                .collect::<Vec<_>>(),
+        )
+        .bind(values.iter().map(|(_, _, v)| v.value()).collect::<Vec<_>>())
+        .bind(values.iter().map(|(_, id, _)| *id).collect::<Vec<_>>())
+}
+
+/// Upserts epoch values, keyed on (user, source, type, `start_time`). One entry per key.
 pub async fn apply_epoch(
     executor: impl PgExecutor<'_>,
     values: &[(String, i64, EpochValue)],
@@ -19,35 +139,19 @@ pub async fn apply_epoch(
     if values.is_empty() {
         return Ok(0);
     }
-    let done = sqlx::query(&format!(
-        "INSERT INTO thryve.epoch_values AS e (end_user_id, data_source_id, data_type_id, start_time,
-             end_time, timezone_offset, value, value_numeric, inbox_id)
-         SELECT v.u, v.ds, v.dt, v.st, v.et, v.tz, v.value, {NUMERIC}, v.inbox_id
-         FROM unnest($1::text[], $2::integer[], $3::integer[], $4::timestamptz[], $5::timestamptz[],
-                     $6::integer[], $7::text[], $8::bigint[]) AS v(u, ds, dt, st, et, tz, value, inbox_id)
-         ORDER BY 1, 2, 3, 4
-         ON CONFLICT (end_user_id, data_source_id, data_type_id, start_time) DO UPDATE SET
-             end_time = EXCLUDED.end_time, timezone_offset = EXCLUDED.timezone_offset,
-             value = EXCLUDED.value, value_numeric = EXCLUDED.value_numeric,
-             inbox_id = EXCLUDED.inbox_id, updated_at = now()
-         WHERE EXCLUDED.inbox_id >= e.inbox_id
-           AND (e.end_time, e.timezone_offset, e.value)
-               IS DISTINCT FROM (EXCLUDED.end_time, EXCLUDED.timezone_offset, EXCLUDED.value)"
-    ))
-    .bind(values.iter().map(|(u, _, _)| u.as_str()).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, _, v)| v.data_source_id).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, _, v)| v.data_type_id).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, _, v)| v.start).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, _, v)| v.end).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, _, v)| v.timezone_offset).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, _, v)| v.value.as_str()).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, id, _)| *id).collect::<Vec<_>>())
-    .execute(executor)
-    .await?;
+    let sql = upsert_sql(
+        "epoch_values",
+        &[("start_time", "timestamptz"), ("end_time", "timestamptz")],
+    );
+    let done = bind_shared(&sql, values)
+        .bind(values.iter().map(|(_, _, v)| v.start).collect::<Vec<_>>())
+        .bind(values.iter().map(|(_, _, v)| v.end).collect::<Vec<_>>())
+        .execute(executor)
+        .await?;
     Ok(done.rows_affected())
 }
 
-/// Upserts daily values, with the same rules as [`apply_epoch`].
+/// Upserts daily values, keyed on (user, source, type, `day`), with the rules of [`apply_epoch`].
 pub async fn apply_daily(
     executor: impl PgExecutor<'_>,
     values: &[(String, i64, DailyValue)],
@@ -55,27 +159,37 @@ pub async fn apply_daily(
     if values.is_empty() {
         return Ok(0);
     }
-    let done = sqlx::query(&format!(
-        "INSERT INTO thryve.daily_values AS d (end_user_id, data_source_id, data_type_id, day,
-             timezone_offset, value, value_numeric, inbox_id)
-         SELECT v.u, v.ds, v.dt, v.day, v.tz, v.value, {NUMERIC}, v.inbox_id
-         FROM unnest($1::text[], $2::integer[], $3::integer[], $4::date[], $5::integer[], $6::text[],
-                     $7::bigint[]) AS v(u, ds, dt, day, tz, value, inbox_id)
-         ORDER BY 1, 2, 3, 4
-         ON CONFLICT (end_user_id, data_source_id, data_type_id, day) DO UPDATE SET
-             timezone_offset = EXCLUDED.timezone_offset, value = EXCLUDED.value,
-             value_numeric = EXCLUDED.value_numeric, inbox_id = EXCLUDED.inbox_id, updated_at = now()
-         WHERE EXCLUDED.inbox_id >= d.inbox_id
-           AND (d.timezone_offset, d.value) IS DISTINCT FROM (EXCLUDED.timezone_offset, EXCLUDED.value)"
-    ))
-    .bind(values.iter().map(|(u, _, _)| u.as_str()).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, _, v)| v.data_source_id).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, _, v)| v.data_type_id).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, _, v)| v.day).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, _, v)| v.timezone_offset).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, _, v)| v.value.as_str()).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, id, _)| *id).collect::<Vec<_>>())
-    .execute(executor)
-    .await?;
+    let sql = upsert_sql("daily_values", &[("day", "date")]);
+    let done = bind_shared(&sql, values)
+        .bind(values.iter().map(|(_, _, v)| v.day).collect::<Vec<_>>())
+        .execute(executor)
+        .await?;
     Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daily_upsert_keys_on_day_and_compares_what_a_delivery_can_change() {
+        let sql = upsert_sql("daily_values", &[("day", "date")]);
+        assert!(sql.contains("ON CONFLICT (end_user_id, data_source_id, data_type_id, day)"));
+        assert!(sql.contains("$7::date[]"));
+        assert!(sql.contains(
+            "(t.timezone_offset, t.value) IS DISTINCT FROM (EXCLUDED.timezone_offset, EXCLUDED.value)"
+        ));
+    }
+
+    #[test]
+    fn the_epoch_upsert_also_compares_end_time() {
+        let sql = upsert_sql(
+            "epoch_values",
+            &[("start_time", "timestamptz"), ("end_time", "timestamptz")],
+        );
+        assert!(sql.contains("data_type_id, start_time) DO UPDATE SET"));
+        assert!(sql
+            .contains("end_time = EXCLUDED.end_time, timezone_offset = EXCLUDED.timezone_offset"));
+        assert!(sql.contains("(t.end_time, t.timezone_offset, t.value) IS DISTINCT FROM"));
+    }
 }
