@@ -1,0 +1,1 @@
+//! Credentials: ambiguous requests refused, secrets never in logs, errors or metrics.
