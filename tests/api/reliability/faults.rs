@@ -101,6 +101,11 @@ impl Bridge {
         self.output.lock().unwrap().clone()
     }
 
+    /// The exit status, once the process has exited.
+    pub(super) fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Sends SIGKILL (what `Child::kill` does on Unix) and reaps the process.
     pub(super) fn kill(&mut self) {
         let _ = self.child.kill();
@@ -116,7 +121,7 @@ impl Bridge {
         assert!(status.success());
         let mut exit = None;
         wait_until(within, "the bridge exits after SIGTERM", || {
-            exit = self.child.try_wait().unwrap();
+            exit = self.try_wait();
             std::future::ready(exit.is_some())
         })
         .await;
