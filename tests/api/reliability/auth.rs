@@ -147,7 +147,8 @@ async fn no_secret_reaches_logs_error_bodies_metrics_or_cli_output() {
     };
     let right = basic(BASIC_USER, BASIC_PASSWORD);
     let near = basic(BASIC_USER, NEAR_PASSWORD);
-    let cases: Vec<(&str, Vec<(&str, HeaderValue)>, &str, u16)> = vec![
+    type Headers = Vec<(&'static str, HeaderValue)>;
+    let cases: Vec<(&str, Headers, &str, u16)> = vec![
         (
             "right basic",
             vec![("authorization", right.parse().unwrap())],
@@ -275,53 +276,56 @@ async fn no_secret_reaches_logs_error_bodies_metrics_or_cli_output() {
     seen.push_str(&log);
 
     // Settings that stop the command line, each output captured.
-    let runs: [(&[&str], Vec<(&str, String)>, &str); 5] = [
+    let runs: [(&[&str], (&str, String), &str); 5] = [
         (
             &["serve"],
-            vec![(
+            (
                 "WEBHOOK_BASIC_AUTH",
                 format!("{BASIC_USER}-{BASIC_PASSWORD}"),
-            )],
+            ),
             "WEBHOOK_BASIC_AUTH",
         ),
         (
             &["serve"],
-            vec![(
+            (
                 "WEBHOOK_AUTH_HEADER",
                 format!("{HEADER_NAME} {HEADER_VALUE}"),
-            )],
+            ),
             "WEBHOOK_AUTH_HEADER",
         ),
         (
             &["migrate"],
-            vec![(
+            (
                 "DATABASE_URL",
                 format!("postgres://postgres:{DB_PASSWORD}@127.0.0.1:notaport/x"),
-            )],
-            "",
+            ),
+            "DATABASE_URL",
         ),
         (
             &["migrate"],
-            vec![(
+            (
                 "DATABASE_URL",
                 format!(
                     "postgres://postgres:{DB_PASSWORD}@{}:{}/no_such_database_here",
                     db.options.get_host(),
                     db.options.get_port()
                 ),
-            )],
+            ),
             "no_such_database_here",
         ),
-        (&["serve", "--help"], vec![], "WEBHOOK_HMAC_SECRET"),
+        (
+            &["serve", "--help"],
+            ("LOG_FORMAT", "json".to_owned()),
+            "WEBHOOK_HMAC_SECRET",
+        ),
     ];
-    for (args, overrides, names) in runs {
-        let mut run_env: Vec<(&str, String)> =
-            env.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
-        for (k, v) in overrides {
-            run_env.retain(|(name, _)| *name != k);
-            run_env.push((k, v));
-        }
-        let run_env: Vec<(&str, &str)> = run_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for (args, (variable, value), names) in runs {
+        let mut run_env: Vec<(&str, &str)> = env
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != variable)
+            .collect();
+        run_env.push((variable, &value));
         let mut run = Bridge::spawn(args, &run_env);
         let mut exited = None;
         wait_until(Duration::from_secs(20), "the command exits", || {
