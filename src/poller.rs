@@ -137,6 +137,8 @@ impl Poller {
 
     /// One batch in one transaction. If the batch hits a database error, its rows are retried
     /// one per transaction, so a poison row is quarantined with the error and the rest go on.
+    /// An error that is the database's state, not the rows' (see [`is_transient`]), fails the
+    /// batch instead: its rows stay pending for the next poll.
     pub async fn poll_once(&self) -> sqlx::Result<BatchReport> {
         let mut tx = self.pool.begin().await?;
         let rows = inbox::claim_pending(&mut *tx, self.config.batch_size).await?;
@@ -150,7 +152,7 @@ impl Poller {
                 tx.commit().await?;
                 Ok(plan.report(rows.len()))
             }
-            Err(sqlx::Error::Database(error)) => {
+            Err(sqlx::Error::Database(error)) if !is_transient(&*error) => {
                 tx.rollback().await?;
                 tracing::warn!(%error, rows = rows.len(), "batch failed; retrying its rows one by one");
                 let mut report = BatchReport::default();
@@ -179,7 +181,7 @@ impl Poller {
                 tx.commit().await?;
                 Ok(plan.report(1))
             }
-            Err(sqlx::Error::Database(error)) => {
+            Err(sqlx::Error::Database(error)) if !is_transient(&*error) => {
                 tx.rollback().await?;
                 tracing::error!(inbox_id = id, %error, "inbox row quarantined: applying it fails");
                 let mut tx = self.pool.begin().await?;
@@ -197,6 +199,18 @@ impl Poller {
             Err(error) => Err(error),
         }
     }
+}
+
+/// Errors that say nothing about the rows being applied: the connection was lost (08), the
+/// transaction lost a deadlock or serialization race (40), the server is short of disk, memory
+/// or connections (53), is shutting down (57P) or failed itself (58). Quarantining on these
+/// would park healthy rows, every pending row in turn while a disk stays full.
+fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
+    error.code().is_some_and(|code| {
+        ["08", "40", "53", "57P", "58"]
+            .iter()
+            .any(|class| code.starts_with(class))
+    })
 }
 
 async fn recv(listener: &mut Option<PgListener>) -> sqlx::Result<()> {

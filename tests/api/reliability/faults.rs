@@ -27,6 +27,7 @@ use crate::{
         answer, epoch_notification, spawn_app_with, spawn_on, test_config, TestDb, PASSWORD, USER,
     },
     invariants::assert_guarantees,
+    poller::{poller, store},
 };
 
 /// Polls `condition` until it holds, failing the test after `within`: the wait is on a
@@ -712,4 +713,55 @@ async fn a_full_pool_gives_503_in_time_and_the_next_delivery_200() {
         users == ["before", "after"] || users == ["before", "starved", "after"],
         "{users:?}"
     );
+}
+
+#[tokio::test]
+async fn a_full_disk_while_polling_quarantines_nothing_and_the_rows_are_processed_after() {
+    let db = TestDb::new().await;
+    let ids = store(
+        &db,
+        &[
+            epoch_notification("disk", 1_000, 2_000, &[1]),
+            epoch_notification("disk", 5_000, 6_000, &[2]),
+            epoch_notification("other", 1_000, 2_000, &[1]),
+        ],
+    )
+    .await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION public.disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'could not extend file' USING ERRCODE = 'disk_full'; END $$;
+         CREATE TRIGGER disk_full BEFORE INSERT OR UPDATE ON thryve.dirty_ranges
+             FOR EACH ROW EXECUTE FUNCTION public.disk_full();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let poller = poller(&db);
+    // Nothing is wrong with the rows: the batch fails, and is tried again later.
+    for _ in 0..2 {
+        assert!(poller.poll_once().await.is_err());
+    }
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM thryve.inbox WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses, ["pending"; 3],
+        "no row quarantined by a full disk"
+    );
+
+    sqlx::raw_sql("DROP TRIGGER disk_full ON thryve.dirty_ranges")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(poller.drain().await.unwrap(), 3);
+    let processed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM thryve.inbox WHERE status = 'processed'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(processed, 3);
+    assert_guarantees(&db.pool).await;
 }
