@@ -508,12 +508,14 @@ async fn hmac_check(
         .map_err(|e| format!("--body {}: {e}", body.display()))?;
     let signature =
         hmac::decode_signature(signature.as_bytes()).map_err(|e| format!("--signature: {e}"))?;
-    let matches = hmac::matching_layouts(
-        secret.expose().as_bytes(),
-        &body,
-        timestamp.as_bytes(),
-        &signature,
-    );
+    // While the secret rotates the variable holds two; a layout matches under either.
+    let mut matches: Vec<hmac::Layout> = hmac::secret_list(secret.expose())
+        .flat_map(|secret| {
+            hmac::matching_layouts(secret.as_bytes(), &body, timestamp.as_bytes(), &signature)
+        })
+        .collect();
+    matches.sort_by_key(|layout| hmac::Layout::ALL.iter().position(|l| l == layout));
+    matches.dedup();
     let names = |layouts: &[hmac::Layout]| layouts.iter().map(|l| l.as_str()).collect::<Vec<_>>();
     println!(
         "{}",

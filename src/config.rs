@@ -84,6 +84,7 @@ pub struct ServeConfig {
 
     /// HMAC secret from Thryve's dashboard: each delivery must then carry a valid
     /// `x-hmac-signature` and a recent `x-hmac-timestamp`, besides any static credential.
+    /// Several comma-separated while it rotates.
     #[arg(long, env = "WEBHOOK_HMAC_SECRET", hide_env_values = true)]
     pub webhook_hmac_secret: Option<Secret>,
 

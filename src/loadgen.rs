@@ -43,6 +43,10 @@ pub struct LoadConfig {
 pub struct Sent {
     pub status: u16,
     pub inbox_id: Option<i64>,
+    /// The `Retry-After` header, if any (a 503 must carry one).
+    pub retry_after: Option<String>,
+    /// The `error` of a JSON error body.
+    pub error: Option<String>,
     pub body: Arc<Value>,
     pub answered_at: Instant,
 }
@@ -317,6 +321,11 @@ pub async fn run(config: &LoadConfig) -> LoadRun {
                     match request.body(prepared.wire.clone()).send().await {
                         Ok(response) => {
                             let status = response.status().as_u16();
+                            let retry_after = response
+                                .headers()
+                                .get(reqwest::header::RETRY_AFTER)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
                             let ack: Option<Value> = response.json().await.ok();
                             let answered_at = Instant::now();
                             latencies.saturating_record((answered_at - t0).as_micros() as u64);
@@ -324,9 +333,15 @@ pub async fn run(config: &LoadConfig) -> LoadRun {
                             if let (200, Some(id)) = (status, inbox_id) {
                                 let _ = lag_tx.send((id, answered_at));
                             }
+                            let error = ack
+                                .as_ref()
+                                .and_then(|a| a["error"].as_str())
+                                .map(str::to_owned);
                             sent.push(Sent {
                                 status,
                                 inbox_id,
+                                retry_after,
+                                error,
                                 body: prepared.body.clone(),
                                 answered_at,
                             });

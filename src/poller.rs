@@ -147,6 +147,8 @@ impl Poller {
 
     /// One batch in one transaction. If the batch hits a database error, its rows are retried
     /// one per transaction, so a poison row is quarantined with the error and the rest go on.
+    /// An error that is the database's state, not the rows' (see [`is_transient`]), fails the
+    /// batch instead: its rows stay pending for the next poll.
     pub async fn poll_once(&self) -> sqlx::Result<BatchReport> {
         let mut tx = self.pool.begin().await?;
         let rows = inbox::claim_pending(&mut *tx, self.config.batch_size).await?;
@@ -194,26 +196,39 @@ impl Poller {
     }
 }
 
-/// How [`commit_plan`] ended when the connection itself did not fail.
+/// How [`commit_plan`] ended when neither the connection nor the database's state failed it.
 enum Applied {
     Committed,
     /// The database refused a statement (a row's data, not the connection); rolled back.
     Refused(Box<dyn sqlx::error::DatabaseError>),
 }
 
-/// Applies `plan` in `tx` and commits it, or rolls back if the database refuses it.
+/// Applies `plan` in `tx` and commits it, or rolls back if the database refuses it for the
+/// rows' sake; a transient error (see [`is_transient`]) is returned as the error it is.
 async fn commit_plan(mut tx: Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Result<Applied> {
     match apply(&mut tx, plan).await {
         Ok(()) => {
             tx.commit().await?;
             Ok(Applied::Committed)
         }
-        Err(sqlx::Error::Database(error)) => {
+        Err(sqlx::Error::Database(error)) if !is_transient(&*error) => {
             tx.rollback().await?;
             Ok(Applied::Refused(error))
         }
         Err(error) => Err(error),
     }
+}
+
+/// Errors that say nothing about the rows being applied: the connection was lost (08), the
+/// transaction lost a deadlock or serialization race (40), the server is short of disk, memory
+/// or connections (53), is shutting down (57P) or failed itself (58). Quarantining on these
+/// would park healthy rows, every pending row in turn while a disk stays full.
+fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
+    error.code().is_some_and(|code| {
+        ["08", "40", "53", "57P", "58"]
+            .iter()
+            .any(|class| code.starts_with(class))
+    })
 }
 
 async fn recv(listener: &mut Option<PgListener>) -> sqlx::Result<()> {

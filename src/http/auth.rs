@@ -1,6 +1,6 @@
 //! Webhook credentials: static ones (HTTP Basic, fixed headers) compared in constant time, and the HMAC signature.
 
-use axum::http::{header::AUTHORIZATION, HeaderMap, HeaderName};
+use axum::http::{header::AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -74,26 +74,38 @@ impl Authenticator {
 
     /// True when the request carries one of the configured static credentials, or none is
     /// configured. Checked before the body is read.
+    ///
+    /// A credential header sent more than once is refused: which copy would count is a
+    /// guess, and a proxy may have added or kept one. Otherwise every configured credential is
+    /// compared exactly once, whether the request brought that header or not, so the time
+    /// taken tells nothing about which (or whether any) credential matched.
     pub fn admits(&self, request: &HeaderMap) -> bool {
         if self.basic.is_empty() && self.headers.is_empty() {
             return true;
         }
-        let mut ok = Choice::from(0);
-        if !self.basic.is_empty() {
-            if let Some(given) = request
-                .get(AUTHORIZATION)
-                .and_then(|v| basic_credentials(v.as_bytes()))
-            {
-                let given = digest(&given);
-                for expected in &self.basic {
-                    ok |= constant_time_eq(&given, expected);
-                }
+        let basic = if self.basic.is_empty() {
+            None
+        } else {
+            match single(request, &AUTHORIZATION) {
+                Ok(value) => value
+                    .and_then(|v| basic_credentials(v.as_bytes()))
+                    .map(|given| digest(&given)),
+                Err(Repeated) => return false,
+            }
+        };
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, _) in &self.headers {
+            match single(request, name) {
+                Ok(value) => headers.push(value.map(|v| digest(v.as_bytes()))),
+                Err(Repeated) => return false,
             }
         }
-        for (name, expected) in &self.headers {
-            for value in request.get_all(name) {
-                ok |= constant_time_eq(&digest(value.as_bytes()), expected);
-            }
+        let mut ok = Choice::from(0);
+        for expected in &self.basic {
+            ok |= presented(basic.as_ref(), expected);
+        }
+        for ((_, expected), given) in self.headers.iter().zip(&headers) {
+            ok |= presented(given.as_ref(), expected);
         }
         ok.into()
     }
@@ -113,9 +125,40 @@ impl Authenticator {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Calls of [`constant_time_eq`] on this thread, so a test can see that `admits` uses it.
+    static COMPARISONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// The one comparison of secret-derived bytes; a test checks that `admits` goes through it.
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> Choice {
+    #[cfg(test)]
+    COMPARISONS.with(|n| n.set(n.get() + 1));
     a.ct_eq(b)
+}
+
+/// Whether `given` (absent when the request lacks the header) is `expected`, compared even
+/// when absent so that every configured credential costs the same.
+fn presented(given: Option<&[u8; 32]>, expected: &[u8; 32]) -> Choice {
+    let present = Choice::from(u8::from(given.is_some()));
+    constant_time_eq(given.unwrap_or(&[0; 32]), expected) & present
+}
+
+/// A header that should appear once appeared more than once.
+struct Repeated;
+
+/// The value of a header that must not be repeated, if present.
+fn single<'a>(
+    request: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a HeaderValue>, Repeated> {
+    let mut values = request.get_all(name).iter();
+    let first = values.next();
+    match values.next() {
+        Some(_) => Err(Repeated),
+        None => Ok(first),
+    }
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -179,7 +222,6 @@ fn parse_headers(list: &str) -> Result<Vec<(HeaderName, [u8; 32])>, ConfigError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -225,6 +267,86 @@ mod tests {
         assert!(auth.admits(&headers(&[("authorization", "Bearer t")])));
         assert!(!auth.admits(&headers(&[("x-api-key", "k2")])));
         assert_eq!(auth.modes(), "header(x-api-key), header(authorization)");
+    }
+
+    /// Runs `admits` and counts the constant-time comparisons it made on this thread.
+    fn counted(auth: &Authenticator, request: &HeaderMap) -> (bool, usize) {
+        COMPARISONS.with(|n| n.set(0));
+        let admitted = auth.admits(request);
+        (admitted, COMPARISONS.with(|n| n.get()))
+    }
+
+    #[test]
+    fn every_configured_credential_is_compared_once_in_constant_time_whatever_the_request() {
+        let auth = Authenticator::from_config(
+            Some(&Secret::new("thryve:one,thryve:two,thryve:three")),
+            None,
+            None,
+            false,
+        )
+        .unwrap();
+        for (request, admitted) in [
+            (basic("thryve:one"), true),
+            (basic("thryve:three"), true),
+            (basic("thryve:thre"), false),
+            (basic("thryve:three!"), false),
+            (basic("other:one"), false),
+            ("Basic !!not-base64".to_owned(), false),
+        ] {
+            assert_eq!(
+                counted(&auth, &headers(&[("authorization", &request)])),
+                (admitted, 3),
+                "{request}"
+            );
+        }
+        assert_eq!(counted(&auth, &HeaderMap::new()), (false, 3));
+
+        let both = Authenticator::from_config(
+            Some(&Secret::new("thryve:one,thryve:two,thryve:three")),
+            Some(&Secret::new("X-Api-Key: k1,X-Api-Key: k2")),
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(counted(&both, &headers(&[("x-api-key", "k2")])), (true, 5));
+        assert_eq!(counted(&both, &headers(&[("x-api-key", "k3")])), (false, 5));
+        assert_eq!(
+            counted(&both, &headers(&[("authorization", &basic("thryve:two"))])),
+            (true, 5)
+        );
+    }
+
+    #[test]
+    fn a_repeated_credential_header_is_refused_even_when_one_copy_is_right() {
+        let auth = Authenticator::from_config(
+            Some(&Secret::new("thryve:old,thryve:new")),
+            Some(&Secret::new("X-Api-Key: k1")),
+            None,
+            false,
+        )
+        .unwrap();
+        let right = basic("thryve:new");
+        let wrong = basic("thryve:nope");
+        for request in [
+            headers(&[("authorization", &right), ("authorization", &wrong)]),
+            headers(&[("authorization", &wrong), ("authorization", &right)]),
+            headers(&[("authorization", &right), ("authorization", &right)]),
+            headers(&[("x-api-key", "k1"), ("x-api-key", "k0")]),
+            headers(&[("x-api-key", "k1"), ("x-api-key", "k1")]),
+            headers(&[
+                ("x-api-key", "k1"),
+                ("authorization", &right),
+                ("authorization", &right),
+            ]),
+        ] {
+            assert!(!auth.admits(&request), "{request:?}");
+        }
+        assert!(auth.admits(&headers(&[
+            ("authorization", &right),
+            ("x-other", "a"),
+            ("x-other", "b")
+        ])));
+        assert!(auth.admits(&headers(&[("x-api-key", "k1")])));
     }
 
     #[test]

@@ -89,6 +89,8 @@ impl ValueEnum for Layout {
 pub enum HmacError {
     #[error("missing {0} header (WEBHOOK_HMAC_SECRET is set, so deliveries must be signed)")]
     MissingHeader(&'static str),
+    #[error("{0} header sent more than once")]
+    RepeatedHeader(&'static str),
     #[error("{SIGNATURE_HEADER} is not 64 hex characters (an HMAC-SHA256)")]
     BadHex,
     #[error("{TIMESTAMP_HEADER} is not epoch milliseconds")]
@@ -103,18 +105,21 @@ pub enum HmacError {
     BadSignature,
 }
 
-/// Checks `x-hmac-signature` / `x-hmac-timestamp` against one secret and layout.
+/// Checks `x-hmac-signature` / `x-hmac-timestamp` against the secrets (one, or two while it
+/// rotates) and a layout.
 #[derive(Debug, Clone)]
 pub struct HmacVerifier {
-    secret: Secret,
+    secrets: Vec<Secret>,
     layout: Layout,
     window_secs: u64,
 }
 
 impl HmacVerifier {
-    /// From `WEBHOOK_HMAC_SECRET`, `WEBHOOK_HMAC_LAYOUT` and `WEBHOOK_HMAC_WINDOW_SECS`.
+    /// From `WEBHOOK_HMAC_SECRET` (several comma-separated while rotating: a signature by
+    /// any of them is accepted), `WEBHOOK_HMAC_LAYOUT` and `WEBHOOK_HMAC_WINDOW_SECS`.
     pub fn new(secret: Secret, layout: Layout, window_secs: u64) -> Result<Self, ConfigError> {
-        if secret.expose().is_empty() {
+        let secrets: Vec<Secret> = secret_list(secret.expose()).map(Secret::new).collect();
+        if secrets.is_empty() {
             return Err(ConfigError::new(
                 "WEBHOOK_HMAC_SECRET",
                 "is empty; unset it, or set it to the secret shown in Thryve's dashboard",
@@ -127,7 +132,7 @@ impl HmacVerifier {
             ));
         }
         Ok(Self {
-            secret,
+            secrets,
             layout,
             window_secs,
         })
@@ -159,13 +164,8 @@ impl HmacVerifier {
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<(), HmacError> {
-        let signature = headers
-            .get(SIGNATURE_HEADER)
-            .ok_or(HmacError::MissingHeader(SIGNATURE_HEADER))?;
-        let timestamp = headers
-            .get(TIMESTAMP_HEADER)
-            .ok_or(HmacError::MissingHeader(TIMESTAMP_HEADER))?
-            .as_bytes();
+        let signature = single(headers, SIGNATURE_HEADER)?;
+        let timestamp = single(headers, TIMESTAMP_HEADER)?.as_bytes();
         let signature = decode_signature(signature.as_bytes())?;
         let sent_ms = std::str::from_utf8(timestamp)
             .ok()
@@ -188,17 +188,40 @@ impl HmacVerifier {
                 window_secs: self.window_secs,
             });
         }
-        if matches(
-            self.secret.expose().as_bytes(),
-            self.layout,
-            body,
-            timestamp,
-            &signature,
-        ) {
+        // Every secret is tried, so the time taken does not say which one signed.
+        let mut signed = false;
+        for secret in &self.secrets {
+            signed |= matches(
+                secret.expose().as_bytes(),
+                self.layout,
+                body,
+                timestamp,
+                &signature,
+            );
+        }
+        if signed {
             Ok(())
         } else {
             Err(HmacError::BadSignature)
         }
+    }
+}
+
+/// The secrets of a `WEBHOOK_HMAC_SECRET` value: comma-separated, blanks around each ignored.
+pub fn secret_list(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// A signature header's one value: a second copy would leave it unclear which one counts.
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> Result<&'a axum::http::HeaderValue, HmacError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next().ok_or(HmacError::MissingHeader(name))?;
+    match values.next() {
+        Some(_) => Err(HmacError::RepeatedHeader(name)),
+        None => Ok(first),
     }
 }
 
@@ -231,10 +254,23 @@ pub fn decode_signature(hex_text: &[u8]) -> Result<[u8; 32], HmacError> {
     Ok(out)
 }
 
-/// Constant-time: `verify_slice` compares without stopping at the first differing byte.
 fn matches(secret: &[u8], layout: Layout, body: &[u8], timestamp: &[u8], signature: &[u8]) -> bool {
     let mut mac = keyed(secret);
     layout.feed(&mut mac, body, timestamp);
+    signature_eq(mac, signature)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Calls of [`signature_eq`] on this thread, so a test can see that `verify` uses it.
+    static COMPARISONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The one comparison of a computed and a presented signature. Constant-time: `verify_slice`
+/// compares without stopping at the first differing byte.
+fn signature_eq(mac: Hmac<Sha256>, signature: &[u8]) -> bool {
+    #[cfg(test)]
+    COMPARISONS.with(|n| n.set(n.get() + 1));
     mac.verify_slice(signature).is_ok()
 }
 
@@ -403,6 +439,57 @@ mod tests {
             verifier(Layout::TimestampBody).verify(&h, b"body", now()),
             Err(HmacError::BadSignature)
         );
+    }
+
+    #[test]
+    fn a_repeated_signature_or_timestamp_header_is_refused() {
+        let v = verifier(Layout::BodyTimestamp);
+        let ts = NOW_MS.to_string();
+        let good = sign(
+            SECRET.as_bytes(),
+            Layout::BodyTimestamp,
+            b"body",
+            ts.as_bytes(),
+        );
+        let mut h = headers(&[(SIGNATURE_HEADER, &good), (TIMESTAMP_HEADER, &ts)]);
+        assert_eq!(v.verify(&h, b"body", now()), Ok(()));
+        h.append(SIGNATURE_HEADER, HeaderValue::from_str(&good).unwrap());
+        assert_eq!(
+            v.verify(&h, b"body", now()),
+            Err(HmacError::RepeatedHeader(SIGNATURE_HEADER))
+        );
+        let mut h = headers(&[(SIGNATURE_HEADER, &good), (TIMESTAMP_HEADER, &ts)]);
+        h.append(TIMESTAMP_HEADER, HeaderValue::from_static("1"));
+        assert_eq!(
+            v.verify(&h, b"body", now()),
+            Err(HmacError::RepeatedHeader(TIMESTAMP_HEADER))
+        );
+    }
+
+    #[test]
+    fn while_rotating_either_secret_signs_and_both_are_always_compared_in_constant_time() {
+        let v =
+            HmacVerifier::new(Secret::new("old-secret, new-secret"), Layout::Body, 300).unwrap();
+        let ts = NOW_MS.to_string();
+        for (key, accepted) in [
+            ("old-secret", true),
+            ("new-secret", true),
+            ("new-secreT", false),
+            ("old-secret, new-secret", false),
+        ] {
+            let sig = sign(key.as_bytes(), Layout::Body, b"body", b"");
+            let h = headers(&[(SIGNATURE_HEADER, &sig), (TIMESTAMP_HEADER, &ts)]);
+            COMPARISONS.with(|n| n.set(0));
+            assert_eq!(v.verify(&h, b"body", now()).is_ok(), accepted, "{key}");
+            assert_eq!(COMPARISONS.with(|n| n.get()), 2, "{key}");
+        }
+        let debug = format!("{v:?}");
+        assert!(
+            !debug.contains("old-secret") && !debug.contains("new-secret"),
+            "{debug}"
+        );
+        let err = HmacVerifier::new(Secret::new(" , "), Layout::Body, 300).unwrap_err();
+        assert!(err.to_string().starts_with("WEBHOOK_HMAC_SECRET"));
     }
 
     #[test]

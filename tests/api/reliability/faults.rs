@@ -1,0 +1,767 @@
+//! "Never loses an acknowledged delivery", shown under faults: database connections killed
+//! under load, a poller process SIGKILLed mid-drain, a stalled database, statements that fail
+//! for one delivery, and a pool with no connection to spare.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    io::{BufRead, BufReader},
+    pin::Pin,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    task::Poll,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool};
+use thryve_bridge::{
+    db,
+    inbox::{self, InboxWriter, NewDelivery, Outcome, Receipt, WriteError},
+    loadgen::{self, LoadConfig, Rng, Sent},
+};
+
+use crate::{
+    helpers::{
+        answer, epoch_notification, spawn_app_with, spawn_on, test_config, TestDb, PASSWORD, USER,
+    },
+    invariants::assert_guarantees,
+    poller::{poller, store},
+};
+
+/// Polls `condition` until it holds, failing the test after `within`: the wait is on a
+/// condition, the short pause only spaces the polls.
+pub(super) async fn wait_until<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The real binary as a child process, configured only by the variables given, its stdout
+/// and stderr collected line by line. Dropping it kills it.
+pub(super) struct Bridge {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Bridge {
+    pub(super) fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_thryve-bridge"))
+            .args(args)
+            .current_dir(std::env::temp_dir())
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+        let readers = [stdout, stderr]
+            .into_iter()
+            .flatten()
+            .map(|stream| {
+                let output = output.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stream).lines() {
+                        let Ok(line) = line else { break };
+                        let mut output = output.lock().unwrap();
+                        output.push_str(&line);
+                        output.push('\n');
+                    }
+                })
+            })
+            .collect();
+        Self {
+            child,
+            output,
+            readers,
+        }
+    }
+
+    pub(super) fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// The exit status, once the process has exited.
+    pub(super) fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Sends SIGKILL (what `Child::kill` does on Unix) and reaps the process.
+    pub(super) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub(super) async fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let mut exit = None;
+        wait_until(within, "the bridge exits after SIGTERM", || {
+            exit = self.try_wait();
+            std::future::ready(exit.is_some())
+        })
+        .await;
+        exit.unwrap()
+    }
+
+    /// Everything the process wrote, once it has exited.
+    pub(super) fn finish(mut self) -> String {
+        self.kill();
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
+        self.output()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn count(conn: &mut PgConnection, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(conn).await.unwrap()
+}
+
+/// Polls the count `sql` returns until `done` holds for it, failing the test after `within`.
+async fn wait_for_count(
+    conn: &mut PgConnection,
+    sql: &str,
+    within: Duration,
+    done: impl Fn(i64) -> bool,
+) -> i64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = count(conn, sql).await;
+        if done(n) {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {within:?}: {sql} = {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Terminates every other backend of the test's database, as a database restart would;
+/// returns how many.
+async fn terminate_backends(conn: &mut PgConnection) -> i64 {
+    count(
+        conn,
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()) AS killed",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_connections_killed_twice_under_load_lose_no_acknowledged_delivery() {
+    let mut config = test_config();
+    config.poller_enabled = true;
+    config.poll_interval_ms = 50;
+    let app = spawn_app_with(config).await;
+    let mut killer = PgConnection::connect(&app.db.url()).await.unwrap();
+    let load = LoadConfig {
+        url: app.url("/webhooks/thryve"),
+        basic_auth: Some((USER.to_owned(), PASSWORD.to_owned())),
+        concurrency: 8,
+        requests: 1500,
+        duration: Duration::from_secs(60),
+        rate: None,
+        users: 50,
+        retry_share: 0.05,
+        seed: 11,
+        lag_pool: None,
+    };
+    let run = tokio::spawn(async move { loadgen::run(&load).await });
+
+    // Killed once traffic is flowing, and again once it has flowed on after the first kill:
+    // the second threshold is only reached if the service recovered by itself.
+    let mut killed = Vec::new();
+    for rows in [200, 600] {
+        wait_for_count(
+            &mut killer,
+            "SELECT count(*) FROM thryve.inbox",
+            Duration::from_secs(30),
+            |n| n >= rows,
+        )
+        .await;
+        killed.push(terminate_backends(&mut killer).await);
+    }
+    let run = run.await.unwrap();
+    assert!(
+        killed.iter().all(|&n| n > 0),
+        "each kill hit the server's connections: {killed:?}"
+    );
+    assert_eq!(run.report.transport_errors, 0, "every request was answered");
+    assert!(
+        run.report.statuses.keys().all(|s| *s == 200 || *s == 503),
+        "only 200 or an honest 503: {:?}",
+        run.report.statuses
+    );
+    let refused: Vec<&Sent> = run.sent.iter().filter(|s| s.status == 503).collect();
+    for s in &refused {
+        assert_eq!(s.retry_after.as_deref(), Some("5"), "{s:?}");
+        assert!(
+            s.error
+                .as_deref()
+                .is_some_and(|e| e.contains("nothing was stored")),
+            "{s:?}"
+        );
+    }
+
+    // Thryve retries what was refused; each retry is taken, new or already there.
+    let mut all = run.sent.clone();
+    for s in &refused {
+        let (status, ack) = answer(app.post_json(&s.body).await).await;
+        assert_eq!(status, 200, "{ack}");
+        assert!(
+            matches!(ack["outcome"].as_str(), Some("stored" | "duplicate")),
+            "{ack}"
+        );
+        all.push(Sent {
+            status,
+            inbox_id: ack["inbox_id"].as_i64(),
+            retry_after: None,
+            error: None,
+            body: s.body.clone(),
+            answered_at: Instant::now(),
+        });
+    }
+    let verification = loadgen::verify(&app.db.pool, &all, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            verification.missing,
+            verification.not_processed,
+            verification.uncovered
+        ),
+        (0, 0, 0),
+        "{verification:?} ({} refused with 503)",
+        refused.len()
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (status, ack) = answer(
+        app.post_json(&epoch_notification("after-restarts", 1, 2, &[1]))
+            .await,
+    )
+    .await;
+    assert_eq!((status, ack["outcome"].as_str()), (200, Some("stored")));
+    assert_guarantees(&app.db.pool).await;
+}
+
+/// Fills the inbox with `rows` distinct pending deliveries of the load generator's mix,
+/// through the data layer.
+async fn fill(pool: &PgPool, rows: usize) {
+    let mut rng = Rng::new(5);
+    let mut remaining = rows;
+    while remaining > 0 {
+        let mut chunk: BTreeMap<[u8; 32], NewDelivery> = BTreeMap::new();
+        while chunk.len() < remaining.min(1000) {
+            if let (Value::Object(body), _) = loadgen::delivery(&mut rng, 200) {
+                let d = NewDelivery::from_body(&body);
+                chunk.insert(d.fingerprint, d);
+            }
+        }
+        let batch: Vec<(&NewDelivery, i32)> = chunk.values().map(|d| (d, 1)).collect();
+        let written = inbox::insert_batch(pool, &batch).await.unwrap();
+        remaining -= written.iter().filter(|r| r.inserted).count().min(remaining);
+    }
+}
+
+fn poller_process(db: &TestDb) -> Bridge {
+    Bridge::spawn(
+        &["serve"],
+        &[
+            ("DATABASE_URL", &db.url()),
+            ("BIND_ADDR", "127.0.0.1:0"),
+            ("WEBHOOK_BASIC_AUTH", "thryve:s3cret"),
+            ("RECEIVER_ENABLED", "false"),
+            ("POLLER_ENABLED", "true"),
+            ("POLL_BATCH_SIZE", "50"),
+            ("POLL_INTERVAL_MS", "100"),
+            ("HOUSEKEEPING_ENABLED", "false"),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_poller_process_killed_mid_drain_leaves_nothing_lost_or_uncovered() {
+    const ROWS: i64 = 6000;
+    let db = TestDb::new().await;
+    fill(&db.pool, ROWS as usize).await;
+    let mut conn = PgConnection::connect(&db.url()).await.unwrap();
+    let handled = "SELECT count(*) FROM thryve.inbox WHERE status <> 'pending'";
+    let before = count(&mut conn, handled).await;
+
+    let mut first = poller_process(&db);
+    wait_for_count(&mut conn, handled, Duration::from_secs(20), |n| {
+        n >= before + 150
+    })
+    .await;
+    first.kill();
+    let at_kill = count(&mut conn, handled).await;
+    assert!(
+        before < at_kill && at_kill < ROWS,
+        "killed mid-drain: {at_kill} of {ROWS} rows handled ({before} at insert)\n{}",
+        first.output()
+    );
+
+    let mut second = poller_process(&db);
+    wait_for_count(&mut conn, handled, Duration::from_secs(60), |n| n == ROWS).await;
+    assert!(second.terminate(Duration::from_secs(15)).await.success());
+    let output = second.finish();
+
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM thryve.inbox GROUP BY 1 ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let statuses: HashMap<String, i64> = statuses.into_iter().collect();
+    assert_eq!(statuses.values().sum::<i64>(), ROWS, "{statuses:?}");
+    assert!(
+        statuses
+            .keys()
+            .all(|s| matches!(s.as_str(), "processed" | "quarantined" | "ignored")),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.get("quarantined"),
+        None,
+        "no row was quarantined by the crash\n{output}"
+    );
+    assert_guarantees(&db.pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_database_answers_more_requests_than_connections_with_503_in_time_then_recovers()
+{
+    let mut config = test_config();
+    config.ack_deadline_ms = 500;
+    let app = spawn_app_with(config).await;
+    let mut locker = PgConnection::connect(&app.db.url()).await.unwrap();
+    let mut lock = locker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE thryve.inbox IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    // 40 at once against a pool of 10: no request may wait for a connection past its deadline.
+    let bodies: Vec<Value> = (0..40)
+        .map(|i| epoch_notification(&format!("stalled-{i}"), i, i + 1, &[1]))
+        .collect();
+    let answers = join_all(bodies.iter().map(|body| {
+        let app = &app;
+        async move {
+            let started = Instant::now();
+            let response = app.post_json(body).await;
+            let retry_after = response.headers().get("retry-after").cloned();
+            let (status, error) = answer(response).await;
+            (status, retry_after, error, started.elapsed())
+        }
+    }))
+    .await;
+    for (status, retry_after, error, waited) in &answers {
+        assert_eq!(*status, 503, "{error}");
+        assert_eq!(retry_after.as_ref().unwrap(), "5");
+        assert!(
+            error["error"]
+                .as_str()
+                .unwrap()
+                .contains("500 ms ack deadline"),
+            "{error}"
+        );
+        assert!(
+            *waited < Duration::from_secs(5),
+            "answered within the deadline plus slack, not hung: {waited:?}"
+        );
+    }
+
+    lock.rollback().await.unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        let started = Instant::now();
+        let (status, ack) = answer(
+            app.post_json(&epoch_notification("unstalled", i, i + 1, &[1]))
+                .await,
+        )
+        .await;
+        assert_eq!(
+            (status, ack["outcome"].as_str()),
+            (200, Some("stored")),
+            "{ack}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the pool is not exhausted: {:?}",
+            started.elapsed()
+        );
+        acknowledged.push(ack["inbox_id"].as_i64().unwrap());
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM thryve.inbox WHERE id = ANY($1)")
+        .bind(&acknowledged)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 10, "every 200 has its row");
+
+    // An abandoned write may have committed after its 503, or not: Thryve's retry is taken
+    // either way, and never makes a second row.
+    for body in &bodies {
+        let (status, ack) = answer(app.post_json(body).await).await;
+        assert_eq!(status, 200, "{ack}");
+        assert!(
+            matches!(ack["outcome"].as_str(), Some("stored" | "duplicate")),
+            "{ack}"
+        );
+    }
+    let stalled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM thryve.inbox WHERE end_user_id LIKE 'stalled-%'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stalled, 40);
+}
+
+/// A trigger that refuses two end users' rows as a full disk or a violated constraint would.
+async fn refuse_two_users(pool: &PgPool) {
+    sqlx::raw_sql(
+        "CREATE FUNCTION public.refuse_some() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.end_user_id = 'refused-check' THEN
+                 RAISE EXCEPTION 'no such user here' USING ERRCODE = 'check_violation';
+             ELSIF NEW.end_user_id = 'refused-disk' THEN
+                 RAISE EXCEPTION 'could not extend file' USING ERRCODE = 'disk_full';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_some BEFORE INSERT OR UPDATE ON thryve.inbox
+             FOR EACH ROW EXECUTE FUNCTION public.refuse_some();",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_statement_error_for_one_delivery_refuses_only_that_one_with_503() {
+    let mut config = test_config();
+    config.ingest_writers = 1;
+    config.ack_deadline_ms = 5000;
+    let app = spawn_app_with(config).await;
+    refuse_two_users(&app.db.pool).await;
+
+    let mut bodies: Vec<Value> = (0..30)
+        .map(|i| epoch_notification(&format!("good-{i}"), i, i + 1, &[1]))
+        .collect();
+    bodies.insert(10, epoch_notification("refused-check", 1, 2, &[1]));
+    bodies.insert(20, epoch_notification("refused-disk", 1, 2, &[1]));
+    let answers = join_all(bodies.iter().map(|body| {
+        let app = &app;
+        async move {
+            let response = app.post_json(body).await;
+            let retry_after = response.headers().get("retry-after").cloned();
+            let (status, ack) = answer(response).await;
+            (
+                body["endUserId"].as_str().unwrap().to_owned(),
+                status,
+                retry_after,
+                ack,
+            )
+        }
+    }))
+    .await;
+    let mut acknowledged = Vec::new();
+    for (user, status, retry_after, ack) in &answers {
+        if user.starts_with("refused-") {
+            assert_eq!(*status, 503, "{user}: {ack}");
+            assert_eq!(retry_after.as_ref().unwrap(), "5", "{user}");
+            assert!(
+                ack["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("nothing was stored"),
+                "{ack}"
+            );
+            assert!(
+                !ack.to_string().contains("extend file"),
+                "no database detail leaks"
+            );
+        } else {
+            assert_eq!(
+                (*status, ack["outcome"].as_str()),
+                (200, Some("stored")),
+                "{user}: {ack}"
+            );
+            acknowledged.push(ack["inbox_id"].as_i64().unwrap());
+        }
+    }
+    let rows: Vec<i64> = sqlx::query_scalar("SELECT id FROM thryve.inbox ORDER BY id")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    acknowledged.sort_unstable();
+    assert_eq!(rows, acknowledged, "the rows are exactly the 200s");
+}
+
+/// Polls every future once, in order, then drives them all to completion: what is enqueued
+/// on the first poll is enqueued before anything that runs after this returns its first
+/// `Pending`.
+async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test]
+async fn one_batch_holding_refused_and_good_deliveries_commits_the_good_ones() {
+    let db = TestDb::new().await;
+    refuse_two_users(&db.pool).await;
+    let committed = Arc::new(tokio::sync::watch::channel(0u64).0);
+    let (writer, _tasks) = InboxWriter::start(db.pool.clone(), 1, 128, committed);
+    let delivery = |user: &str, i: i64| {
+        NewDelivery::from_body(
+            epoch_notification(user, i, i + 1, &[1])
+                .as_object()
+                .unwrap(),
+        )
+    };
+
+    // The one writer is held inside its first INSERT by a table lock, so every delivery
+    // queued meanwhile is written by its next statement, together.
+    let mut locker = PgConnection::connect(&db.url()).await.unwrap();
+    let mut lock = locker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE thryve.inbox IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let (writer, d) = (writer.clone(), delivery("first", 0));
+        async move { writer.store(d).await }
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the writer waits for the lock",
+        || {
+            let pool = db.pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                    == 1
+            }
+        },
+    )
+    .await;
+    let users: Vec<String> = (0..20)
+        .map(|i| match i {
+            5 => "refused-check".to_owned(),
+            15 => "refused-disk".to_owned(),
+            i => format!("good-{i}"),
+        })
+        .collect();
+    type Step<'a> = Pin<Box<dyn Future<Output = Option<Result<Receipt, Arc<WriteError>>>> + 'a>>;
+    let results = join_all(
+        users
+            .iter()
+            .map(|user| {
+                let writer = writer.clone();
+                let d = delivery(user, 1);
+                Box::pin(async move { Some(writer.store(d).await) }) as Step
+            })
+            .chain(std::iter::once(Box::pin(async move {
+                lock.rollback().await.unwrap();
+                None
+            }) as Step)),
+    )
+    .await;
+    assert!(first.await.unwrap().is_ok());
+    let mut stored = vec![];
+    for (user, result) in users.iter().zip(results.into_iter().flatten()) {
+        match result {
+            Ok(receipt) => {
+                assert!(user.starts_with("good-"), "{user} was committed");
+                assert_eq!(receipt.outcome, Outcome::Stored, "{user}");
+                stored.push(receipt.inbox_id);
+            }
+            Err(error) => assert!(user.starts_with("refused-"), "{user}: {error}"),
+        }
+    }
+    assert_eq!(stored.len(), 18);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM thryve.inbox WHERE id = ANY($1)")
+        .bind(&stored)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 18);
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM thryve.inbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 19, "the 18 and the first, nothing of the refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_pool_gives_503_in_time_and_the_next_delivery_200() {
+    let db = TestDb::new().await;
+    let mut config = test_config();
+    config.ack_deadline_ms = 500;
+    let pool = db::pool(&db.url(), 3, config.ack_deadline()).unwrap();
+    let app = spawn_on(db, pool.clone(), config).await;
+    let (status, _) = answer(
+        app.post_json(&epoch_notification("before", 1, 2, &[1]))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Each acquire waits at most the pool's timeout; one may lose a race with the server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut held = Vec::new();
+    while held.len() < 3 {
+        assert!(Instant::now() < deadline, "the test holds every connection");
+        if let Ok(conn) = pool.acquire().await {
+            held.push(conn);
+        }
+    }
+    let started = Instant::now();
+    let response = app
+        .post_json(&epoch_notification("starved", 1, 2, &[1]))
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(response.headers()["retry-after"], "5");
+    let (status, error) = answer(response).await;
+    assert_eq!(status, 503, "{error}");
+    assert!(waited < Duration::from_secs(5), "not hung: {waited:?}");
+
+    drop(held);
+    let (status, ack) = answer(
+        app.post_json(&epoch_notification("after", 1, 2, &[1]))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, ack["outcome"].as_str()),
+        (200, Some("stored")),
+        "{ack}"
+    );
+    let users: Vec<String> = sqlx::query_scalar("SELECT end_user_id FROM thryve.inbox ORDER BY id")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    // The refused one may have been written after its 503 (its wait was abandoned, not its
+    // write), or not; both 200s must be there.
+    assert!(
+        users == ["before", "after"] || users == ["before", "starved", "after"],
+        "{users:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_disk_while_polling_quarantines_nothing_and_the_rows_are_processed_after() {
+    let db = TestDb::new().await;
+    let ids = store(
+        &db,
+        &[
+            epoch_notification("disk", 1_000, 2_000, &[1]),
+            epoch_notification("disk", 5_000, 6_000, &[2]),
+            epoch_notification("other", 1_000, 2_000, &[1]),
+        ],
+    )
+    .await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION public.disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'could not extend file' USING ERRCODE = 'disk_full'; END $$;
+         CREATE TRIGGER disk_full BEFORE INSERT OR UPDATE ON thryve.dirty_ranges
+             FOR EACH ROW EXECUTE FUNCTION public.disk_full();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let poller = poller(&db);
+    // Nothing is wrong with the rows: the batch fails, and is tried again later.
+    for _ in 0..2 {
+        assert!(poller.poll_once().await.is_err());
+    }
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM thryve.inbox WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses, ["pending"; 3],
+        "no row quarantined by a full disk"
+    );
+
+    sqlx::raw_sql("DROP TRIGGER disk_full ON thryve.dirty_ranges")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(poller.drain().await.unwrap(), 3);
+    let processed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM thryve.inbox WHERE status = 'processed'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(processed, 3);
+    assert_guarantees(&db.pool).await;
+}

@@ -1,0 +1,4 @@
+//! Reliability: the guarantees under faults, and credential hygiene.
+
+mod auth;
+mod faults;
