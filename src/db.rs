@@ -79,3 +79,25 @@ pub async fn readiness(pool: &PgPool) -> Result<(), NotReady> {
         have => Err(NotReady::NotMigrated { have, want }),
     }
 }
+
+/// True when `error` says the database is unreachable or refusing work for now (connection
+/// lost, pool timed out, shutting down, out of resources, read-only after a failover, a
+/// serialisation failure), so the same statement may succeed later; false when the statement
+/// itself was refused (bad data), which retrying would only repeat.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            // SQLSTATE classes 08 connection, 53 resources, 57 operator intervention, 58 system.
+            ["08", "53", "57", "58"].contains(&code.get(..2).unwrap_or(""))
+                || ["25006", "40001", "40P01"].contains(&code.as_ref())
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        _ => false,
+    }
+}
