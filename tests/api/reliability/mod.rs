@@ -1,0 +1,3 @@
+//! Reliability under faults: outages, crashes, torn writes.
+
+mod spool;
