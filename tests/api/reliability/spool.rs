@@ -522,3 +522,53 @@ async fn writers_skip_deliveries_whose_requester_gave_up_so_a_spooled_one_counts
     // way when the table was locked; abandoned queued writes would double the rest.
     assert!(total <= sent.len() as i64 + 1, "delivery_count sum {total}");
 }
+
+/// Content this test's database refuses (see the constraint below).
+fn refused_by_the_database() -> Value {
+    epoch_notification("poison", 1_000, 2_000, &[1])
+}
+
+#[tokio::test]
+async fn a_spooled_record_the_inbox_refuses_is_kept_aside_and_the_others_load() {
+    let dir = TempDir::new();
+    let config = spool_config(&dir.0);
+    let db = TestDb::new().await;
+    // Stands for any row the inbox refuses (not an outage): the parser keeps real ones rare.
+    sqlx::query(
+        "ALTER TABLE thryve.inbox ADD CONSTRAINT test_refuses_poison
+         CHECK (end_user_id IS DISTINCT FROM 'poison')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let good = bodies("aside", 2);
+    let now = chrono::Utc::now();
+    let segment = [
+        thryve_bridge::spool::encode_record(good[0].as_object().unwrap(), now),
+        thryve_bridge::spool::encode_record(refused_by_the_database().as_object().unwrap(), now),
+        thryve_bridge::spool::encode_record(good[1].as_object().unwrap(), now),
+    ]
+    .concat();
+    std::fs::write(dir.join("segment-00000000000000000007.jsonl"), segment).unwrap();
+
+    let server = Server::start(&config, &db.url()).await;
+    wait_until(20, "the segment is loaded", || async {
+        segments(&dir.0).is_empty()
+    })
+    .await;
+    assert_eq!(inbox_rows(&db.pool).await, 2);
+    for body in &good {
+        assert_eq!(delivery_count(&db.pool, body).await, 1, "{body}");
+    }
+    let rejected = std::fs::read_to_string(dir.join("rejected-00000000000000000007.jsonl"))
+        .expect("the refused record is kept");
+    assert_eq!(rejected.lines().count(), 1);
+    let kept: Value = serde_json::from_str(rejected.lines().next().unwrap()).unwrap();
+    assert_eq!(kept["body"], refused_by_the_database());
+
+    // Live, the same content is not spooled: the database would refuse it again.
+    let (status, answer) = post(server.addr, &refused_by_the_database()).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(segments(&dir.0).is_empty());
+    server.stop().await;
+}
