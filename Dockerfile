@@ -23,7 +23,9 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home bridge
+    && useradd --system --uid 10001 --no-create-home bridge \
+    && mkdir -p /var/lib/thryve-bridge/spool \
+    && chown bridge /var/lib/thryve-bridge/spool
 COPY --from=builder /app/target/release/thryve-bridge /usr/local/bin/thryve-bridge
 USER bridge
 EXPOSE 8080

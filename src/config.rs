@@ -169,6 +169,18 @@ pub struct ServeConfig {
     #[arg(long, env = "HOUSEKEEPING_INTERVAL_SECS", default_value_t = 60)]
     pub housekeeping_interval_secs: u64,
 
+    /// Directory of the outage spool: a delivery not committed SPOOL_MARGIN_MS before the ack
+    /// deadline is fsync'd here, answered 200 `spooled`, and loaded into the inbox later.
+    /// Must be durable local disk, one directory per process. Unset: no spool (503 instead).
+    // Empty (as in .env.example) means unset; see PAYLOAD_RETENTION for the full path.
+    #[arg(long, env = "SPOOL_DIR", default_value = "", value_parser = parse_optional_path)]
+    pub spool_dir: std::option::Option<PathBuf>,
+
+    /// With SPOOL_DIR: how long before the ack deadline the receiver stops waiting for the
+    /// commit and spools instead, in ms (the time the spool's fsync may take).
+    #[arg(long, env = "SPOOL_MARGIN_MS", default_value_t = 250)]
+    pub spool_margin_ms: u64,
+
     #[command(flatten)]
     pub retention: RetentionConfig,
 }
@@ -267,6 +279,11 @@ pub fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
     } else {
         parse_duration(text).map(Some)
     }
+}
+
+/// A path, where an empty value means "not set".
+pub fn parse_optional_path(text: &str) -> Result<Option<PathBuf>, String> {
+    Ok((!text.trim().is_empty()).then(|| PathBuf::from(text)))
 }
 
 /// A setting that parsed but makes no sense; the message names the variable and the fix.

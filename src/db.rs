@@ -79,3 +79,49 @@ pub async fn readiness(pool: &PgPool) -> Result<(), NotReady> {
         have => Err(NotReady::NotMigrated { have, want }),
     }
 }
+
+/// True when `error` says the database is unreachable or refusing work for now (connection
+/// lost, pool timed out, see [`is_transient_code`] for the server's own errors), so the same
+/// statement may succeed later; false when the statement itself was refused (bad data), which
+/// retrying would only repeat.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| is_transient_code(&code)),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        _ => false,
+    }
+}
+
+/// SQLSTATEs that say nothing about the rows: connection lost (class 08), a lost deadlock or
+/// serialisation race (40), short of disk, memory or connections (53), shut down or cancelled,
+/// e.g. by `statement_timeout` (57), a failure of the server itself (58), and read-only after a
+/// failover (25006).
+pub fn is_transient_code(code: &str) -> bool {
+    ["08", "40", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == "25006"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient_code;
+
+    #[test]
+    fn outages_are_transient_and_refused_rows_are_not() {
+        for code in [
+            "08006", "40001", "40P01", "53100", "57P01", "57014", "58030", "25006",
+        ] {
+            assert!(is_transient_code(code), "{code}");
+        }
+        for code in ["23505", "23514", "22008", "22P02", "42P01", "25P02"] {
+            assert!(!is_transient_code(code), "{code}");
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //!
 //! A delivery's path: [`http`] (auth, decode) -> [`thryve`] (pure parsing) -> [`inbox`]
 //! (group-committed rows) -> [`poller`] -> [`ranges`] (coalesced dirty ranges and the
-//! consumer API). Beside that path: [`housekeeping`] (retention), [`stats`] and [`users`]
+//! consumer API); [`spool`] holds deliveries on local disk while the database is out. Beside
+//! that path: [`housekeeping`] (retention), [`stats`] and [`users`]
 //! (erasure), for operators.
 
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod poller;
 pub mod ranges;
 pub mod server;
 pub mod sources;
+pub mod spool;
 pub mod stats;
 pub mod telemetry;
 pub mod thryve;

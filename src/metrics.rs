@@ -10,7 +10,7 @@ use prometheus_client::{
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
-    /// stored, duplicate, quarantined, ignored, or the refusal (unauthorized, bad_request,
+    /// stored, duplicate, quarantined, ignored, spooled, or the refusal (unauthorized, bad_request,
     /// too_large, unsupported_encoding, timeout, unavailable).
     pub outcome: &'static str,
     /// The webhook type for answered deliveries (`other` for unknown types); empty for refusals.
@@ -38,6 +38,8 @@ pub struct Metrics {
     pub inbox_oldest_pending_seconds: Gauge<f64, AtomicU64>,
     pub ranges_oldest_pending_seconds: Gauge<f64, AtomicU64>,
     pub seconds_since_last_delivery: Gauge<f64, AtomicU64>,
+    pub spool_records: Gauge,
+    pub spool_rejected: Counter,
 }
 
 impl Default for Metrics {
@@ -133,6 +135,18 @@ impl Metrics {
             "Seconds since any receiver last stored a delivery (from the inbox; -1 when empty)",
             seconds_since_last_delivery.clone(),
         );
+        let spool_records = Gauge::default();
+        registry.register(
+            "spool_records",
+            "Deliveries in this process's spool (SPOOL_DIR) waiting to be loaded into the inbox",
+            spool_records.clone(),
+        );
+        let spool_rejected = Counter::default();
+        registry.register(
+            "spool_rejected_records",
+            "Spooled records the inbox refused or that could not be read, kept in rejected-*.jsonl",
+            spool_rejected.clone(),
+        );
         Self {
             registry,
             deliveries,
@@ -148,6 +162,8 @@ impl Metrics {
             inbox_oldest_pending_seconds,
             ranges_oldest_pending_seconds,
             seconds_since_last_delivery,
+            spool_records,
+            spool_rejected,
         }
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    db,
     inbox::{self, PendingRow},
     metrics::Metrics,
     ranges::{self, MergedSpan},
@@ -219,16 +220,14 @@ async fn commit_plan(mut tx: Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Re
     }
 }
 
-/// Errors that say nothing about the rows being applied: the connection was lost (08), the
-/// transaction lost a deadlock or serialization race (40), the server is short of disk, memory
-/// or connections (53), is shutting down (57P) or failed itself (58). Quarantining on these
-/// would park healthy rows, every pending row in turn while a disk stays full.
+/// Errors that say nothing about the rows being applied ([`db::is_transient_code`]):
+/// quarantining on these would park healthy rows, every pending row in turn while a disk stays
+/// full. A statement timeout (57014) is the exception: a row whose merge always times out
+/// would otherwise hold up the queue forever, so it is quarantined like a refused row.
 fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
-    error.code().is_some_and(|code| {
-        ["08", "40", "53", "57P", "58"]
-            .iter()
-            .any(|class| code.starts_with(class))
-    })
+    error
+        .code()
+        .is_some_and(|code| code != "57014" && db::is_transient_code(&code))
 }
 
 async fn recv(listener: &mut Option<PgListener>) -> sqlx::Result<()> {

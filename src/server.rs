@@ -19,6 +19,7 @@ use crate::{
     inbox::InboxWriter,
     metrics::Metrics,
     poller::{self, Poller, PollerConfig},
+    spool::{Spool, SpoolLoader, SpoolMetrics},
 };
 
 /// Why the service could not start or stopped with an error.
@@ -50,6 +51,7 @@ pub struct Application {
     wake: watch::Receiver<u64>,
     notify: Option<PgPool>,
     listener_options: ListenerOptions,
+    spool: Option<(SpoolLoader, std::thread::JoinHandle<()>)>,
 }
 
 impl Application {
@@ -80,6 +82,16 @@ impl Application {
             return Err(
                 ConfigError::new("ACK_DEADLINE_MS", "must be at least 1 (default 1500)").into(),
             );
+        }
+        if config.spool_dir.is_some() && config.spool_margin_ms >= config.ack_deadline_ms {
+            return Err(ConfigError::new(
+                "SPOOL_MARGIN_MS",
+                format!(
+                    "must be less than ACK_DEADLINE_MS ({}), or nothing would wait for the database (default 250)",
+                    config.ack_deadline_ms
+                ),
+            )
+            .into());
         }
         config.retention.validate()?;
         if config.housekeeping_interval_secs == 0 {
@@ -124,6 +136,21 @@ impl Application {
             config.ingest_batch_max,
             committed.clone(),
         );
+        let spool = match &config.spool_dir {
+            Some(dir) => {
+                let (spool, thread) = Spool::open(
+                    dir,
+                    SpoolMetrics {
+                        waiting: metrics.spool_records.clone(),
+                        rejected: metrics.spool_rejected.clone(),
+                    },
+                )
+                .map_err(|e| ConfigError::new("SPOOL_DIR", e.to_string()))?;
+                let loader = SpoolLoader::new(spool.clone(), pool.clone(), committed.clone());
+                Some((spool, loader, thread))
+            }
+            None => None,
+        };
         let poller = config.poller_enabled.then(|| {
             Poller::new(
                 pool.clone(),
@@ -160,6 +187,8 @@ impl Application {
             inbox_retention_secs = config.retention.inbox_retention.as_secs(),
             range_retention_secs = config.retention.range_retention.as_secs(),
             payload_retention_secs = config.retention.payload_retention.map(|d| d.as_secs()),
+            spool_dir = config.spool_dir.as_ref().map(|d| d.display().to_string()),
+            spool_margin_ms = config.spool_dir.as_ref().map(|_| config.spool_margin_ms),
             "thryve-bridge started"
         );
         let state = AppState {
@@ -170,9 +199,11 @@ impl Application {
                 max_body_bytes: config.max_body_bytes,
                 ack_deadline: config.ack_deadline(),
                 retry_after_secs: config.retry_after_secs,
+                spool_margin: Duration::from_millis(config.spool_margin_ms),
             },
             receiver_enabled: config.receiver_enabled,
             metrics,
+            spool: spool.as_ref().map(|(spool, _, _)| spool.clone()),
         };
         Ok(Self {
             listener,
@@ -183,6 +214,7 @@ impl Application {
             wake,
             notify: (config.poll_notify && config.receiver_enabled).then_some(pool),
             listener_options,
+            spool: spool.map(|(_, loader, thread)| (loader, thread)),
         })
     }
 
@@ -194,7 +226,7 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests
     /// finish (each still commits before its answer), waits for the inbox writers to drain
-    /// and for the poller and housekeeping to finish their batches.
+    /// and for the poller, housekeeping and the spool loader to finish their batches.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let Self {
             listener,
@@ -205,7 +237,11 @@ impl Application {
             wake,
             notify,
             listener_options,
+            spool,
         } = self;
+        let (spool_loader, spool_thread) = spool.unzip();
+        let spool_loader =
+            spool_loader.map(|l| tokio::spawn(l.run(wake.clone(), shutdown.clone())));
         let poller = poller.map(|p| tokio::spawn(p.run(wake.clone(), shutdown.clone())));
         let housekeeping = housekeeping.map(|h| tokio::spawn(h.run(shutdown.clone())));
         let notifier = notify.map(|pool| tokio::spawn(notify_loop(pool, wake, shutdown.clone())));
@@ -222,8 +258,18 @@ impl Application {
             for writer in writers {
                 let _ = writer.await;
             }
-            for task in poller.into_iter().chain(housekeeping).chain(notifier) {
+            for task in poller
+                .into_iter()
+                .chain(housekeeping)
+                .chain(notifier)
+                .chain(spool_loader)
+            {
                 let _ = task.await;
+            }
+            // Last: its thread ends (and the spool directory's lock goes) once the requests
+            // and the loader have dropped their handles.
+            if let Some(thread) = spool_thread {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
             }
         };
         if tokio::time::timeout(grace, drained).await.is_err() {

@@ -18,7 +18,7 @@ use sqlx::PgPool;
 
 pub use error::ApiError;
 
-use crate::{inbox::InboxWriter, metrics::Metrics};
+use crate::{inbox::InboxWriter, metrics::Metrics, spool::Spool};
 use auth::Authenticator;
 
 /// Limits a webhook request is held to.
@@ -27,6 +27,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub ack_deadline: Duration,
     pub retry_after_secs: u64,
+    /// With a spool: stop waiting for the commit this long before the ack deadline.
+    pub spool_margin: Duration,
 }
 
 /// What every handler can reach.
@@ -39,6 +41,8 @@ pub struct AppState {
     /// False on a poller-only instance: the webhook route is not served.
     pub receiver_enabled: bool,
     pub metrics: Arc<Metrics>,
+    /// `SPOOL_DIR`: where deliveries go when the database cannot take them in time.
+    pub spool: Option<Spool>,
 }
 
 /// The router, apart from any listener, so tests can drive it in-process or over a socket.

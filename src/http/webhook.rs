@@ -1,4 +1,5 @@
-//! `POST /webhooks/thryve`: authenticate, read, verify, decode, classify, commit, then answer.
+//! `POST /webhooks/thryve`: authenticate, read, verify, decode, classify, commit (or spool),
+//! then answer.
 
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use axum::{
 };
 use chrono::Utc;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{decode::decode_body, ApiError, AppState};
@@ -19,11 +21,30 @@ use crate::{
     thryve::{json_kind, LEGACY_EVENT_TYPE},
 };
 
+/// The body of a 200: a committed row, or a delivery held in the spool (no row yet).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Ack {
+    Committed(Receipt),
+    Spooled { outcome: &'static str },
+}
+
+impl Ack {
+    const SPOOLED: &'static str = "spooled";
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            Ack::Committed(receipt) => receipt.outcome.as_str(),
+            Ack::Spooled { outcome } => outcome,
+        }
+    }
+}
+
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Receipt>, ApiError> {
+) -> Result<Json<Ack>, ApiError> {
     let started = Instant::now();
     let result = handle(&state, &headers, body, started).await;
     let elapsed = started.elapsed().as_secs_f64();
@@ -31,24 +52,31 @@ pub async fn receive(
     let metrics = &state.metrics;
     metrics.ack_latency.observe(elapsed);
     match &result {
-        Ok((receipt, event_type)) => {
+        Ok((ack, event_type)) => {
             metrics
                 .deliveries
                 .get_or_create(&DeliveryLabels {
-                    outcome: receipt.outcome.as_str(),
+                    outcome: ack.outcome(),
                     event_type: event_type_label(event_type.as_deref()),
                 })
                 .inc();
             metrics
                 .last_delivery
                 .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
-            tracing::info!(
-                inbox_id = receipt.inbox_id,
-                outcome = receipt.outcome.as_str(),
-                event_type = event_type.as_deref().unwrap_or(""),
-                latency_ms,
-                "delivery"
-            )
+            let event_type = event_type.as_deref().unwrap_or("");
+            match ack {
+                Ack::Committed(receipt) => tracing::info!(
+                    inbox_id = receipt.inbox_id,
+                    outcome = receipt.outcome.as_str(),
+                    event_type,
+                    latency_ms,
+                    "delivery"
+                ),
+                // Acknowledged but not yet in the database: the database is out or slow.
+                Ack::Spooled { outcome } => {
+                    tracing::warn!(outcome, event_type, latency_ms, "delivery")
+                }
+            }
         }
         Err(error) => {
             metrics
@@ -65,7 +93,7 @@ pub async fn receive(
             }
         }
     }
-    result.map(|(receipt, _)| Json(receipt))
+    result.map(|(ack, _)| Json(ack))
 }
 
 async fn handle(
@@ -73,7 +101,8 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
     started: Instant,
-) -> Result<(Receipt, Option<String>), ApiError> {
+) -> Result<(Ack, Option<String>), ApiError> {
+    let received_at = Utc::now();
     let limits = state.limits;
     // Static credentials first: they need no body, so a stranger's upload is never read.
     if !state.auth.admits(headers) {
@@ -129,20 +158,46 @@ async fn handle(
         reason,
         retry_after_secs: limits.retry_after_secs,
     };
-    let stored = tokio::time::timeout_at(
-        (started + limits.ack_deadline).into(),
-        state.writer.store(delivery),
-    )
-    .await;
-    match stored {
-        Ok(Ok(receipt)) => Ok((receipt, event_type)),
+    // With a spool, the margin before the deadline is the spool's to write and fsync in.
+    let wait_until = match &state.spool {
+        Some(_) => deadline
+            .checked_sub(limits.spool_margin)
+            .unwrap_or(started)
+            .max(started),
+        None => deadline,
+    };
+    let stored = tokio::time::timeout_at(wait_until.into(), state.writer.store(delivery)).await;
+    let reason = match stored {
+        Ok(Ok(receipt)) => return Ok((Ack::Committed(receipt), event_type)),
         Ok(Err(error)) => {
             tracing::error!(%error, "inbox write failed");
-            Err(unavailable("database unavailable".to_owned()))
+            // Content the database refuses would be refused again when loaded from the spool.
+            if !error.is_transient() {
+                return Err(unavailable("database unavailable".to_owned()));
+            }
+            "database unavailable".to_owned()
         }
-        Err(_) => Err(unavailable(format!(
+        Err(_) => format!(
             "not committed within the {} ms ack deadline",
             limits.ack_deadline.as_millis()
+        ),
+    };
+    let Some(spool) = &state.spool else {
+        return Err(unavailable(reason));
+    };
+    match tokio::time::timeout_at(deadline.into(), spool.append(&object, received_at)).await {
+        Ok(Ok(())) => Ok((
+            Ack::Spooled {
+                outcome: Ack::SPOOLED,
+            },
+            event_type,
+        )),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "spool append failed");
+            Err(unavailable(format!("{reason}, and the spool failed too")))
+        }
+        Err(_) => Err(unavailable(format!(
+            "{reason}, and the spool did not fsync in time"
         ))),
     }
 }

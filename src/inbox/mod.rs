@@ -91,6 +91,8 @@ pub struct NewDelivery {
     pub end_user_id: Option<String>,
     pub end_user_alias: Option<String>,
     pub typed: TypedColumns,
+    /// When the bridge first received it, if not now (a delivery loaded from the spool).
+    pub received_at: Option<DateTime<Utc>>,
 }
 
 impl NewDelivery {
@@ -136,6 +138,7 @@ impl NewDelivery {
             end_user_id: envelope.end_user_id,
             end_user_alias: envelope.end_user_alias,
             typed,
+            received_at: None,
         }
     }
 
@@ -246,6 +249,7 @@ pub async fn insert_batch(
     let mut end_days = Vec::with_capacity(batch.len());
     let mut connected = Vec::with_capacity(batch.len());
     let mut event_times = Vec::with_capacity(batch.len());
+    let mut received = Vec::with_capacity(batch.len());
     for (d, count) in batch {
         fingerprints.push(d.fingerprint.to_vec());
         event_types.push(d.event_type.as_deref());
@@ -269,23 +273,27 @@ pub async fn insert_batch(
         end_days.push(d.typed.end_day);
         connected.push(d.typed.connected);
         event_times.push(d.typed.event_time);
+        received.push(d.received_at);
     }
     sqlx::query_as::<_, InsertedRow>(
         r#"
         INSERT INTO thryve.inbox AS i (
             fingerprint, event_type, end_user_id, end_user_alias, payload, status, error,
             delivery_count, data_source_id, data_type_ids, start_time, end_time, start_day,
-            end_day, connected, event_time)
-        SELECT f, et, u, a, p::jsonb, s, e, c, ds, dt::integer[], st, en, sd, ed, cn, ev
+            end_day, connected, event_time, first_received_at, last_received_at)
+        SELECT f, et, u, a, p::jsonb, s, e, c, ds, dt::integer[], st, en, sd, ed, cn, ev,
+               coalesce(r, now()), coalesce(r, now())
         FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                     $7::text[], $8::integer[], $9::integer[], $10::text[], $11::timestamptz[],
                     $12::timestamptz[], $13::date[], $14::date[], $15::boolean[],
-                    $16::timestamptz[])
-             AS t(f, et, u, a, p, s, e, c, ds, dt, st, en, sd, ed, cn, ev)
+                    $16::timestamptz[], $17::timestamptz[])
+             AS t(f, et, u, a, p, s, e, c, ds, dt, st, en, sd, ed, cn, ev, r)
         ORDER BY f
         ON CONFLICT (fingerprint) DO UPDATE SET
             delivery_count   = i.delivery_count + EXCLUDED.delivery_count,
-            last_received_at = now(),
+            -- A spooled delivery loaded late keeps the time it was received.
+            first_received_at = least(i.first_received_at, EXCLUDED.first_received_at),
+            last_received_at = greatest(i.last_received_at, EXCLUDED.last_received_at),
             -- Same fingerprint, same content: a blanked payload can be had back for free, and
             -- the poller needs it where the typed columns do not describe the event.
             payload          = CASE WHEN i.payload = 'null'::jsonb THEN EXCLUDED.payload
@@ -311,6 +319,7 @@ pub async fn insert_batch(
     .bind(end_days)
     .bind(connected)
     .bind(event_times)
+    .bind(received)
     .fetch_all(executor)
     .await
 }

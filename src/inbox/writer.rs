@@ -19,6 +19,17 @@ pub enum WriteError {
     Closed,
 }
 
+impl WriteError {
+    /// True when the database was unavailable rather than refusing this delivery, so that
+    /// the same write may succeed later (from the spool).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WriteError::Database(e) => crate::db::is_transient(e),
+            WriteError::Closed => true,
+        }
+    }
+}
+
 struct Job {
     delivery: NewDelivery,
     reply: oneshot::Sender<Result<Receipt, Arc<WriteError>>>,
@@ -61,7 +72,8 @@ impl InboxWriter {
     }
 
     /// Commits `delivery` and says how it was taken. Dropping the returned future abandons
-    /// the wait, not the write: the delivery may still commit (a later retry is then a duplicate).
+    /// the wait: a delivery still queued is then not written, one already being written may
+    /// still commit (a later retry is then a duplicate).
     pub async fn store(&self, delivery: NewDelivery) -> Result<Receipt, Arc<WriteError>> {
         let (reply, answer) = oneshot::channel();
         self.queue
@@ -93,7 +105,12 @@ async fn write_loop(
                 }
             }
         }
-        write_batch(&pool, batch, &committed).await;
+        // A requester that stopped waiting has already answered (spooled, or 503 so Thryve
+        // retries): writing its delivery now would only add work after an outage.
+        batch.retain(|job| !job.reply.is_closed());
+        if !batch.is_empty() {
+            write_batch(&pool, batch, &committed).await;
+        }
     }
 }
 

@@ -128,6 +128,8 @@ pub fn test_config() -> ServeConfig {
         shutdown_timeout_secs: 10,
         housekeeping_enabled: false,
         housekeeping_interval_secs: 60,
+        spool_dir: None,
+        spool_margin_ms: 250,
         retention: test_retention(),
     }
 }

@@ -1,4 +1,6 @@
-//! Reliability: the guarantees under faults, and credential hygiene.
+//! Reliability: the guarantees under faults (outages, crashes, torn writes), and credential
+//! hygiene.
 
 mod auth;
 mod faults;
+mod spool;
