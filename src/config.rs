@@ -74,19 +74,21 @@ pub struct ServeConfig {
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8080")]
     pub bind_addr: SocketAddr,
 
+    // The credentials and TLS paths below: empty (as in .env.example) means unset; the full
+    // `std::option::Option` path is explained at PAYLOAD_RETENTION.
     /// Accepted HTTP Basic credentials, `user:password`, several comma-separated for rotation.
-    #[arg(long, env = "WEBHOOK_BASIC_AUTH", hide_env_values = true)]
-    pub webhook_basic_auth: Option<Secret>,
+    #[arg(long, env = "WEBHOOK_BASIC_AUTH", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse_optional_secret)]
+    pub webhook_basic_auth: std::option::Option<Secret>,
 
     /// Accepted fixed headers, `Header-Name: value`, several comma-separated for rotation.
-    #[arg(long, env = "WEBHOOK_AUTH_HEADER", hide_env_values = true)]
-    pub webhook_auth_header: Option<Secret>,
+    #[arg(long, env = "WEBHOOK_AUTH_HEADER", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse_optional_secret)]
+    pub webhook_auth_header: std::option::Option<Secret>,
 
     /// HMAC secret from Thryve's dashboard: each delivery must then carry a valid
     /// `x-hmac-signature` and a recent `x-hmac-timestamp`, besides any static credential.
     /// Several comma-separated while it rotates.
-    #[arg(long, env = "WEBHOOK_HMAC_SECRET", hide_env_values = true)]
-    pub webhook_hmac_secret: Option<Secret>,
+    #[arg(long, env = "WEBHOOK_HMAC_SECRET", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse_optional_secret)]
+    pub webhook_hmac_secret: std::option::Option<Secret>,
 
     /// Bytes the HMAC covers ("body" = raw body as received, still compressed); find it with
     /// `thryve-bridge hmac check` on a captured delivery.
@@ -147,12 +149,12 @@ pub struct ServeConfig {
     pub poll_notify: bool,
 
     /// PEM certificate chain: with TLS_KEY_PATH, serve HTTPS directly.
-    #[arg(long, env = "TLS_CERT_PATH")]
-    pub tls_cert_path: Option<PathBuf>,
+    #[arg(long, env = "TLS_CERT_PATH", default_value = "", hide_default_value = true, value_parser = parse_optional_path)]
+    pub tls_cert_path: std::option::Option<PathBuf>,
 
     /// PEM private key for TLS_CERT_PATH.
-    #[arg(long, env = "TLS_KEY_PATH")]
-    pub tls_key_path: Option<PathBuf>,
+    #[arg(long, env = "TLS_KEY_PATH", default_value = "", hide_default_value = true, value_parser = parse_optional_path)]
+    pub tls_key_path: std::option::Option<PathBuf>,
 
     /// A client must send its request headers (and finish TLS) within this many ms.
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
@@ -284,6 +286,12 @@ pub fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
 /// A path, where an empty value means "not set".
 pub fn parse_optional_path(text: &str) -> Result<Option<PathBuf>, String> {
     Ok((!text.trim().is_empty()).then(|| PathBuf::from(text)))
+}
+
+/// A credential setting, where an empty value (`WEBHOOK_BASIC_AUTH=` as in `.env.example`)
+/// means "not set".
+pub fn parse_optional_secret(text: &str) -> Result<Option<Secret>, String> {
+    Ok((!text.trim().is_empty()).then(|| Secret::new(text)))
 }
 
 /// A setting that parsed but makes no sense; the message names the variable and the fix.

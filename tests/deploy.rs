@@ -182,3 +182,31 @@ fn dockerfile_builds_the_binary_in_stages_and_runs_it_unprivileged() {
         .unwrap();
     assert!(rust_version.contains("slim"), "{rust_version}");
 }
+
+#[test]
+fn the_binary_starts_from_env_example_as_it_is_and_asks_for_a_credential() {
+    // `cp .env.example .env` is the README's first step: every line must parse as it stands,
+    // so the first error a newcomer sees is the one the README tells them to fix.
+    let pairs: Vec<(String, String)> = read(".env.example")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_thryve-bridge"))
+        .arg("serve")
+        .env_clear()
+        .envs(pairs)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("WEBHOOK_BASIC_AUTH")
+            && stderr.contains("no webhook credential configured"),
+        "{stderr}"
+    );
+}
