@@ -54,10 +54,10 @@ pub fn decode_body(
     if codings.len() > MAX_CODINGS {
         return Err(DecodeError::TooManyCodings(codings.len()));
     }
-    let mut data = body.to_vec();
-    if data.len() > limit {
+    if body.len() > limit {
         return Err(DecodeError::TooLarge(limit));
     }
+    let mut data = body.to_vec();
     // Codings are listed in the order they were applied: undo them last first.
     for coding in codings.iter().rev() {
         data = match coding.as_str() {
