@@ -10,4 +10,5 @@ mod poller;
 mod properties;
 mod proxy;
 mod receiver;
+mod reliability;
 mod server;
