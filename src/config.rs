@@ -160,6 +160,10 @@ pub struct ServeConfig {
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
 
+    /// Most client connections served at once; more wait in the kernel's accept backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// On SIGTERM, in-flight requests get this many seconds to finish before the exit.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
     pub shutdown_timeout_secs: u64,

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub poller_errors: Counter,
     pub pool_connections_in_use: Gauge,
     pub pool_connections_open: Gauge,
+    pub http_connections_open: Gauge,
     pub inbox_rows: Family<StatusLabels, Gauge>,
     pub dirty_ranges: Family<StatusLabels, Gauge>,
     pub inbox_oldest_pending_seconds: Gauge<f64, AtomicU64>,
@@ -105,6 +106,12 @@ impl Metrics {
             "Database connections open",
             pool_connections_open.clone(),
         );
+        let http_connections_open = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "Client connections being served (at most MAX_CONNECTIONS)",
+            http_connections_open.clone(),
+        );
         let inbox_rows = Family::<StatusLabels, Gauge>::default();
         registry.register(
             "inbox_rows",
@@ -157,6 +164,7 @@ impl Metrics {
             poller_errors,
             pool_connections_in_use,
             pool_connections_open,
+            http_connections_open,
             inbox_rows,
             dirty_ranges,
             inbox_oldest_pending_seconds,

@@ -78,6 +78,11 @@ impl Application {
             )
             .into());
         }
+        if config.max_connections == 0 {
+            return Err(
+                ConfigError::new("MAX_CONNECTIONS", "must be at least 1 (default 1024)").into(),
+            );
+        }
         if config.ack_deadline_ms == 0 {
             return Err(
                 ConfigError::new("ACK_DEADLINE_MS", "must be at least 1 (default 1500)").into(),
@@ -112,10 +117,13 @@ impl Application {
                 .into())
             }
         };
+        let metrics = Arc::new(Metrics::new());
         let listener_options = ListenerOptions {
             tls,
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            max_connections: config.max_connections,
+            open_connections: metrics.http_connections_open.clone(),
         };
         if config.migrate_on_start {
             db::migrate(&pool).await?;
@@ -127,7 +135,6 @@ impl Application {
                 addr: config.bind_addr,
                 source,
             })?;
-        let metrics = Arc::new(Metrics::new());
         let (committed, wake) = watch::channel(0u64);
         let committed = Arc::new(committed);
         let (writer, writers) = InboxWriter::start(
@@ -175,6 +182,7 @@ impl Application {
             tls = listener_options.tls.is_some(),
             auth = %auth.modes(),
             max_body_bytes = config.max_body_bytes,
+            max_connections = config.max_connections,
             ack_deadline_ms = config.ack_deadline_ms,
             ingest_writers = config.ingest_writers,
             ingest_batch_max = config.ingest_batch_max,

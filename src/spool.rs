@@ -51,23 +51,23 @@ pub struct Record {
     pub body: Map<String, Value>,
 }
 
-/// Serialises a record as one line, newline included.
+/// Serialises a record as one line, newline included; `body` is the JSON text of an object.
 ///
 /// ```
 /// use thryve_bridge::spool::{decode_segment, encode_record};
 /// let body = serde_json::json!({"type": "x"});
-/// let line = encode_record(&body.as_object().unwrap(), chrono::Utc::now());
+/// let line = encode_record(&body.to_string(), chrono::Utc::now());
 /// assert_eq!(decode_segment(&line).records.len(), 1);
 /// ```
-pub fn encode_record(body: &Map<String, Value>, received_at: DateTime<Utc>) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Line<'a> {
-        received_at: DateTime<Utc>,
-        body: &'a Map<String, Value>,
-    }
-    let mut line = serde_json::to_vec(&Line { received_at, body })
-        .expect("a JSON map and a timestamp always serialise");
-    line.push(b'\n');
+pub fn encode_record(body: &str, received_at: DateTime<Utc>) -> Vec<u8> {
+    // `body` is JSON text (the delivery's canonical payload: compact, so without a newline);
+    // it goes into the line as it is, not parsed and printed again.
+    let mut line = Vec::with_capacity(body.len() + 64);
+    line.extend_from_slice(b"{\"received_at\":");
+    serde_json::to_writer(&mut line, &received_at).expect("a timestamp always serialises");
+    line.extend_from_slice(b",\"body\":");
+    line.extend_from_slice(body.as_bytes());
+    line.extend_from_slice(b"}\n");
     line
 }
 
@@ -136,7 +136,7 @@ pub struct SpoolMetrics {
 /// use thryve_bridge::spool::{Spool, SpoolMetrics};
 /// let (spool, _writer) = Spool::open("/var/lib/thryve-bridge/spool".as_ref(), SpoolMetrics::default())?;
 /// let body = serde_json::json!({"type": "x"});
-/// spool.append(body.as_object().unwrap(), chrono::Utc::now()).await?; // durable now
+/// spool.append(&body.to_string(), chrono::Utc::now()).await?; // durable now
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -242,11 +242,7 @@ impl Spool {
 
     /// Appends one delivery and returns once it is on disk (fsync'd); concurrent appends
     /// share one fsync.
-    pub async fn append(
-        &self,
-        body: &Map<String, Value>,
-        received_at: DateTime<Utc>,
-    ) -> Result<(), AppendError> {
+    pub async fn append(&self, body: &str, received_at: DateTime<Utc>) -> Result<(), AppendError> {
         let stopped = || AppendError(Arc::new(io::Error::other("the spool writer has stopped")));
         let (reply, answer) = oneshot::channel();
         let line = encode_record(body, received_at);
@@ -640,10 +636,15 @@ mod tests {
             .clone()
     }
 
+    /// `body(n)` as the compact JSON text a delivery's payload is.
+    fn text(n: i64) -> String {
+        serde_json::to_string(&body(n)).unwrap()
+    }
+
     #[test]
     fn records_round_trip_one_line_each() {
         let at = Utc::now();
-        let bytes = [encode_record(&body(1), at), encode_record(&body(2), at)].concat();
+        let bytes = [encode_record(&text(1), at), encode_record(&text(2), at)].concat();
         assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 2);
         let decoded = decode_segment(&bytes);
         let records: Vec<&Record> = decoded.records.iter().map(|(r, _)| r).collect();
@@ -666,8 +667,8 @@ mod tests {
     #[test]
     fn a_torn_last_record_is_skipped_and_the_ones_before_it_kept() {
         let at = Utc::now();
-        let whole = encode_record(&body(1), at);
-        let second = encode_record(&body(2), at);
+        let whole = encode_record(&text(1), at);
+        let second = encode_record(&text(2), at);
         for cut in 1..second.len() {
             let bytes = [&whole[..], &second[..cut]].concat();
             let decoded = decode_segment(&bytes);
@@ -682,9 +683,9 @@ mod tests {
     fn a_complete_line_that_is_no_record_is_set_aside() {
         let at = Utc::now();
         let bytes = [
-            encode_record(&body(1), at),
+            encode_record(&text(1), at),
             b"{\"received_at\":\0\0\0\n".to_vec(),
-            encode_record(&body(2), at),
+            encode_record(&text(2), at),
         ]
         .concat();
         let decoded = decode_segment(&bytes);

@@ -5,9 +5,11 @@ use sqlx::{postgres::PgArguments, query::Query, PgExecutor, Postgres};
 
 use crate::thryve::{DailyValue, EpochValue};
 
-/// `value` as a number where it is one; the pattern bounds the exponent so that no string
-/// can make the numeric cast fail.
-const NUMERIC: &str = r"CASE WHEN v.value ~ '^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?\s*$'
+/// `value` as a number where it is one; the pattern bounds the exponent and the length bounds
+/// the digits (numeric holds 131,072 before the point and 16,383 after), so that no string
+/// can make the numeric cast fail and with it the poller's whole batch.
+const NUMERIC: &str = r"CASE WHEN length(v.value) <= 1000
+    AND v.value ~ '^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?\s*$'
     THEN v.value::numeric END";
 
 /// What the two value tables share: the first columns of the key, the value, the delivery.

@@ -7,6 +7,8 @@ use std::io::{self, Read};
 pub enum DecodeError {
     #[error("content-encoding {0:?} is not supported; send zstd, gzip, deflate or identity")]
     UnsupportedEncoding(String),
+    #[error("content-encoding lists {0} codings; at most {MAX_CODINGS} are undone")]
+    TooManyCodings(usize),
     #[error("decompressed body is larger than the {0}-byte limit")]
     TooLarge(usize),
     #[error("body is not valid {encoding}: {detail}")]
@@ -19,6 +21,10 @@ pub enum DecodeError {
 /// Largest zstd window accepted (8 MiB): a frame may ask for up to 2 GiB of window memory,
 /// and no honest webhook body needs more than a few MiB.
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// Most codings undone for one body. Each pass may inflate up to the limit, so a list of a
+/// hundred would cost a hundred passes; no sender stacks more than one or two.
+pub const MAX_CODINGS: usize = 3;
 
 /// Decodes `body` as described by a `content-encoding` header value (`None` = identity),
 /// never holding more than `limit + 1` decoded bytes.
@@ -43,12 +49,15 @@ pub fn decode_body(
         .iter()
         .find(|c| !matches!(c.as_str(), "zstd" | "gzip" | "x-gzip" | "deflate"))
     {
-        return Err(DecodeError::UnsupportedEncoding(unknown.clone()));
+        return Err(DecodeError::UnsupportedEncoding(cut(unknown)));
     }
-    let mut data = body.to_vec();
-    if data.len() > limit {
+    if codings.len() > MAX_CODINGS {
+        return Err(DecodeError::TooManyCodings(codings.len()));
+    }
+    if body.len() > limit {
         return Err(DecodeError::TooLarge(limit));
     }
+    let mut data = body.to_vec();
     // Codings are listed in the order they were applied: undo them last first.
     for coding in codings.iter().rev() {
         data = match coding.as_str() {
@@ -75,6 +84,15 @@ pub fn decode_body(
         };
     }
     Ok(data)
+}
+
+/// A coding name as echoed in an error: at most 64 bytes, so a giant header is not repeated.
+fn cut(text: &str) -> String {
+    let end = (0..=text.len().min(64))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    text[..end].to_owned()
 }
 
 fn is_zlib(data: &[u8]) -> bool {
@@ -167,5 +185,21 @@ mod tests {
             decode_body(Some("br"), b"x", 100),
             Err(DecodeError::UnsupportedEncoding("br".into()))
         );
+        let long = "x".repeat(10_000);
+        assert_eq!(
+            decode_body(Some(&long), b"x", 100),
+            Err(DecodeError::UnsupportedEncoding("x".repeat(64)))
+        );
+    }
+
+    #[test]
+    fn a_long_list_of_codings_is_refused_before_any_is_undone() {
+        let list = vec!["gzip"; 100].join(", ");
+        assert_eq!(
+            decode_body(Some(&list), b"not even gzip", 100),
+            Err(DecodeError::TooManyCodings(100))
+        );
+        let twice = gzip(&gzip(b"{}"));
+        assert_eq!(decode_body(Some("gzip, gzip"), &twice, 100).unwrap(), b"{}");
     }
 }

@@ -47,9 +47,9 @@ impl ApiError {
             ApiError::TooLarge(_) | ApiError::Decode(DecodeError::TooLarge(_)) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::Decode(DecodeError::UnsupportedEncoding(_)) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
+            ApiError::Decode(
+                DecodeError::UnsupportedEncoding(_) | DecodeError::TooManyCodings(_),
+            ) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Decode(DecodeError::Corrupt { .. })
             | ApiError::NotJson(_)
             | ApiError::NotObject(_)
@@ -68,7 +68,9 @@ impl ApiError {
         match self {
             ApiError::Unauthorized { .. } | ApiError::Signature(_) => "unauthorized",
             ApiError::TooLarge(_) | ApiError::Decode(DecodeError::TooLarge(_)) => "too_large",
-            ApiError::Decode(DecodeError::UnsupportedEncoding(_)) => "unsupported_encoding",
+            ApiError::Decode(
+                DecodeError::UnsupportedEncoding(_) | DecodeError::TooManyCodings(_),
+            ) => "unsupported_encoding",
             ApiError::BodyTimeout(_) => "timeout",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Decode(DecodeError::Corrupt { .. })

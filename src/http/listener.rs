@@ -1,6 +1,12 @@
-//! The accept loop: HTTP/1.1 over TCP or rustls, header and handshake timeouts, graceful drain.
+//! The accept loop: HTTP/1.1 over TCP or rustls, a cap on open connections, header and
+//! handshake timeouts, graceful drain.
 
-use std::{io, path::Path, sync::Arc, time::Duration};
+use std::{
+    io,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::Router;
 use hyper_util::{
@@ -8,7 +14,11 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use tokio::net::TcpListener;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_rustls::{
     rustls::{self, pki_types::pem::PemObject},
     TlsAcceptor,
@@ -25,6 +35,36 @@ pub struct ListenerOptions {
     pub header_read_timeout: Duration,
     /// After shutdown starts, in-flight requests get this long to finish.
     pub shutdown_timeout: Duration,
+    /// Most connections served at once; further ones wait in the kernel's accept backlog,
+    /// costing neither memory nor a file descriptor here.
+    pub max_connections: usize,
+    /// Set to the number of connections being served.
+    pub open_connections: Gauge,
+}
+
+/// How often, at most, reaching `max_connections` is logged.
+const AT_CAPACITY_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One served connection's claim on the cap, given back (and counted down) when it ends.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, open: &Gauge) -> Self {
+        open.inc();
+        Self {
+            _permit: permit,
+            open: open.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 /// Loads a PEM certificate chain and private key into an acceptor offering HTTP/1.1.
@@ -68,11 +108,31 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let mut last_at_capacity_log: Option<Instant> = None;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true);
     loop {
+        // The slot is taken before `accept`, so at the cap the next client waits in the
+        // backlog (its TCP handshake done by the kernel) until a connection ends.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if last_at_capacity_log.is_none_or(|at| at.elapsed() >= AT_CAPACITY_LOG_INTERVAL) {
+                    last_at_capacity_log = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = options.max_connections,
+                        "connection limit reached (MAX_CONNECTIONS); new clients wait in the accept backlog"
+                    );
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -91,7 +151,9 @@ pub async fn serve(
         let http = http.clone();
         let tls = options.tls.clone();
         let handshake_timeout = options.header_read_timeout;
+        let slot = Slot::new(permit, &options.open_connections);
         tokio::spawn(async move {
+            let _slot = slot;
             let served = match tls {
                 None => {
                     watcher

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod decode;
+pub mod delivery;
 mod error;
 mod health;
 pub mod hmac;
@@ -16,6 +17,7 @@ use axum::{
 };
 use sqlx::PgPool;
 
+pub use delivery::parse_delivery;
 pub use error::ApiError;
 
 use crate::{inbox::InboxWriter, metrics::Metrics, spool::Spool};

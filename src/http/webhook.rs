@@ -12,13 +12,11 @@ use axum::{
 use chrono::Utc;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
-use serde_json::{Map, Value};
 
-use super::{decode::decode_body, ApiError, AppState};
+use super::{parse_delivery, ApiError, AppState};
 use crate::{
-    inbox::{NewDelivery, Receipt},
+    inbox::Receipt,
     metrics::{event_type_label, DeliveryLabels},
-    thryve::{json_kind, LEGACY_EVENT_TYPE},
 };
 
 /// The body of a 200: a committed row, or a delivery held in the spool (no row yet).
@@ -134,25 +132,7 @@ async fn handle(
     .to_bytes();
     // Over the bytes as received: the signer signed what it sent, compressed or not.
     state.auth.verify_signature(headers, &raw, Utc::now())?;
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    let decoded = decode_body(encoding, &raw, limits.max_body_bytes)?;
-    // A JSON object under a form content-type is still JSON: a mislabelled delivery is kept.
-    let object = if is_form(headers) && !decoded.trim_ascii_start().starts_with(b"{") {
-        legacy_form(&decoded)?
-    } else {
-        let value: Value =
-            serde_json::from_slice(&decoded).map_err(|e| ApiError::NotJson(e.to_string()))?;
-        let Value::Object(object) = value else {
-            return Err(ApiError::NotObject(json_kind(&value)));
-        };
-        object
-    };
-    if object.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
-        return Err(ApiError::NulCharacter);
-    }
-    let delivery = NewDelivery::from_body(&object);
+    let delivery = parse_delivery(headers, &raw, limits.max_body_bytes)?;
     let event_type = delivery.event_type.clone();
     let unavailable = |reason: String| ApiError::Unavailable {
         reason,
@@ -166,6 +146,8 @@ async fn handle(
             .max(started),
         None => deadline,
     };
+    // The spool would need the body after the writer took the delivery.
+    let body = state.spool.as_ref().map(|_| delivery.payload.clone());
     let stored = tokio::time::timeout_at(wait_until.into(), state.writer.store(delivery)).await;
     let reason = match stored {
         Ok(Ok(receipt)) => return Ok((Ack::Committed(receipt), event_type)),
@@ -182,10 +164,10 @@ async fn handle(
             limits.ack_deadline.as_millis()
         ),
     };
-    let Some(spool) = &state.spool else {
+    let (Some(spool), Some(body)) = (&state.spool, body) else {
         return Err(unavailable(reason));
     };
-    match tokio::time::timeout_at(deadline.into(), spool.append(&object, received_at)).await {
+    match tokio::time::timeout_at(deadline.into(), spool.append(&body, received_at)).await {
         Ok(Ok(())) => Ok((
             Ack::Spooled {
                 outcome: Ack::SPOOLED,
@@ -199,42 +181,5 @@ async fn handle(
         Err(_) => Err(unavailable(format!(
             "{reason}, and the spool did not fsync in time"
         ))),
-    }
-}
-
-fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| {
-            media
-                .trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
-}
-
-/// Legacy deliveries may come as a form whose `sourceUpdate` field holds the JSON; the body
-/// is then stored as if it had been `{"sourceUpdate": <that JSON>}`, so both spellings of
-/// one delivery share a fingerprint.
-fn legacy_form(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let (_, json) = form_urlencoded::parse(body)
-        .find(|(name, _)| name == LEGACY_EVENT_TYPE)
-        .ok_or_else(|| {
-            ApiError::Form(format!(
-                "no {LEGACY_EVENT_TYPE} field (content-type is application/x-www-form-urlencoded)"
-            ))
-        })?;
-    let update: Value = serde_json::from_str(&json)
-        .map_err(|e| ApiError::Form(format!("field {LEGACY_EVENT_TYPE} is not JSON: {e}")))?;
-    Ok(Map::from_iter([(LEGACY_EVENT_TYPE.to_owned(), update)]))
-}
-
-fn has_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
     }
 }

@@ -6,8 +6,8 @@ use serde_json::{Map, Value};
 use super::{
     effects::ConnectionChange,
     notification::{
-        day, instant, object, optional_string, positive_i32, required_string, short, type_ids,
-        DaySpan, Envelope, Event, Form, InstantSpan, ParseError,
+        day, id_text, instant, object, optional_string, positive_i32, required_string, short,
+        type_ids, DaySpan, Envelope, Event, Form, InstantSpan, ParseError,
     },
 };
 
@@ -19,11 +19,10 @@ const EPOCH_PART: &str = "/v5/dynamicEpochValues";
 
 /// Whom a legacy body is about, as far as it can be read.
 pub(super) fn envelope(update: &Value) -> Envelope {
-    let text = |key: &str| update.get(key).and_then(Value::as_str).map(str::to_owned);
     Envelope {
         event_type: Some(LEGACY_EVENT_TYPE.to_owned()),
-        end_user_id: text("authenticationToken"),
-        end_user_alias: text("partnerUserID"),
+        end_user_id: id_text(update.get("authenticationToken")),
+        end_user_alias: id_text(update.get("partnerUserID")),
     }
 }
 

@@ -11,5 +11,6 @@ pub use effects::{ConnectionChange, DailyValue, Effects, EpochValue, Span};
 pub use legacy::LEGACY_EVENT_TYPE;
 pub use notification::{
     json_kind, parse, DaySpan, Envelope, Event, InstantSpan, Notification, ParseError, Parsed,
+    MAX_DISTINCT_DATA_TYPES, MAX_ID_BYTES,
 };
 pub use push::{SourceDailyValues, SourceEpochValues, MAX_DATA_POINTS};

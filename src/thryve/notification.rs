@@ -139,15 +139,9 @@ const DAILY_PUSH_TYPES: [&str; 2] = ["event.data.daily.create", "event.data.dail
 /// ```
 pub fn parse(body: &Map<String, Value>) -> Parsed {
     let envelope = Envelope {
-        event_type: body.get("type").and_then(Value::as_str).map(str::to_owned),
-        end_user_id: body
-            .get("endUserId")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        end_user_alias: body
-            .get("endUserAlias")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        event_type: id_text(body.get("type")),
+        end_user_id: id_text(body.get("endUserId")),
+        end_user_alias: id_text(body.get("endUserAlias")),
     };
     let Some(event_type) = envelope.event_type.as_deref() else {
         return match body.get("sourceUpdate") {
@@ -287,7 +281,7 @@ fn timestamp_form(body: &Map<String, Value>) -> Result<Option<Form>, ParseError>
         Some(Value::String(s)) if s.eq_ignore_ascii_case("unix") => Ok(Some(Form::Unix)),
         Some(other) => Err(ParseError::new(
             "timestampType",
-            format!("must be \"iso\" or \"unix\", got {other}"),
+            format!("must be \"iso\" or \"unix\", got {}", short(other)),
         )),
     }
 }
@@ -305,14 +299,14 @@ pub(super) fn instant(
     let value = value.ok_or_else(|| ParseError::new(field, "missing"))?;
     match (value, form) {
         (Value::Number(_), Some(Form::Unix) | None) => from_millis(value, field),
-        (Value::String(s), Some(Form::Iso) | None) => parse_iso_instant(s)
-            .ok_or_else(|| {
-                ParseError::new(
-                    field,
-                    format!("{s:?} is not an ISO 8601 / RFC 3339 timestamp"),
-                )
-            })
-            .and_then(|t| in_range(t, field)),
+        (Value::String(s), Some(Form::Iso) | None) => match parse_iso_instant(s) {
+            Some(t) => in_range(t, field),
+            None if year_outside_range(s) => Err(out_of_range(field, s)),
+            None => Err(ParseError::new(
+                field,
+                format!("{} is not an ISO 8601 / RFC 3339 timestamp", short_str(s)),
+            )),
+        },
         (_, Some(Form::Unix)) => Err(ParseError::new(
             field,
             format!(
@@ -344,8 +338,13 @@ pub(super) fn day(
         // Thryve sends the milliseconds of 00:00 UTC; any other time of day names that UTC date.
         (Value::Number(_), Some(Form::Unix) | None) => Ok(from_millis(value, field)?.date_naive()),
         (Value::String(s), Some(Form::Iso) | None) => {
-            let date = NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                .map_err(|_| ParseError::new(field, format!("{s:?} is not a YYYY-MM-DD date")))?;
+            let date = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
+                if year_outside_range(s) {
+                    out_of_range(field, s)
+                } else {
+                    ParseError::new(field, format!("{} is not a YYYY-MM-DD date", short_str(s)))
+                }
+            })?;
             in_range(date.and_time(chrono::NaiveTime::MIN).and_utc(), field)?;
             Ok(date)
         }
@@ -374,7 +373,7 @@ fn from_millis(value: &Value, field: &str) -> Result<DateTime<Utc>, ParseError> 
     let ms = value.as_i64().ok_or_else(|| {
         ParseError::new(
             field,
-            format!("{value} is not an integer number of milliseconds"),
+            format!("{} is not an integer number of milliseconds", short(value)),
         )
     })?;
     if !(MIN_MS..=MAX_MS).contains(&ms) {
@@ -389,15 +388,43 @@ fn from_millis(value: &Value, field: &str) -> Result<DateTime<Utc>, ParseError> 
         .expect("milliseconds within 1970..9999 are a valid instant"))
 }
 
+/// RFC 3339 first; then with a signed or five-digit year, which RFC 3339 cannot write (so
+/// that such a year is reported as out of range, not as unreadable); then without an offset,
+/// read as UTC (Thryve's doc promises UTC).
 fn parse_iso_instant(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    // Thryve's doc promises UTC; a timestamp without an offset is read as UTC.
-    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+    ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z"]
         .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
-        .map(|t| t.and_utc())
+        .find_map(|f| DateTime::parse_from_str(s, f).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|| {
+            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+                .map(|t| t.and_utc())
+        })
+}
+
+/// Whether `s` starts with a year no timestamp in range has: signed (`-0001`, `+10000`) or
+/// of five digits or more. chrono cannot even hold years past about 262,000, so such a text
+/// may not parse at all; it is still a date out of range, not garbage.
+fn year_outside_range(s: &str) -> bool {
+    let signed = s.starts_with(['+', '-']);
+    let digits = s
+        .trim_start_matches(['+', '-'])
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    digits >= 4 && (signed || digits > 4)
+}
+
+fn out_of_range(field: &str, s: &str) -> ParseError {
+    ParseError::new(
+        field,
+        format!("{} is outside 1970-01-01..9999-12-31", short_str(s)),
+    )
 }
 
 fn in_range(t: DateTime<Utc>, field: &str) -> Result<DateTime<Utc>, ParseError> {
@@ -426,8 +453,18 @@ pub(super) fn positive_i32(value: Option<&Value>, field: &str) -> Result<i32, Pa
         })
 }
 
-/// Most data types one notification may name; Thryve defines a few hundred.
+/// Most entries a `dataTypeIds` array may have, duplicates included: bounds the work done
+/// before de-duplicating.
 const MAX_DATA_TYPES: usize = 10_000;
+
+/// Most distinct data types one notification (or one data source of a push) may name. Thryve
+/// defines a few hundred; the cap keeps a dirty range from carrying a giant array.
+pub const MAX_DISTINCT_DATA_TYPES: usize = 1_000;
+
+/// Longest `endUserId`, `endUserAlias` and `type` (and their legacy spellings), in bytes.
+/// Thryve's ids are 32 hex characters; these columns are indexed, and Postgres refuses an
+/// index entry over about 2,700 bytes, which would turn a bad field into a 503 on every retry.
+pub const MAX_ID_BYTES: usize = 1_024;
 
 pub(super) fn type_ids(value: Option<&Value>, field: &str) -> Result<Vec<i32>, ParseError> {
     let items = match value {
@@ -462,6 +499,15 @@ pub(super) fn type_ids(value: Option<&Value>, field: &str) -> Result<Vec<i32>, P
         .collect::<Result<Vec<_>, _>>()?;
     ids.sort_unstable();
     ids.dedup();
+    if ids.len() > MAX_DISTINCT_DATA_TYPES {
+        return Err(ParseError::new(
+            field,
+            format!(
+                "{} distinct data types, more than the {MAX_DISTINCT_DATA_TYPES} accepted",
+                ids.len()
+            ),
+        ));
+    }
     Ok(ids)
 }
 
@@ -479,9 +525,25 @@ pub(super) fn object<'a>(
     }
 }
 
-/// A non-empty string: the ids that say whom a delivery is about.
+/// A string of at most [`MAX_ID_BYTES`], or `None`: what the envelope copies into columns.
+pub(super) fn id_text(value: Option<&Value>) -> Option<String> {
+    value
+        .and_then(Value::as_str)
+        .filter(|s| s.len() <= MAX_ID_BYTES)
+        .map(str::to_owned)
+}
+
+fn too_long(field: &str, s: &str) -> ParseError {
+    ParseError::new(
+        field,
+        format!("{} bytes, more than the {MAX_ID_BYTES} accepted", s.len()),
+    )
+}
+
+/// A non-empty string of at most [`MAX_ID_BYTES`]: the ids that say whom a delivery is about.
 pub(super) fn required_string(value: Option<&Value>, field: &str) -> Result<(), ParseError> {
     match value {
+        Some(Value::String(s)) if s.len() > MAX_ID_BYTES => Err(too_long(field, s)),
         Some(Value::String(s)) if !s.is_empty() => Ok(()),
         Some(Value::String(_)) => Err(ParseError::new(field, "is empty")),
         Some(other) => Err(ParseError::new(
@@ -492,9 +554,10 @@ pub(super) fn required_string(value: Option<&Value>, field: &str) -> Result<(), 
     }
 }
 
-/// A string, null or absent.
+/// A string of at most [`MAX_ID_BYTES`], null or absent.
 pub(super) fn optional_string(value: Option<&Value>, field: &str) -> Result<(), ParseError> {
     match value {
+        Some(Value::String(s)) if s.len() > MAX_ID_BYTES => Err(too_long(field, s)),
         None | Some(Value::Null | Value::String(_)) => Ok(()),
         Some(other) => Err(ParseError::new(
             field,
@@ -517,15 +580,37 @@ pub fn json_kind(value: &Value) -> &'static str {
 
 /// A value for an error message, cut so a hostile payload cannot make the reason huge.
 pub(super) fn short(value: &Value) -> String {
-    let text = value.to_string();
-    if text.len() <= 64 {
-        text
+    match value {
+        Value::String(s) => short_str(s),
+        Value::Array(_) | Value::Object(_) => cut(&value.to_string()),
+        scalar => scalar.to_string(),
+    }
+}
+
+/// A string quoted for an error message, cut like [`short`].
+pub(super) fn short_str(s: &str) -> String {
+    // Quoting a 1 MiB string to keep 64 bytes of it would be wasted work.
+    let end = (0..=s.len().min(64))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    let quoted = Value::String(s[..end].to_owned()).to_string();
+    if end < s.len() {
+        format!("{quoted}...")
     } else {
-        let cut = (0..=64)
+        quoted
+    }
+}
+
+fn cut(text: &str) -> String {
+    if text.len() <= 64 {
+        text.to_owned()
+    } else {
+        let end = (0..=64)
             .rev()
             .find(|&i| text.is_char_boundary(i))
             .unwrap_or(0);
-        format!("{}...", &text[..cut])
+        format!("{}...", &text[..end])
     }
 }
 
@@ -680,6 +765,127 @@ mod tests {
                 "{got:?} should start with {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn instants_and_days_outside_1970_to_9999_name_the_range() {
+        let epoch_at = |start: Value| {
+            epoch(
+                json!({"startTimestamp": start, "endTimestamp": 1, "dataSourceId": 1, "dataTypeIds": [1]}),
+            )
+        };
+        let daily_at = |start: Value| {
+            json!({"endUserId": "u", "type": DAILY_TYPE,
+                   "data": {"startDay": start, "endDay": "2024-01-01", "dataSourceId": 1, "dataTypeIds": [1]}})
+        };
+        for body in [
+            epoch_at(json!(-1)),
+            epoch_at(json!(253_402_300_800_000_i64)),
+            epoch_at(json!(8_210_298_326_400_000_i64)),
+            daily_at(json!(-86_400_000)),
+            daily_at(json!(253_402_300_800_000_i64)),
+        ] {
+            assert!(
+                reason(body.clone()).contains("ms is outside 1970-01-01..9999-12-31"),
+                "{body}"
+            );
+        }
+        for text in [
+            "1969-12-31T23:59:59Z",
+            "+10000-01-01T00:00:00Z",
+            "+262143-01-01T00:00:00Z",
+            "-0001-01-01T00:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "+10000-01-01T00:00:00",
+        ] {
+            let mut body = epoch_at(json!(text));
+            body["timestampType"] = json!("iso");
+            body["data"]["endTimestamp"] = json!("2024-01-01T00:00:00Z");
+            let got = reason(body);
+            assert!(got.starts_with("data.startTimestamp: "), "{got}");
+            assert!(
+                got.contains("is outside 1970-01-01..9999-12-31"),
+                "{text}: {got}"
+            );
+        }
+        for text in ["1969-12-31", "+10000-01-01", "+262143-01-01", "-0001-01-01"] {
+            let got = reason(daily_at(json!(text)));
+            assert!(got.starts_with("data.startDay: "), "{got}");
+            assert!(
+                got.contains("is outside 1970-01-01..9999-12-31"),
+                "{text}: {got}"
+            );
+        }
+        // A bad month is unreadable, not out of range.
+        assert!(reason(daily_at(json!("2024-13-01"))).contains("is not a YYYY-MM-DD date"));
+    }
+
+    #[test]
+    fn over_long_ids_are_quarantined_and_kept_out_of_the_envelope() {
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let mut body = epoch(
+            json!({"startTimestamp": 1, "endTimestamp": 2, "dataSourceId": 1, "dataTypeIds": [1]}),
+        );
+        assert!(matches!(parsed(body.clone()), Parsed::Valid(_)));
+        body["endUserAlias"] = json!(long);
+        assert_eq!(
+            reason(body.clone()),
+            "endUserAlias: 1025 bytes, more than the 1024 accepted"
+        );
+        body["endUserId"] = json!(long);
+        let Parsed::Invalid { envelope, error } = parsed(body) else {
+            panic!()
+        };
+        assert_eq!(
+            error.to_string(),
+            "endUserId: 1025 bytes, more than the 1024 accepted"
+        );
+        assert_eq!(
+            (envelope.end_user_id, envelope.end_user_alias),
+            (None, None)
+        );
+        let Parsed::Unknown { envelope } =
+            parsed(json!({"type": long, "endUserId": "x".repeat(MAX_ID_BYTES)}))
+        else {
+            panic!()
+        };
+        assert_eq!(envelope.event_type, None);
+        assert_eq!(envelope.end_user_id.map(|u| u.len()), Some(MAX_ID_BYTES));
+    }
+
+    #[test]
+    fn data_types_are_capped_before_and_after_de_duplication() {
+        let with_types = |types: Vec<i64>| {
+            epoch(
+                json!({"startTimestamp": 1, "endTimestamp": 2, "dataSourceId": 1, "dataTypeIds": types}),
+            )
+        };
+        let repeated: Vec<i64> = (0..MAX_DATA_TYPES as i64).map(|i| 1 + i % 10).collect();
+        assert!(matches!(parsed(with_types(repeated)), Parsed::Valid(_)));
+        let distinct: Vec<i64> = (1..=MAX_DISTINCT_DATA_TYPES as i64).collect();
+        assert!(matches!(parsed(with_types(distinct)), Parsed::Valid(_)));
+        let one_more: Vec<i64> = (1..=MAX_DISTINCT_DATA_TYPES as i64 + 1).collect();
+        assert_eq!(
+            reason(with_types(one_more)),
+            "data.dataTypeIds: 1001 distinct data types, more than the 1000 accepted"
+        );
+        let huge: Vec<i64> = (1..=150_000).collect();
+        assert_eq!(
+            reason(with_types(huge)),
+            "data.dataTypeIds: 150000 entries, more than the 10000 accepted"
+        );
+    }
+
+    #[test]
+    fn reasons_quote_at_most_64_bytes_of_the_input() {
+        let long = "é".repeat(10_000);
+        let mut body = epoch(
+            json!({"startTimestamp": long, "endTimestamp": 2, "dataSourceId": 1, "dataTypeIds": [1]}),
+        );
+        body["timestampType"] = json!("iso");
+        assert!(reason(body.clone()).len() < 200);
+        body["timestampType"] = json!({"k": long});
+        assert!(reason(body).len() < 200);
     }
 
     #[test]

@@ -4,7 +4,10 @@ use serde_json::{Map, Value};
 
 use super::{
     effects::{DailyValue, EpochValue},
-    notification::{day, instant, json_kind, object, positive_i32, short, Form, ParseError},
+    notification::{
+        day, instant, json_kind, object, positive_i32, short, Form, ParseError,
+        MAX_DISTINCT_DATA_TYPES,
+    },
 };
 
 /// One data source's epoch values from an `event.data.epoch.*` push, in payload order.
@@ -53,6 +56,7 @@ pub(super) fn epoch(
             value: value_text(point.get("value"))?,
         })
     })
+    .and_then(|sources| types_within_cap(sources, "epochData", |v| v.data_type_id))
     .map(|sources| {
         sources
             .into_iter()
@@ -77,6 +81,7 @@ pub(super) fn daily(
             value: value_text(point.get("value"))?,
         })
     })
+    .and_then(|sources| types_within_cap(sources, "dailyData", |v| v.data_type_id))
     .map(|sources| {
         sources
             .into_iter()
@@ -147,6 +152,33 @@ fn per_source<T>(
             Ok((data_source_id, values))
         })
         .collect()
+}
+
+/// Each data source's values become one span listing their types, so a source may name at
+/// most [`MAX_DISTINCT_DATA_TYPES`], like a notification.
+fn types_within_cap<T>(
+    sources: Vec<(i32, Vec<T>)>,
+    list: &str,
+    type_of: impl Fn(&T) -> i32,
+) -> Result<Vec<(i32, Vec<T>)>, ParseError> {
+    for (i, (_, values)) in sources.iter().enumerate() {
+        if values.len() <= MAX_DISTINCT_DATA_TYPES {
+            continue;
+        }
+        let mut ids: Vec<i32> = values.iter().map(&type_of).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > MAX_DISTINCT_DATA_TYPES {
+            return Err(ParseError::new(
+                format!("data[{i}].{list}"),
+                format!(
+                    "{} distinct dataTypeIds, more than the {MAX_DISTINCT_DATA_TYPES} accepted per data source",
+                    ids.len()
+                ),
+            ));
+        }
+    }
+    Ok(sources)
 }
 
 fn timezone_offset(value: Option<&Value>) -> Result<Option<i32>, ParseError> {
@@ -310,6 +342,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_data_source_may_name_at_most_the_capped_number_of_types() {
+        let points = |types: i64| -> Vec<Value> {
+            (0..2 * types)
+                .map(|i| json!({"day": 1765584000000_i64, "dataTypeId": 1 + i % types, "value": "1"}))
+                .collect()
+        };
+        let body = |types: i64| {
+            push(
+                "event.data.daily.update",
+                "unix",
+                json!([{"dataSourceId": 1, "dailyData": points(3)},
+                       {"dataSourceId": 2, "dailyData": points(types)}]),
+            )
+        };
+        valid(&body(MAX_DISTINCT_DATA_TYPES as i64));
+        assert_eq!(
+            reason(&body(MAX_DISTINCT_DATA_TYPES as i64 + 1)),
+            "data[1].dailyData: 1001 distinct dataTypeIds, more than the 1000 accepted per data source"
+        );
     }
 
     #[test]

@@ -125,6 +125,7 @@ pub fn test_config() -> ServeConfig {
         tls_cert_path: None,
         tls_key_path: None,
         header_read_timeout_ms: 10_000,
+        max_connections: 1024,
         shutdown_timeout_secs: 10,
         housekeeping_enabled: false,
         housekeeping_interval_secs: 60,

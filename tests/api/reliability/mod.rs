@@ -1,6 +1,7 @@
-//! Reliability: the guarantees under faults (outages, crashes, torn writes), and credential
-//! hygiene.
+//! Reliability: the guarantees under faults (outages, crashes, torn writes), hostile input,
+//! and credential hygiene.
 
 mod auth;
 mod faults;
+mod hostile;
 mod spool;

@@ -1,0 +1,244 @@
+//! From a request's headers and raw body bytes to a delivery ready to store: pure and total.
+
+use axum::http::{header, HeaderMap};
+use serde_json::{Map, Value};
+
+use super::{
+    decode::{decode_body, DecodeError},
+    ApiError,
+};
+use crate::{
+    inbox::NewDelivery,
+    thryve::{json_kind, LEGACY_EVENT_TYPE},
+};
+
+/// Deepest nesting of arrays and objects a stored payload may have: what serde_json reads
+/// back (its recursion limit refuses 128). A body that reads in at most this deep is stored
+/// as it came; only the form spelling adds a level, so it is checked there.
+pub const MAX_DEPTH: usize = 127;
+
+/// Decodes, reads and classifies one delivery body: everything between reading the body and
+/// storing it. Every input ends in a delivery (stored, quarantined or ignored once written)
+/// or an [`ApiError`] whose [`status`](ApiError::status) is 400, 413 or 415.
+///
+/// ```
+/// use axum::http::HeaderMap;
+/// use thryve_bridge::{http::parse_delivery, inbox::Status};
+/// let body = br#"{"type": "something.new", "endUserId": "u1"}"#;
+/// let delivery = parse_delivery(&HeaderMap::new(), body, 1 << 20).unwrap();
+/// assert_eq!(delivery.status, Status::Ignored);
+/// let refused = parse_delivery(&HeaderMap::new(), b"[1]", 1 << 20).unwrap_err();
+/// assert_eq!(refused.status(), 400);
+/// ```
+pub fn parse_delivery(
+    headers: &HeaderMap,
+    raw: &[u8],
+    max_body_bytes: usize,
+) -> Result<NewDelivery, ApiError> {
+    let encoding = content_encoding(headers)?;
+    let decoded = decode_body(encoding.as_deref(), raw, max_body_bytes)?;
+    // A JSON object under a form content-type is still JSON: a mislabelled delivery is kept.
+    let object = if is_form(headers) && !decoded.trim_ascii_start().starts_with(b"{") {
+        legacy_form(&decoded)?
+    } else {
+        let value: Value =
+            serde_json::from_slice(&decoded).map_err(|e| ApiError::NotJson(e.to_string()))?;
+        let Value::Object(object) = value else {
+            return Err(ApiError::NotObject(json_kind(&value)));
+        };
+        object
+    };
+    if object.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        return Err(ApiError::NulCharacter);
+    }
+    Ok(NewDelivery::from_body(&object))
+}
+
+/// Every `content-encoding` line, joined as one list: several lines mean the same as one
+/// comma-separated line (RFC 9110, 5.3).
+fn content_encoding(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut joined: Option<String> = None;
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = value
+            .to_str()
+            .map_err(|_| DecodeError::UnsupportedEncoding("(not visible ASCII)".to_owned()))?;
+        match &mut joined {
+            Some(list) => {
+                list.push_str(", ");
+                list.push_str(text);
+            }
+            None => joined = Some(text.to_owned()),
+        }
+    }
+    Ok(joined)
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// Legacy deliveries may come as a form whose `sourceUpdate` field holds the JSON; the body
+/// is then stored as if it had been `{"sourceUpdate": <that JSON>}`, so both spellings of
+/// one delivery share a fingerprint.
+fn legacy_form(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let json = form_field(body, LEGACY_EVENT_TYPE).ok_or_else(|| {
+        ApiError::Form(format!(
+            "no {LEGACY_EVENT_TYPE} field (content-type is application/x-www-form-urlencoded)"
+        ))
+    })?;
+    // From bytes, not a lossily decoded string: invalid UTF-8 is refused as in a JSON body,
+    // never replaced (two different bodies must not become one fingerprint).
+    let update: Value = serde_json::from_slice(&json)
+        .map_err(|e| ApiError::Form(format!("field {LEGACY_EVENT_TYPE} is not JSON: {e}")))?;
+    if depth(&update) >= MAX_DEPTH {
+        return Err(ApiError::Form(format!(
+            "field {LEGACY_EVENT_TYPE} nests deeper than {} levels",
+            MAX_DEPTH - 1
+        )));
+    }
+    Ok(Map::from_iter([(LEGACY_EVENT_TYPE.to_owned(), update)]))
+}
+
+/// The first field called `name` of an `application/x-www-form-urlencoded` body, percent- and
+/// `+`-decoded to bytes (the WHATWG rules, without the lossy UTF-8 step).
+fn form_field(body: &[u8], name: &str) -> Option<Vec<u8>> {
+    body.split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .find_map(|pair| {
+            let (key, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => (pair, &[][..]),
+            };
+            (percent_decode(key) == name.as_bytes()).then(|| percent_decode(value))
+        })
+}
+
+fn percent_decode(text: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                text.get(i + 1).and_then(|&b| hex(b)),
+                text.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 2;
+                }
+                // A `%` not followed by two hex digits is itself.
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Nesting depth of arrays and objects (a scalar is 0). Recursion is safe: serde_json has
+/// already refused anything deeper than [`MAX_DEPTH`].
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn form_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        headers
+    }
+
+    #[test]
+    fn form_fields_decode_like_whatwg_but_keep_bytes() {
+        assert_eq!(
+            form_field(
+                b"a=1&sourceUpdate=%7B%22x%22%3A+1%7D&sourceUpdate=2",
+                "sourceUpdate"
+            ),
+            Some(br#"{"x": 1}"#.to_vec())
+        );
+        assert_eq!(
+            form_field(b"&&source%55pdate", "sourceUpdate"),
+            Some(vec![])
+        );
+        assert_eq!(form_field(b"x=%zz%4", "x"), Some(b"%zz%4".to_vec()));
+        assert_eq!(form_field(b"x=%FF", "x"), Some(vec![0xff]));
+        assert_eq!(form_field(b"y=1", "x"), None);
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_form_field_is_refused_not_replaced() {
+        let error = parse_delivery(
+            &form_headers(),
+            b"sourceUpdate=%7B%22a%22%3A%22%FF%22%7D",
+            1024,
+        )
+        .unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert!(error.to_string().contains("is not JSON"), "{error}");
+    }
+
+    #[test]
+    fn a_form_field_as_deep_as_a_stored_payload_may_be_is_refused_once_wrapped() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let body = |n: usize| format!("sourceUpdate={}", nested(n));
+        // 126 + the wrapping object = 127 levels: the most serde_json reads back.
+        let error = parse_delivery(&form_headers(), body(127).as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert!(
+            error.to_string().contains("nests deeper than 126"),
+            "{error}"
+        );
+        // The stored payload of the deepest accepted form reads back.
+        let deepest = parse_delivery(&form_headers(), body(126).as_bytes(), 1 << 20).unwrap();
+        assert!(serde_json::from_str::<Value>(&deepest.payload).is_ok());
+    }
+
+    #[test]
+    fn several_content_encoding_lines_are_one_list() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        headers.append(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        assert_eq!(
+            content_encoding(&headers).unwrap().as_deref(),
+            Some("gzip, zstd")
+        );
+        headers.append(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_bytes(b"\xffgzip").unwrap(),
+        );
+        assert_eq!(content_encoding(&headers).unwrap_err().status(), 415);
+    }
+}
