@@ -1,8 +1,10 @@
-//! Parse + fingerprint cost of each payload kind, from raw bytes to a ready inbox row.
+//! Parse + fingerprint cost of each payload kind, from raw bytes to a ready inbox row: the
+//! receiver's own `parse_delivery` (decode, JSON, checks, classification, fingerprint).
 
+use axum::http::{header::CONTENT_ENCODING, HeaderMap, HeaderValue};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::Value;
-use thryve_bridge::{http::decode::decode_body, inbox::NewDelivery, loadgen};
+use thryve_bridge::{http::parse_delivery, loadgen};
 
 fn kinds() -> Vec<(&'static str, Value, bool)> {
     // Draw from the load generator's mix until each kind has an example.
@@ -38,12 +40,12 @@ fn parse_and_fingerprint(c: &mut Criterion) {
             (raw.clone(), None)
         };
         group.throughput(Throughput::Bytes(raw.len() as u64));
+        let mut headers = HeaderMap::new();
+        if let Some(encoding) = encoding {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
+        }
         group.bench_function(name, |b| {
-            b.iter(|| {
-                let decoded = decode_body(encoding, black_box(&wire), 1 << 20).unwrap();
-                let value: Value = serde_json::from_slice(&decoded).unwrap();
-                black_box(NewDelivery::from_body(value.as_object().unwrap()))
-            })
+            b.iter(|| black_box(parse_delivery(&headers, black_box(&wire), 1 << 20).unwrap()))
         });
     }
     group.finish();
