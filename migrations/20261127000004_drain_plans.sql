@@ -10,12 +10,30 @@
 -- 2. inbox_status_received_idx (status, last_received_at) also held every pending row: one
 --    more index write per delivery, and while a burst was newer than the statistics the
 --    poller's claim was planned as a bitmap scan of it and a sort of every pending row (spilling
---    to disk) instead of a walk of inbox_pending_idx. It now holds only settled rows; the stats
---    query reads the pending figures through inbox_pending_idx.
+--    to disk) instead of a walk of inbox_pending_idx. A row the poller processes was also
+--    written to three indexes beside the primary key, fingerprint and user ones (processed_at,
+--    payload kept, status+received). Now: the processed_at index carries last_received_at, so
+--    retention and the stats of processed rows share it; a small index serves the stats of
+--    quarantined and ignored rows; pending figures come from inbox_pending_idx.
+--
+-- 3. dirty_ranges_status_dirtied_idx took every new pending range (most spans of a backfill
+--    make one); pending figures come from dirty_ranges_pending_order_idx, which leads with
+--    first_dirtied_at, so the index keeps the other statuses only.
+--
+-- The stats query names each status as a literal, so each reads its own partial index.
+-- Plain CREATE INDEX, as in 20261126000003: on a large inbox, receivers answer 503 (and
+-- Thryve retries) while these build.
 
 DROP INDEX thryve.inbox_status_received_idx;
-CREATE INDEX inbox_settled_received_idx
-    ON thryve.inbox (status, last_received_at) WHERE status <> 'pending';
+DROP INDEX thryve.inbox_processed_at_idx;
+CREATE INDEX inbox_processed_idx
+    ON thryve.inbox (processed_at) INCLUDE (last_received_at) WHERE status = 'processed';
+CREATE INDEX inbox_parked_received_idx
+    ON thryve.inbox (status, last_received_at) WHERE status IN ('quarantined', 'ignored');
+
+DROP INDEX thryve.dirty_ranges_status_dirtied_idx;
+CREATE INDEX dirty_ranges_settled_dirtied_idx
+    ON thryve.dirty_ranges (status, first_dirtied_at) WHERE status <> 'pending';
 
 CREATE OR REPLACE FUNCTION thryve.merge_dirty_ranges(
     p_end_user_ids        text[],

@@ -37,11 +37,11 @@ pub struct Estimate {
 /// - `seconds_since_last_delivery`: since the newest `last_received_at` of any inbox row, so an
 ///   operator notices when Thryve silently stops sending (`null` when the inbox is empty).
 ///
-/// Cost: one index-only scan per status over `(status, last_received_at)` (settled inbox rows)
-/// and `(status, first_dirtied_at)`, so the busy statuses cost what retention lets them hold;
-/// pending inbox rows are counted through `inbox_pending_idx` and their ages read from the
-/// table, a cost only while a backlog waits; `source_connections` (a row per user and source)
-/// is read whole.
+/// Cost: one index-only scan per status (processed inbox rows through their `processed_at`
+/// index, which carries `last_received_at`), so the busy statuses cost what retention lets
+/// them hold; pending inbox rows are counted through `inbox_pending_idx` and their ages read
+/// from the table, a cost only while a backlog waits; `source_connections` (a row per user and
+/// source) is read whole.
 ///
 /// ```no_run
 /// # async fn show(pool: sqlx::PgPool) -> sqlx::Result<()> {
@@ -71,8 +71,9 @@ struct Line {
 }
 
 /// One `SELECT ... UNION ALL` per status of `table`: the status is a literal in each, so the
-/// planner can use a partial index that holds only that status (the inbox's pending rows are
-/// read through `inbox_pending_idx`, the others through `inbox_settled_received_idx`).
+/// planner can use a partial index that holds only that status (see migration
+/// 20261127000004: `inbox_pending_idx`, `inbox_processed_idx`, `inbox_parked_received_idx`;
+/// `dirty_ranges_pending_order_idx`, `dirty_ranges_settled_dirtied_idx`).
 fn per_status(table: &str, time_column: &str, statuses: &[&str]) -> String {
     statuses
         .iter()
