@@ -205,6 +205,16 @@ impl TestApp {
         self.post(body.to_string()).await
     }
 
+    /// The status of a GET of `path` (`/readyz`, `/healthz`, ...).
+    pub async fn get_status(&self, path: &str) -> reqwest::StatusCode {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request completes")
+            .status()
+    }
+
     pub fn webhook(&self) -> reqwest::RequestBuilder {
         self.client.post(self.url("/webhooks/thryve"))
     }

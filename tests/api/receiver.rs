@@ -520,37 +520,13 @@ async fn database_outage_gives_503_with_retry_after_and_the_server_recovers() {
             .contains("nothing was stored"),
         "{error}"
     );
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_status("/readyz").await, 503);
+    assert_eq!(app.get_status("/healthz").await, 200);
 
     proxy.up();
     let (status, ack) = answer(app.post_json(&epoch_notification("u", 3, 4, &[1])).await).await;
     assert_eq!((status, ack["outcome"].as_str()), (200, Some("stored")));
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_status("/readyz").await, 200);
     assert_eq!(inbox_rows(&app).await.len(), 2);
 }
 
@@ -575,15 +551,7 @@ async fn an_unreachable_database_url_gives_503_not_a_crash() {
     let response = app.post_json(&epoch_notification("u", 1, 2, &[1])).await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
+    assert_eq!(app.get_status("/readyz").await, 503);
 }
 
 #[tokio::test]
@@ -648,14 +616,6 @@ async fn readyz_is_503_until_the_database_is_migrated() {
         "{body}"
     );
     thryve_bridge::db::migrate(&pool).await.unwrap();
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_status("/readyz").await, 200);
     app.stop().await;
 }

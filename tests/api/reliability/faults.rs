@@ -268,15 +268,7 @@ async fn database_connections_killed_twice_under_load_lose_no_acknowledged_deliv
         "{verification:?} ({} refused with 503)",
         refused.len()
     );
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_status("/readyz").await, 200);
     let (status, ack) = answer(
         app.post_json(&epoch_notification("after-restarts", 1, 2, &[1]))
             .await,

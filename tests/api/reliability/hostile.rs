@@ -498,15 +498,7 @@ async fn hostile_bodies_get_the_documented_answer_and_nothing_crashes() {
     .await
     .unwrap();
     assert_eq!(long, vec![(None, 3000), (None, 3000)]);
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_status("/healthz").await, 200);
 }
 
 fn poller_config() -> thryve_bridge::config::ServeConfig {
