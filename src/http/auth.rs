@@ -1,12 +1,15 @@
 //! Webhook credentials: static ones (HTTP Basic, fixed headers) compared in constant time, and the HMAC signature.
 
-use axum::http::{header::AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{header::AUTHORIZATION, HeaderMap, HeaderName};
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
-use super::hmac::{HmacError, HmacVerifier};
+use super::{
+    hmac::{HmacError, HmacVerifier},
+    single_header, RepeatedHeader,
+};
 use crate::config::{ConfigError, Secret};
 
 /// The credentials a delivery must present: any one of the static credentials (if any is
@@ -86,18 +89,18 @@ impl Authenticator {
         let basic = if self.basic.is_empty() {
             None
         } else {
-            match single(request, &AUTHORIZATION) {
+            match single_header(request, &AUTHORIZATION) {
                 Ok(value) => value
                     .and_then(|v| basic_credentials(v.as_bytes()))
                     .map(|given| digest(&given)),
-                Err(Repeated) => return false,
+                Err(RepeatedHeader) => return false,
             }
         };
         let mut headers = Vec::with_capacity(self.headers.len());
         for (name, _) in &self.headers {
-            match single(request, name) {
+            match single_header(request, name) {
                 Ok(value) => headers.push(value.map(|v| digest(v.as_bytes()))),
-                Err(Repeated) => return false,
+                Err(RepeatedHeader) => return false,
             }
         }
         let mut ok = Choice::from(0);
@@ -143,22 +146,6 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> Choice {
 fn presented(given: Option<&[u8; 32]>, expected: &[u8; 32]) -> Choice {
     let present = Choice::from(u8::from(given.is_some()));
     constant_time_eq(given.unwrap_or(&[0; 32]), expected) & present
-}
-
-/// A header that should appear once appeared more than once.
-struct Repeated;
-
-/// The value of a header that must not be repeated, if present.
-fn single<'a>(
-    request: &'a HeaderMap,
-    name: &HeaderName,
-) -> Result<Option<&'a HeaderValue>, Repeated> {
-    let mut values = request.get_all(name).iter();
-    let first = values.next();
-    match values.next() {
-        Some(_) => Err(Repeated),
-        None => Ok(first),
-    }
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -222,6 +209,7 @@ fn parse_headers(list: &str) -> Result<Vec<(HeaderName, [u8; 32])>, ConfigError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use chrono::{DateTime, Utc};
 use clap::{builder::PossibleValue, ValueEnum};
 use hmac::{Hmac, Mac};
@@ -213,16 +213,10 @@ pub fn secret_list(list: &str) -> impl Iterator<Item = &str> {
 }
 
 /// A signature header's one value: a second copy would leave it unclear which one counts.
-fn single<'a>(
-    headers: &'a HeaderMap,
-    name: &'static str,
-) -> Result<&'a axum::http::HeaderValue, HmacError> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next().ok_or(HmacError::MissingHeader(name))?;
-    match values.next() {
-        Some(_) => Err(HmacError::RepeatedHeader(name)),
-        None => Ok(first),
-    }
+fn single<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a HeaderValue, HmacError> {
+    super::single_header(headers, name)
+        .map_err(|_| HmacError::RepeatedHeader(name))?
+        .ok_or(HmacError::MissingHeader(name))
 }
 
 /// The layouts under which `signature` is the HMAC of `body` and `timestamp`: how an operator
