@@ -103,11 +103,7 @@ pub fn decode_body(
 
 /// A coding name as echoed in an error: at most 64 bytes, so a giant header is not repeated.
 fn cut(text: &str) -> String {
-    let end = (0..=text.len().min(64))
-        .rev()
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(0);
-    text[..end].to_owned()
+    text[..text.floor_char_boundary(64)].to_owned()
 }
 
 fn is_zlib(data: &[u8]) -> bool {

@@ -590,10 +590,7 @@ pub(super) fn short(value: &Value) -> String {
 /// A string quoted for an error message, cut like [`short`].
 pub(super) fn short_str(s: &str) -> String {
     // Quoting a 1 MiB string to keep 64 bytes of it would be wasted work.
-    let end = (0..=s.len().min(64))
-        .rev()
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(0);
+    let end = s.floor_char_boundary(64);
     let quoted = Value::String(s[..end].to_owned()).to_string();
     if end < s.len() {
         format!("{quoted}...")
@@ -606,11 +603,7 @@ fn cut(text: &str) -> String {
     if text.len() <= 64 {
         text.to_owned()
     } else {
-        let end = (0..=64)
-            .rev()
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(0);
-        format!("{}...", &text[..end])
+        format!("{}...", &text[..text.floor_char_boundary(64)])
     }
 }
 
