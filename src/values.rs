@@ -12,44 +12,6 @@ const NUMERIC: &str = r"CASE WHEN length(v.value) <= 1000
     AND v.value ~ '^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?\s*$'
     THEN v.value::numeric END";
 
-/// What the two value tables share: the first columns of the key, the value, the delivery.
-trait PushedValue {
-    fn data_source_id(&self) -> i32;
-    fn data_type_id(&self) -> i32;
-    fn timezone_offset(&self) -> Option<i32>;
-    fn value(&self) -> &str;
-}
-
-impl PushedValue for EpochValue {
-    fn data_source_id(&self) -> i32 {
-        self.data_source_id
-    }
-    fn data_type_id(&self) -> i32 {
-        self.data_type_id
-    }
-    fn timezone_offset(&self) -> Option<i32> {
-        self.timezone_offset
-    }
-    fn value(&self) -> &str {
-        &self.value
-    }
-}
-
-impl PushedValue for DailyValue {
-    fn data_source_id(&self) -> i32 {
-        self.data_source_id
-    }
-    fn data_type_id(&self) -> i32 {
-        self.data_type_id
-    }
-    fn timezone_offset(&self) -> Option<i32> {
-        self.timezone_offset
-    }
-    fn value(&self) -> &str {
-        &self.value
-    }
-}
-
 /// The upsert of one value table. `own` are the table's own columns after the shared ones
 /// (`$7` onwards, with their array types), the first of them the last column of the key.
 /// A newer delivery (higher inbox id) replaces a value; an older one, or a replay of the same
@@ -99,11 +61,18 @@ fn upsert_sql(table: &str, own: &[(&str, &str)]) -> String {
     )
 }
 
-/// `sql` (from [`upsert_sql`]) with the shared columns bound as `$1`..`$6`.
-fn bind_shared<'q, V: PushedValue>(
+/// What the two value tables share besides the user and the delivery: source, data type,
+/// timezone offset and value.
+type Shared<'q> = (i32, i32, Option<i32>, &'q str);
+
+/// `sql` (from [`upsert_sql`]) with the shared columns bound as `$1`..`$6`; `shared` reads
+/// them off one value.
+fn bind_shared<'q, V>(
     sql: &'q str,
     values: &'q [(String, i64, V)],
+    shared: impl Fn(&'q V) -> Shared<'q>,
 ) -> Query<'q, Postgres, PgArguments> {
+    let shared: Vec<Shared<'q>> = values.iter().map(|(_, _, v)| shared(v)).collect();
     sqlx::query(sql)
         .bind(
             values
@@ -111,25 +80,10 @@ fn bind_shared<'q, V: PushedValue>(
                 .map(|(u, _, _)| u.as_str())
                 .collect::<Vec<_>>(),
         )
-        .bind(
-            values
-                .iter()
-                .map(|(_, _, v)| v.data_source_id())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            values
-                .iter()
-                .map(|(_, _, v)| v.data_type_id())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            values
-                .iter()
-                .map(|(_, _, v)| v.timezone_offset())
-                .collect::<Vec<_>>(),
-        )
-        .bind(values.iter().map(|(_, _, v)| v.value()).collect::<Vec<_>>())
+        .bind(shared.iter().map(|s| s.0).collect::<Vec<_>>())
+        .bind(shared.iter().map(|s| s.1).collect::<Vec<_>>())
+        .bind(shared.iter().map(|s| s.2).collect::<Vec<_>>())
+        .bind(shared.iter().map(|s| s.3).collect::<Vec<_>>())
         .bind(values.iter().map(|(_, id, _)| *id).collect::<Vec<_>>())
 }
 
@@ -145,11 +99,18 @@ pub async fn apply_epoch(
         "epoch_values",
         &[("start_time", "timestamptz"), ("end_time", "timestamptz")],
     );
-    let done = bind_shared(&sql, values)
-        .bind(values.iter().map(|(_, _, v)| v.start).collect::<Vec<_>>())
-        .bind(values.iter().map(|(_, _, v)| v.end).collect::<Vec<_>>())
-        .execute(executor)
-        .await?;
+    let done = bind_shared(&sql, values, |v| {
+        (
+            v.data_source_id,
+            v.data_type_id,
+            v.timezone_offset,
+            &v.value,
+        )
+    })
+    .bind(values.iter().map(|(_, _, v)| v.start).collect::<Vec<_>>())
+    .bind(values.iter().map(|(_, _, v)| v.end).collect::<Vec<_>>())
+    .execute(executor)
+    .await?;
     Ok(done.rows_affected())
 }
 
@@ -162,10 +123,17 @@ pub async fn apply_daily(
         return Ok(0);
     }
     let sql = upsert_sql("daily_values", &[("day", "date")]);
-    let done = bind_shared(&sql, values)
-        .bind(values.iter().map(|(_, _, v)| v.day).collect::<Vec<_>>())
-        .execute(executor)
-        .await?;
+    let done = bind_shared(&sql, values, |v| {
+        (
+            v.data_source_id,
+            v.data_type_id,
+            v.timezone_offset,
+            &v.value,
+        )
+    })
+    .bind(values.iter().map(|(_, _, v)| v.day).collect::<Vec<_>>())
+    .execute(executor)
+    .await?;
     Ok(done.rows_affected())
 }
 
