@@ -18,7 +18,7 @@ use axum::{
 };
 use sqlx::PgPool;
 
-pub use delivery::parse_delivery;
+pub use delivery::{decode_delivery, parse_content, parse_delivery};
 pub use error::ApiError;
 
 use crate::{inbox::InboxWriter, metrics::Metrics, spool::Spool};
