@@ -347,7 +347,7 @@ fn row_effects(row: &PendingRow) -> Result<(String, Effects), RowProblem> {
             .ok_or_else(|| RowProblem::Invalid("end_user_id: missing".to_owned()))?;
         let types = || row.data_type_ids.clone().unwrap_or_default();
         let effects = match (row.connected, row.event_time, row.start_time, row.end_time, row.start_day, row.end_day) {
-            (Some(connected), Some(at), ..) => Effects {
+            (Some(connected), at, ..) => Effects {
                 connections: vec![ConnectionChange {
                     data_source_id,
                     connected,

@@ -167,7 +167,7 @@ fn typed_columns(event: &Event) -> TypedColumns {
         } => connection_columns(&ConnectionChange {
             data_source_id: *data_source_id,
             connected: *connected,
-            at: *at,
+            at: Some(*at),
         }),
         Event::EpochData(span) => epoch_columns(span),
         Event::DailyData(span) => daily_columns(span),
@@ -189,7 +189,7 @@ fn connection_columns(change: &ConnectionChange) -> TypedColumns {
     TypedColumns {
         data_source_id: Some(change.data_source_id),
         connected: Some(change.connected),
-        event_time: Some(change.at),
+        event_time: change.at,
         ..TypedColumns::default()
     }
 }

@@ -48,6 +48,18 @@ impl MergedSpan {
     }
 }
 
+/// The types of two merged spans: sorted and distinct, and no list (all types) if either
+/// has none.
+fn union_types(mut a: Vec<i32>, b: Vec<i32>) -> Vec<i32> {
+    if a.is_empty() || b.is_empty() {
+        return Vec::new();
+    }
+    a.extend(b);
+    a.sort_unstable();
+    a.dedup();
+    a
+}
+
 /// Merges spans that overlap or touch (equal instants; adjacent days) within each
 /// (user, source, granularity), the same rule the database applies, so merging the result
 /// gives the same ranges as merging every span one by one. Each input counts as one
@@ -100,9 +112,7 @@ pub fn coalesce(spans: impl IntoIterator<Item = (String, Span)>) -> Vec<MergedSp
             current = Some(match current {
                 Some(mut cur) if joins(&cur.extent, &span.extent) => {
                     cur.extent = hull(&cur.extent, &span.extent);
-                    cur.data_type_ids.extend(span.data_type_ids);
-                    cur.data_type_ids.sort_unstable();
-                    cur.data_type_ids.dedup();
+                    cur.data_type_ids = union_types(cur.data_type_ids, span.data_type_ids);
                     cur.notification_count = cur
                         .notification_count
                         .saturating_add(span.notification_count);
@@ -166,6 +176,18 @@ mod tests {
                 end: at(b),
             }),
         )
+    }
+
+    #[test]
+    fn a_span_of_all_types_keeps_its_merge_all_types() {
+        for spans in [
+            vec![epoch("u", 10, 20, &[2, 1]), epoch("u", 15, 30, &[])],
+            vec![epoch("u", 10, 20, &[]), epoch("u", 15, 30, &[3])],
+        ] {
+            let merged = coalesce(spans);
+            assert_eq!(merged.len(), 1);
+            assert!(merged[0].data_type_ids.is_empty(), "{merged:?}");
+        }
     }
 
     #[test]

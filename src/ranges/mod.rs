@@ -48,9 +48,12 @@ impl DirtyRange {
     /// assert_eq!(body["authenticationToken"], range.end_user_id.as_str());
     /// # }
     /// ```
+    ///
+    /// An empty `data_type_ids` means every type (a legacy trigger names none): the body then
+    /// has no `valueTypes`, which asks Thryve for all of them.
     pub fn thryve_request(&self) -> (&'static str, Value) {
-        let types: Vec<String> = self.data_type_ids.iter().map(i32::to_string).collect();
-        match (self.start_time, self.end_time, self.start_day, self.end_day) {
+        let (path, mut body) = match (self.start_time, self.end_time, self.start_day, self.end_day)
+        {
             (Some(start), Some(end), _, _) => (
                 "/v5/dynamicEpochValues",
                 json!({
@@ -58,7 +61,6 @@ impl DirtyRange {
                     "startTimestampUnix": start.timestamp_millis(),
                     "endTimestampUnix": end.timestamp_millis(),
                     "dataSources": self.data_source_id.to_string(),
-                    "valueTypes": types.join(","),
                 }),
             ),
             (_, _, start, end) => (
@@ -68,10 +70,14 @@ impl DirtyRange {
                     "startDay": start.map(|d| d.to_string()),
                     "endDay": end.map(|d| d.to_string()),
                     "dataSources": self.data_source_id.to_string(),
-                    "valueTypes": types.join(","),
                 }),
             ),
+        };
+        if !self.data_type_ids.is_empty() {
+            let types: Vec<String> = self.data_type_ids.iter().map(i32::to_string).collect();
+            body["valueTypes"] = Value::from(types.join(","));
         }
+        (path, body)
     }
 }
 

@@ -11,12 +11,13 @@ pub enum Span {
     Daily(DaySpan),
 }
 
-/// A data source connected or disconnected at `at` (the event's own time).
+/// A data source connected or disconnected at `at`: the event's own time, or `None` for a
+/// legacy body that does not say (the change then counts from when the bridge received it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionChange {
     pub data_source_id: i32,
     pub connected: bool,
-    pub at: DateTime<Utc>,
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// One epoch value carried by a data-push webhook.
@@ -95,7 +96,7 @@ impl Event {
                 connections: vec![ConnectionChange {
                     data_source_id: *data_source_id,
                     connected: *connected,
-                    at: *at,
+                    at: Some(*at),
                 }],
                 ..Effects::default()
             },
@@ -276,7 +277,7 @@ mod tests {
             vec![ConnectionChange {
                 data_source_id: 1,
                 connected: true,
-                at: at(1582736070000),
+                at: Some(at(1582736070000)),
             }]
         );
         assert!(e.epoch_values.is_empty() && e.daily_values.is_empty());
