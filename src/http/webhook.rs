@@ -13,7 +13,7 @@ use chrono::Utc;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 
-use super::{parse_delivery, ApiError, AppState};
+use super::{delivery::signed_at, parse_delivery, ApiError, AppState};
 use crate::{
     inbox::Receipt,
     metrics::{event_type_label, DeliveryLabels},
@@ -132,7 +132,8 @@ async fn handle(
     .to_bytes();
     // Over the bytes as received: the signer signed what it sent, compressed or not.
     state.auth.verify_signature(headers, &raw, Utc::now())?;
-    let delivery = parse_delivery(headers, &raw, limits.max_body_bytes)?;
+    let mut delivery = parse_delivery(headers, &raw, limits.max_body_bytes)?;
+    delivery.signed_at = signed_at(headers, received_at, limits.signing_window);
     let event_type = delivery.event_type.clone();
     let unavailable = |reason: String| ApiError::Unavailable {
         reason,
