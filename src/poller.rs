@@ -15,7 +15,7 @@ use crate::{
     db,
     inbox::{self, PendingRow},
     metrics::Metrics,
-    ranges::{self, MergedSpan},
+    ranges::{self, Granularity, MergedSpan},
     sources,
     thryve::{
         self, ConnectionChange, DailyValue, DaySpan, Effects, EpochValue, InstantSpan, Parsed, Span,
@@ -403,16 +403,31 @@ fn row_effects(row: &PendingRow) -> Result<(String, Effects), RowProblem> {
     }
 }
 
-/// Writes a plan. Every transaction takes its locks in the same phases (connections, values,
-/// inbox, then range keys), each phase in sorted order, so concurrent pollers and consumers
-/// never wait on each other in a cycle. The range keys' advisory locks come last so another
-/// poller that needs one of the same keys waits only for the merge and the commit.
+/// Writes a plan. Every transaction takes its locks in the same phases (connections, source
+/// names, inbox, range keys, then values), each phase in sorted order, so concurrent pollers
+/// and consumers never wait on each other in a cycle. The range keys' advisory locks come late
+/// so another poller that needs one of the same keys waits only for the merge, the values and
+/// the commit. They also cover the epoch values' (user, source): an update may replace a
+/// stored value of another key, which no unique index serialises, so two pollers must not
+/// apply one user's values of one source at once.
 async fn apply(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Result<()> {
     sources::apply(&mut **tx, &plan.connections).await?;
     values::apply_source_names(&mut **tx, &plan.source_names).await?;
+    inbox::finish(&mut **tx, &plan.ids, &plan.statuses, &plan.errors).await?;
+    let keys = plan
+        .spans
+        .iter()
+        .map(|s| (s.end_user_id.as_str(), s.data_source_id, s.granularity()))
+        .chain(plan.epoch_values.iter().map(|v| {
+            (
+                v.end_user_id.as_str(),
+                v.value.data_source_id,
+                Granularity::Epoch,
+            )
+        }));
+    ranges::lock_keys(&mut **tx, keys).await?;
+    ranges::merge_spans(&mut **tx, &plan.spans).await?;
     values::apply_epoch(tx, &plan.epoch_values).await?;
     values::apply_daily(&mut **tx, &plan.daily_values).await?;
-    inbox::finish(&mut **tx, &plan.ids, &plan.statuses, &plan.errors).await?;
-    ranges::merge_spans(&mut **tx, &plan.spans).await?;
     Ok(())
 }

@@ -84,6 +84,38 @@ impl DirtyRange {
     }
 }
 
+/// Takes the advisory lock of each (user, source, granularity) in `keys` (duplicates allowed)
+/// for the rest of the transaction, in the global order `thryve.merge_dirty_ranges` uses, so
+/// that a merge of the same keys afterwards takes none out of order.
+pub async fn lock_keys<'k>(
+    executor: impl PgExecutor<'_>,
+    keys: impl IntoIterator<Item = (&'k str, i32, Granularity)>,
+) -> sqlx::Result<()> {
+    let mut users = Vec::new();
+    let mut sources = Vec::new();
+    let mut granularities = Vec::new();
+    for (user, source, granularity) in keys {
+        users.push(user);
+        sources.push(source);
+        granularities.push(granularity.as_str());
+    }
+    if users.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM (
+             SELECT DISTINCT thryve.range_lock_key(u, ds, g) AS k
+             FROM unnest($1::text[], $2::integer[], $3::text[]) AS s(u, ds, g)
+             ORDER BY 1) keys",
+    )
+    .bind(users)
+    .bind(sources)
+    .bind(granularities)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 /// Merges spans into pending work in one statement (`thryve.merge_dirty_ranges`), which
 /// takes each key's lock in a global order. Returns how many spans were merged.
 pub async fn merge_spans(executor: impl PgExecutor<'_>, spans: &[MergedSpan]) -> sqlx::Result<i32> {
