@@ -42,7 +42,8 @@ ALTER TABLE thryve.epoch_values
 -- Existing rows: the version their delivery would have had (its receipt), else when written.
 UPDATE thryve.epoch_values e SET version_at = coalesce(
     (SELECT i.first_received_at FROM thryve.inbox i WHERE i.id = e.inbox_id), e.updated_at);
-ALTER TABLE thryve.epoch_values ALTER COLUMN version_at SET NOT NULL;
+ALTER TABLE thryve.epoch_values ALTER COLUMN version_at SET NOT NULL,
+    ALTER COLUMN version_at SET DEFAULT now();
 ALTER TABLE thryve.epoch_values DROP CONSTRAINT epoch_values_pkey;
 ALTER TABLE thryve.epoch_values ADD CONSTRAINT epoch_values_pkey
     PRIMARY KEY (end_user_id, data_source_id, data_type_id, start_time, end_key);
@@ -52,7 +53,8 @@ COMMENT ON COLUMN thryve.epoch_values.version_at IS
 ALTER TABLE thryve.daily_values ADD COLUMN version_at timestamptz;
 UPDATE thryve.daily_values d SET version_at = coalesce(
     (SELECT i.first_received_at FROM thryve.inbox i WHERE i.id = d.inbox_id), d.updated_at);
-ALTER TABLE thryve.daily_values ALTER COLUMN version_at SET NOT NULL;
+ALTER TABLE thryve.daily_values ALTER COLUMN version_at SET NOT NULL,
+    ALTER COLUMN version_at SET DEFAULT now();
 COMMENT ON COLUMN thryve.daily_values.version_at IS
     'Signing time (else receipt) of the delivery that wrote the row: an older push never overwrites a newer one.';
 

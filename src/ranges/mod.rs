@@ -209,7 +209,10 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// `worker` names this claimer; it must be unique among concurrent workers.
+    /// `worker` names this claimer. With [`complete`](Self::complete), [`fail`](Self::fail) and
+    /// [`extend_lease`](Self::extend_lease) it must be unique among running workers; the
+    /// `*_claimed` methods also check the claim's token, so a stale process of the same name
+    /// cannot finish another's claim.
     pub fn new(pool: PgPool, worker: impl Into<String>) -> Self {
         Self {
             pool,

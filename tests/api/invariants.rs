@@ -4,11 +4,14 @@
 use sqlx::PgPool;
 
 /// Guarantee 3: every (user, source, type, span) named by a processed notification lies inside
-/// a range that was dirtied (so pending) at or after the notification was processed. Returns
-/// the offending inbox ids.
+/// a range that was dirtied (so pending) at or after the notification was processed; one that
+/// names no types (all types) inside an all-types range. Returns the offending inbox ids.
 pub async fn uncovered(pool: &PgPool) -> Vec<i64> {
     sqlx::query_scalar(
-        "SELECT DISTINCT i.id FROM thryve.inbox i CROSS JOIN LATERAL unnest(i.data_type_ids) t(type_id)
+        "SELECT DISTINCT i.id FROM thryve.inbox i
+         -- No types (all types) is one NULL type, which only an all-types range covers.
+         CROSS JOIN LATERAL unnest(CASE WHEN cardinality(i.data_type_ids) = 0 THEN ARRAY[NULL::integer]
+                                        ELSE i.data_type_ids END) t(type_id)
          WHERE i.status = 'processed' AND i.data_type_ids IS NOT NULL AND NOT EXISTS (
              SELECT 1 FROM thryve.dirty_ranges r
              WHERE r.end_user_id = i.end_user_id AND r.data_source_id = i.data_source_id
