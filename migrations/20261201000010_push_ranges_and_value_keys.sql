@@ -31,6 +31,10 @@ COMMENT ON COLUMN thryve.dirty_ranges.claim_token IS
 COMMENT ON COLUMN thryve.dirty_ranges.data_type_ids IS
     'Sorted, distinct; empty means all types (a data-API call then omits valueTypes).';
 
+-- A fetching worker's claim order (the 'all' claim walks dirty_ranges_pending_order_idx).
+CREATE INDEX dirty_ranges_pending_fetch_idx
+    ON thryve.dirty_ranges (first_dirtied_at, id) WHERE status = 'pending' AND needs_fetch;
+
 INSERT INTO thryve.settings (key, value) VALUES ('push_ranges', 'on') ON CONFLICT (key) DO NOTHING;
 COMMENT ON TABLE thryve.settings IS
     'range_max_attempts: claims after which a failing range ends in status failed. push_ranges: on|off, whether data pushes make dirty ranges.';
@@ -311,18 +315,35 @@ BEGIN
     RETURNING d.*;
     GET DIAGNOSTICS v_claimed = ROW_COUNT;
 
-    RETURN QUERY
-    WITH picked AS MATERIALIZED (
-        SELECT id FROM thryve.dirty_ranges
-        WHERE status = 'pending' AND available_at <= now() AND (v_all OR needs_fetch)
-        ORDER BY first_dirtied_at, id
-        LIMIT greatest(max_ranges - v_claimed, 0)
-        FOR UPDATE SKIP LOCKED)
-    UPDATE thryve.dirty_ranges d SET
-        status = 'claimed', claimed_by = worker, lease_expires_at = now() + lease,
-        attempts = d.attempts + 1, claim_token = gen_random_uuid()
-    FROM picked WHERE d.id = picked.id
-    RETURNING d.*;
+    -- Two statements, each with its predicate spelled out, so that each walks its own index
+    -- in claim order: push-only ranges nobody claims must not slow a fetching worker down.
+    IF v_all THEN
+        RETURN QUERY
+        WITH picked AS MATERIALIZED (
+            SELECT id FROM thryve.dirty_ranges
+            WHERE status = 'pending' AND available_at <= now()
+            ORDER BY first_dirtied_at, id
+            LIMIT greatest(max_ranges - v_claimed, 0)
+            FOR UPDATE SKIP LOCKED)
+        UPDATE thryve.dirty_ranges d SET
+            status = 'claimed', claimed_by = worker, lease_expires_at = now() + lease,
+            attempts = d.attempts + 1, claim_token = gen_random_uuid()
+        FROM picked WHERE d.id = picked.id
+        RETURNING d.*;
+    ELSE
+        RETURN QUERY
+        WITH picked AS MATERIALIZED (
+            SELECT id FROM thryve.dirty_ranges
+            WHERE status = 'pending' AND needs_fetch AND available_at <= now()
+            ORDER BY first_dirtied_at, id
+            LIMIT greatest(max_ranges - v_claimed, 0)
+            FOR UPDATE SKIP LOCKED)
+        UPDATE thryve.dirty_ranges d SET
+            status = 'claimed', claimed_by = worker, lease_expires_at = now() + lease,
+            attempts = d.attempts + 1, claim_token = gen_random_uuid()
+        FROM picked WHERE d.id = picked.id
+        RETURNING d.*;
+    END IF;
 END
 $$;
 
