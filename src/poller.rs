@@ -216,7 +216,12 @@ async fn commit_plan(mut tx: Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Re
             tx.rollback().await?;
             Ok(Applied::Refused(error))
         }
-        Err(error) => Err(error),
+        Err(error) => {
+            // Rolled back here, not when dropped: a dropped transaction's rollback runs later
+            // on its own, and until then the next poll skips these still-locked rows.
+            tx.rollback().await.ok();
+            Err(error)
+        }
     }
 }
 
