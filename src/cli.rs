@@ -16,7 +16,7 @@ use crate::{
     housekeeping::Housekeeping,
     http::hmac,
     inbox::{self, Status},
-    ranges::{self, Consumer},
+    ranges::{self, ClaimMode, Consumer},
     server::Application,
     stats, telemetry, users,
 };
@@ -143,6 +143,9 @@ pub enum RangesCommand {
         max: i32,
         #[arg(long, default_value_t = 300)]
         lease_secs: u64,
+        /// fetch: only ranges that need a fetch from Thryve; all: push-only ones too.
+        #[arg(long, value_enum, default_value_t = ClaimMode::Fetch)]
+        mode: ClaimMode,
     },
     /// Mark a claimed range done (exit 1 if the worker no longer holds it).
     Complete {
@@ -382,9 +385,10 @@ async fn ranges_command(command: RangesCommand, pool: PgPool) -> Result<(), Stri
             worker,
             max,
             lease_secs,
+            mode,
         } => {
             let claimed = Consumer::new(pool, worker)
-                .claim(max, Duration::from_secs(lease_secs))
+                .claim_for(mode, max, Duration::from_secs(lease_secs))
                 .await
                 .map_err(db_error)?;
             let out: Vec<serde_json::Value> = claimed

@@ -1,6 +1,9 @@
 //! From a request's headers and raw body bytes to a delivery ready to store: pure and total.
 
+use std::time::Duration;
+
 use axum::http::{header, HeaderMap};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{
@@ -69,6 +72,24 @@ pub fn parse_content(headers: &HeaderMap, content: &[u8]) -> Result<NewDelivery,
         return Err(ApiError::NulCharacter);
     }
     Ok(NewDelivery::from_body(&object))
+}
+
+/// When the delivery was signed: its `x-hmac-timestamp` (epoch ms) if it is one and lies within
+/// `window` of `received_at`, either way. With `WEBHOOK_HMAC_SECRET` set the signature check
+/// has already vouched for it; without, it is the sender's word, which is as good as the body's.
+pub fn signed_at(
+    headers: &HeaderMap,
+    received_at: DateTime<Utc>,
+    window: Duration,
+) -> Option<DateTime<Utc>> {
+    let mut values = headers.get_all(super::hmac::TIMESTAMP_HEADER).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let ms: i64 = value.to_str().ok()?.trim().parse().ok()?;
+    let at = DateTime::from_timestamp_millis(ms)?;
+    let window = chrono::TimeDelta::from_std(window).ok()?;
+    ((at - received_at).abs() <= window).then_some(at)
 }
 
 /// Every coding applied to the body, in order: the `content-encoding` lines (several mean the
@@ -263,6 +284,28 @@ mod tests {
         // The stored payload of the deepest accepted form reads back.
         let deepest = parse_delivery(&form_headers(), body(126).as_bytes(), 1 << 20).unwrap();
         assert!(serde_json::from_str::<Value>(&deepest.payload).is_ok());
+    }
+
+    #[test]
+    fn the_signing_time_counts_only_within_the_window() {
+        let now = DateTime::from_timestamp_millis(1_765_635_343_541).unwrap();
+        let window = Duration::from_secs(300);
+        let with = |ts: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-hmac-timestamp", HeaderValue::from_str(ts).unwrap());
+            signed_at(&headers, now, window)
+        };
+        assert_eq!(
+            with("1765635342741"),
+            DateTime::from_timestamp_millis(1_765_635_342_741)
+        );
+        assert_eq!(
+            with("1765635043541"),
+            DateTime::from_timestamp_millis(1_765_635_043_541)
+        );
+        assert_eq!(with("1765635043540"), None, "just outside the window");
+        assert_eq!(with("soon"), None);
+        assert_eq!(signed_at(&HeaderMap::new(), now, window), None);
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Limits {
     pub retry_after_secs: u64,
     /// With a spool: stop waiting for the commit this long before the ack deadline.
     pub spool_margin: Duration,
+    /// `x-hmac-timestamp` within this of the receipt is taken as the delivery's signing time.
+    pub signing_window: Duration,
 }
 
 /// What every handler can reach.

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::{
     decode_delivery,
+    delivery::signed_at,
     hmac::{Check, Forms, HmacMode},
     parse_content, ApiError, AppState,
 };
@@ -149,7 +150,7 @@ async fn handle(
             json: None,
         },
     };
-    let _signed_at = match state.auth.check_signature(headers, forms, Utc::now()) {
+    let verified_at = match state.auth.check_signature(headers, forms, Utc::now()) {
         Some(check) => signature_checked(state, &check)?,
         None => None,
     };
@@ -161,7 +162,11 @@ async fn handle(
             form: decoded.form.as_str(),
         })
         .inc();
-    let delivery = parse_content(headers, &decoded.content)?;
+    let mut delivery = parse_content(headers, &decoded.content)?;
+    // The version of pushed values: the verified signing time, else the header's if it lies
+    // within the window (see `signed_at`).
+    delivery.signed_at =
+        verified_at.or_else(|| signed_at(headers, received_at, limits.signing_window));
     let event_type = delivery.event_type.clone();
     let unavailable = |reason: String| ApiError::Unavailable {
         reason,

@@ -9,6 +9,7 @@ mod ops;
 mod poller;
 mod properties;
 mod proxy;
+mod pushes;
 mod receiver;
 mod reliability;
 mod server;
