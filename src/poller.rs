@@ -408,8 +408,8 @@ fn row_effects(row: &PendingRow) -> Result<(String, Effects), RowProblem> {
     }
 }
 
-/// Writes a plan. Every transaction takes its locks in the same phases (connections, source
-/// names, inbox, range keys, then values), each phase in sorted order, so concurrent pollers
+/// Writes a plan. Every transaction takes its locks in the same phases (connections, inbox,
+/// range keys, values, then source names), each phase in sorted order, so concurrent pollers
 /// and consumers never wait on each other in a cycle. The range keys' advisory locks come late
 /// so another poller that needs one of the same keys waits only for the merge, the values and
 /// the commit. They also cover the epoch values' (user, source): an update may replace a
@@ -417,7 +417,6 @@ fn row_effects(row: &PendingRow) -> Result<(String, Effects), RowProblem> {
 /// apply one user's values of one source at once.
 async fn apply(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Result<()> {
     sources::apply(&mut **tx, &plan.connections).await?;
-    values::apply_source_names(&mut **tx, &plan.source_names).await?;
     inbox::finish(&mut **tx, &plan.ids, &plan.statuses, &plan.errors).await?;
     let keys = plan
         .spans
@@ -434,5 +433,6 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Result<
     ranges::merge_spans(&mut **tx, &plan.spans).await?;
     values::apply_epoch(tx, &plan.epoch_values).await?;
     values::apply_daily(&mut **tx, &plan.daily_values).await?;
+    values::apply_source_names(&mut **tx, &plan.source_names).await?;
     Ok(())
 }

@@ -233,6 +233,9 @@ pub async fn apply_daily(
 }
 
 /// Records `dataSourceName`s: `(data_source_id, name, inbox_id)`, the highest inbox id winning.
+/// A name already stored is left alone before the upsert sees it: `ON CONFLICT DO UPDATE`
+/// locks the row it meets even when its `WHERE` skips the update, and every push names its
+/// source, so concurrent pollers would otherwise queue on one row until each other's commit.
 pub async fn apply_source_names(
     executor: impl PgExecutor<'_>,
     names: &[(i32, String, i64)],
@@ -242,7 +245,11 @@ pub async fn apply_source_names(
     }
     let done = sqlx::query(
         "INSERT INTO thryve.data_sources AS s (data_source_id, name, inbox_id)
-         SELECT * FROM unnest($1::integer[], $2::text[], $3::bigint[]) ORDER BY 1
+         SELECT n.id, n.name, n.inbox_id
+         FROM unnest($1::integer[], $2::text[], $3::bigint[]) AS n(id, name, inbox_id)
+         WHERE NOT EXISTS (SELECT 1 FROM thryve.data_sources d
+                           WHERE d.data_source_id = n.id AND d.name = n.name)
+         ORDER BY 1
          ON CONFLICT (data_source_id) DO UPDATE SET
              name = EXCLUDED.name, inbox_id = EXCLUDED.inbox_id, updated_at = now()
          WHERE EXCLUDED.inbox_id > s.inbox_id AND EXCLUDED.name <> s.name",

@@ -718,6 +718,20 @@ async fn a_poller_that_dies_mid_batch_leaves_its_rows_pending_for_the_next() {
         .await
         .unwrap();
     drop(doomed);
+    // pg_terminate_backend only signals: until the backend has aborted, its rows stay locked
+    // and a poller skips them. Its locks going is the event to wait for.
+    loop {
+        let gone: bool =
+            sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1)")
+                .bind(pid)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        if gone {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
 
     assert!(
         ranges::list(&db.pool, None, 10).await.unwrap().is_empty(),
