@@ -17,6 +17,7 @@ use axum::{
     Router,
 };
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 pub use delivery::parse_delivery;
 pub use error::ApiError;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// `SPOOL_DIR`: where deliveries go when the database cannot take them in time.
     pub spool: Option<Spool>,
+    /// `BODY_BUDGET_BYTES`: one permit per body byte held by a request.
+    pub body_budget: Arc<Semaphore>,
 }
 
 /// The router, apart from any listener, so tests can drive it in-process or over a socket.

@@ -13,9 +13,10 @@ use chrono::Utc;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 
-use super::{parse_delivery, ApiError, AppState};
+use super::{error::MaybeStored, parse_delivery, ApiError, AppState};
 use crate::{
-    inbox::Receipt,
+    db::Failure,
+    inbox::{Receipt, WriteError},
     metrics::{event_type_label, DeliveryLabels},
 };
 
@@ -116,6 +117,27 @@ async fn handle(
         return Err(ApiError::TooLarge(limits.max_body_bytes));
     }
     let deadline = started + limits.ack_deadline;
+    // A body of unknown length may be as large as the limit.
+    let wanted = declared.map_or(limits.max_body_bytes, |len| len as usize);
+    let Some(_held) = u32::try_from(wanted)
+        .ok()
+        .and_then(|n| state.body_budget.clone().try_acquire_many_owned(n).ok())
+    else {
+        state.metrics.bodies_refused.inc();
+        // Read to the end and dropped, so the client gets the answer rather than a reset
+        // connection mid-upload; this holds one chunk at a time, never the body.
+        let mut body = body;
+        let _ = tokio::time::timeout_at(deadline.into(), async {
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+        return Err(ApiError::Unavailable {
+            reason: "the receiver holds as many request bodies as it may (BODY_BUDGET_BYTES)"
+                .to_owned(),
+            stored: MaybeStored::No,
+            retry_after_secs: limits.retry_after_secs,
+        });
+    };
     let raw = tokio::time::timeout_at(
         deadline.into(),
         Limited::new(body, limits.max_body_bytes).collect(),
@@ -134,8 +156,9 @@ async fn handle(
     state.auth.verify_signature(headers, &raw, Utc::now())?;
     let delivery = parse_delivery(headers, &raw, limits.max_body_bytes)?;
     let event_type = delivery.event_type.clone();
-    let unavailable = |reason: String| ApiError::Unavailable {
+    let unavailable = |reason: String, stored: MaybeStored| ApiError::Unavailable {
         reason,
+        stored,
         retry_after_secs: limits.retry_after_secs,
     };
     // With a spool, the margin before the deadline is the spool's to write and fsync in.
@@ -149,23 +172,35 @@ async fn handle(
     // The spool would need the body after the writer took the delivery.
     let body = state.spool.as_ref().map(|_| delivery.payload.clone());
     let stored = tokio::time::timeout_at(wait_until.into(), state.writer.store(delivery)).await;
-    let reason = match stored {
+    let (reason, stored) = match stored {
         Ok(Ok(receipt)) => return Ok((Ack::Committed(receipt), event_type)),
         Ok(Err(error)) => {
             tracing::error!(%error, "inbox write failed");
+            // An error the database sent back means the INSERT (its own transaction) did
+            // not commit; a connection lost mid-statement leaves that unknown.
+            let stored = match &*error {
+                WriteError::Connect(_)
+                | WriteError::Closed
+                | WriteError::Statement(sqlx::Error::Database(_)) => MaybeStored::No,
+                WriteError::Statement(_) => MaybeStored::Maybe,
+            };
             // Content the database refuses would be refused again when loaded from the spool.
-            if !error.is_transient() {
-                return Err(unavailable("database unavailable".to_owned()));
+            if error.failure() == Failure::Refused {
+                return Err(unavailable("the database refused the delivery".to_owned(), MaybeStored::No));
             }
-            "database unavailable".to_owned()
+            ("database unavailable".to_owned(), stored)
         }
-        Err(_) => format!(
-            "not committed within the {} ms ack deadline",
-            limits.ack_deadline.as_millis()
+        // The write may be under way and commit after this answer.
+        Err(_) => (
+            format!(
+                "not committed within the {} ms ack deadline",
+                limits.ack_deadline.as_millis()
+            ),
+            MaybeStored::Maybe,
         ),
     };
     let (Some(spool), Some(body)) = (&state.spool, body) else {
-        return Err(unavailable(reason));
+        return Err(unavailable(reason, stored));
     };
     match tokio::time::timeout_at(deadline.into(), spool.append(&body, received_at)).await {
         Ok(Ok(())) => Ok((
@@ -176,10 +211,12 @@ async fn handle(
         )),
         Ok(Err(error)) => {
             tracing::error!(%error, "spool append failed");
-            Err(unavailable(format!("{reason}, and the spool failed too")))
+            Err(unavailable(format!("{reason}, and the spool failed too"), stored))
         }
-        Err(_) => Err(unavailable(format!(
-            "{reason}, and the spool did not fsync in time"
-        ))),
+        Err(_) => Err(unavailable(
+            format!("{reason}, and the spool did not fsync in time"),
+            // A line written but not yet fsync'd may still be loaded.
+            MaybeStored::Maybe,
+        )),
     }
 }

@@ -9,23 +9,29 @@ use tokio::{
 };
 
 use super::{insert_batch, NewDelivery, Outcome, Receipt};
+use crate::db::{self, Failure, Phase};
 
 /// Why a delivery was not committed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// No connection could be had (see [`Phase::Connect`]): nothing was sent.
+    #[error("database unavailable: {0}")]
+    Connect(sqlx::Error),
+    /// The INSERT failed: refused, or its outcome unknown if the connection was lost.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Statement(sqlx::Error),
     #[error("the inbox writer has stopped")]
     Closed,
 }
 
 impl WriteError {
-    /// True when the database was unavailable rather than refusing this delivery, so that
-    /// the same write may succeed later (from the spool).
-    pub fn is_transient(&self) -> bool {
+    /// Whether the database was out (the same write may succeed later, from the spool) or
+    /// refused this delivery.
+    pub fn failure(&self) -> Failure {
         match self {
-            WriteError::Database(e) => crate::db::is_transient(e),
-            WriteError::Closed => true,
+            WriteError::Connect(e) => db::classify(Phase::Connect, e),
+            WriteError::Statement(e) => db::classify(Phase::Statement, e),
+            WriteError::Closed => Failure::Outage,
         }
     }
 }
@@ -133,9 +139,11 @@ async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &watch::Sender<u
             committed.send_modify(|n| *n += 1);
             answer(groups, receipts);
         }
-        // A statement error (not a lost connection) may come from one row: write the rows one
-        // by one so the others still commit and only the bad one is refused.
-        Err(WriteError::Database(sqlx::Error::Database(_))) if groups.len() > 1 => {
+        // A refused statement may come from one row: write the rows one by one so the others
+        // still commit and only the bad one is refused.
+        Err(error @ WriteError::Statement(_))
+            if groups.len() > 1 && error.failure() == Failure::Refused =>
+        {
             for group in groups {
                 let group = vec![group];
                 match write_groups(pool, &group).await {
@@ -156,7 +164,12 @@ async fn write_groups(pool: &PgPool, groups: &[Vec<Job>]) -> Result<Vec<Receipt>
         .iter()
         .map(|g| (&g[0].delivery, i32::try_from(g.len()).unwrap_or(i32::MAX)))
         .collect();
-    let written = insert_batch(pool, &rows).await?;
+    // Acquired apart from the statement, so that a failure to connect is never mistaken for
+    // the database refusing these rows.
+    let mut conn = pool.acquire().await.map_err(WriteError::Connect)?;
+    let written = insert_batch(&mut *conn, &rows)
+        .await
+        .map_err(WriteError::Statement)?;
     let by_fingerprint: HashMap<&[u8], (i64, bool)> = written
         .iter()
         .map(|r| (r.fingerprint.as_slice(), (r.id, r.inserted)))
@@ -167,7 +180,7 @@ async fn write_groups(pool: &PgPool, groups: &[Vec<Job>]) -> Result<Vec<Receipt>
             let d = &g[0].delivery;
             let &(inbox_id, inserted) = by_fingerprint
                 .get(&d.fingerprint[..])
-                .ok_or(WriteError::Database(sqlx::Error::RowNotFound))?;
+                .ok_or(WriteError::Statement(sqlx::Error::RowNotFound))?;
             let outcome = if inserted {
                 d.first_outcome()
             } else {
