@@ -322,7 +322,8 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
 /// would; prints what is left.
 async fn spool_reload(dir: &std::path::Path, pool: PgPool) -> Result<(), String> {
     let metrics = SpoolMetrics::default();
-    let (spool, writer) = Spool::open(dir, metrics.clone()).map_err(|e| format!("SPOOL_DIR: {e}"))?;
+    let (spool, writer) =
+        Spool::open(dir, metrics.clone()).map_err(|e| format!("SPOOL_DIR: {e}"))?;
     let requeued = spool
         .requeue_set_aside()
         .map_err(|e| format!("SPOOL_DIR: {}: {e}", dir.display()))?;

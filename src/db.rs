@@ -234,7 +234,9 @@ mod tests {
         ] {
             assert!(is_outage_code(code), "{code}");
         }
-        for code in ["23505", "23514", "22008", "22P02", "42P01", "25P02", "55000"] {
+        for code in [
+            "23505", "23514", "22008", "22P02", "42P01", "25P02", "55000",
+        ] {
             assert!(!is_outage_code(code), "{code}");
         }
     }

@@ -236,6 +236,9 @@ impl Application {
             body_budget: Arc::new(Semaphore::new(
                 config.body_budget_bytes.min(Semaphore::MAX_PERMITS),
             )),
+            parse_slots: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, usize::from),
+            )),
         };
         Ok(Self {
             listener,

@@ -42,6 +42,10 @@ pub struct ListenerOptions {
     pub open_connections: Gauge,
 }
 
+/// Largest read buffer per connection, headers included: ample for a webhook's headers, and
+/// bodies stream through it in chunks of this size.
+const READ_BUFFER_MAX: usize = 64 * 1024;
+
 /// How often, at most, reaching `max_connections` (or failing to accept) is logged.
 const AT_CAPACITY_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Pauses after accept fails for want of resources (EMFILE and the like): short at first so
@@ -158,6 +162,10 @@ pub async fn serve(
     let mut accept_backoff = ACCEPT_BACKOFF_MIN;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
+        // Each connection's read buffer grows up to this; hyper's default (about 400 KiB)
+        // times hundreds of connections streaming bodies was most of the RSS of a burst.
+        // Also the most header bytes a request may send (more gets 431).
+        .max_buf_size(READ_BUFFER_MAX)
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true);
     loop {

@@ -66,6 +66,8 @@ pub struct AppState {
     pub spool: Option<Spool>,
     /// `BODY_BUDGET_BYTES`: one permit per body byte held by a request.
     pub body_budget: Arc<Semaphore>,
+    /// One permit per core: large bodies parsed at once, off the async workers.
+    pub parse_slots: Arc<Semaphore>,
 }
 
 /// The router, apart from any listener, so tests can drive it in-process or over a socket.

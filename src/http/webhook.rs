@@ -39,6 +39,14 @@ impl Ack {
     }
 }
 
+/// Bodies up to this size are parsed on the request's own task (microseconds); larger ones on
+/// the blocking pool.
+const INLINE_PARSE_MAX: usize = 64 * 1024;
+
+/// Most bytes read (and dropped) from a body refused for the budget before its connection
+/// is closed.
+const DRAIN_MAX: usize = 64 * 1024;
+
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -119,18 +127,25 @@ async fn handle(
     let deadline = started + limits.ack_deadline;
     // A body of unknown length may be as large as the limit.
     let wanted = declared.map_or(limits.max_body_bytes, |len| len as usize);
-    let Some(_held) = u32::try_from(wanted)
+    let Some(held) = u32::try_from(wanted)
         .ok()
         .and_then(|n| state.body_budget.clone().try_acquire_many_owned(n).ok())
     else {
         state.metrics.bodies_refused.inc();
-        // Read to the end and dropped, so the client gets the answer rather than a reset
-        // connection mid-upload; this holds one chunk at a time, never the body.
+        // Answered at once, while a task reads a little more of the body and drops it: closing
+        // at once on unread bytes would reset the connection before the client read the
+        // answer. Reading all of it would cost as much CPU as taking it, in the very burst
+        // this refuses; after DRAIN_MAX bytes (or the deadline) the connection is dropped.
         let mut body = body;
-        let _ = tokio::time::timeout_at(deadline.into(), async {
-            while let Some(Ok(_)) = body.frame().await {}
-        })
-        .await;
+        tokio::spawn(tokio::time::timeout_at(deadline.into(), async move {
+            let mut drained = 0;
+            while drained < DRAIN_MAX {
+                match body.frame().await {
+                    Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+                    _ => break,
+                }
+            }
+        }));
         return Err(ApiError::Unavailable {
             reason: "the receiver holds as many request bodies as it may (BODY_BUDGET_BYTES)"
                 .to_owned(),
@@ -154,7 +169,40 @@ async fn handle(
     .to_bytes();
     // Over the bytes as received: the signer signed what it sent, compressed or not.
     state.auth.verify_signature(headers, &raw, Utc::now())?;
-    let delivery = parse_delivery(headers, &raw, limits.max_body_bytes)?;
+    let (delivery, _held) = if raw.len() <= INLINE_PARSE_MAX {
+        (parse_delivery(headers, &raw, limits.max_body_bytes)?, held)
+    } else {
+        // A large body takes milliseconds to decode and parse: on the runtime's few worker
+        // threads, a burst of them would hold up every other request's deadline. Off them, the
+        // deadline holds; one parse per core at a time, or a hundred parsing threads would
+        // starve the workers just the same. The budget and the slot stay taken until the
+        // parse ends, answered or not.
+        let headers = headers.clone();
+        let max_body_bytes = limits.max_body_bytes;
+        let slots = state.parse_slots.clone();
+        let parsing = async move {
+            let slot = slots.acquire_owned().await.expect("never closed");
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                (parse_delivery(&headers, &raw, max_body_bytes), held)
+            })
+            .await
+        };
+        match tokio::time::timeout_at(deadline.into(), parsing).await {
+            Ok(Ok((parsed, held))) => (parsed?, held),
+            Ok(Err(panicked)) => std::panic::resume_unwind(panicked.into_panic()),
+            Err(_) => {
+                return Err(ApiError::Unavailable {
+                    reason: format!(
+                        "body not parsed within the {} ms ack deadline",
+                        limits.ack_deadline.as_millis()
+                    ),
+                    stored: MaybeStored::No,
+                    retry_after_secs: limits.retry_after_secs,
+                })
+            }
+        }
+    };
     let event_type = delivery.event_type.clone();
     let unavailable = |reason: String, stored: MaybeStored| ApiError::Unavailable {
         reason,
@@ -186,7 +234,10 @@ async fn handle(
             };
             // Content the database refuses would be refused again when loaded from the spool.
             if error.failure() == Failure::Refused {
-                return Err(unavailable("the database refused the delivery".to_owned(), MaybeStored::No));
+                return Err(unavailable(
+                    "the database refused the delivery".to_owned(),
+                    MaybeStored::No,
+                ));
             }
             ("database unavailable".to_owned(), stored)
         }
@@ -211,7 +262,10 @@ async fn handle(
         )),
         Ok(Err(error)) => {
             tracing::error!(%error, "spool append failed");
-            Err(unavailable(format!("{reason}, and the spool failed too"), stored))
+            Err(unavailable(
+                format!("{reason}, and the spool failed too"),
+                stored,
+            ))
         }
         Err(_) => Err(unavailable(
             format!("{reason}, and the spool did not fsync in time"),

@@ -41,6 +41,44 @@ struct Job {
     reply: oneshot::Sender<Result<Receipt, Arc<WriteError>>>,
 }
 
+/// A delivery in the queue. Its requester takes it back when it stops waiting, so that a
+/// queue stuck behind a locked inbox holds no bodies nobody waits for (they would be memory
+/// outside the receiver's body budget).
+type Slot = Arc<std::sync::Mutex<Option<NewDelivery>>>;
+
+struct Queued {
+    delivery: Slot,
+    reply: oneshot::Sender<Result<Receipt, Arc<WriteError>>>,
+}
+
+impl Queued {
+    /// The job, unless its requester has gone.
+    fn take(self) -> Option<Job> {
+        if self.reply.is_closed() {
+            return None;
+        }
+        let delivery = lock(&self.delivery).take()?;
+        Some(Job {
+            delivery,
+            reply: self.reply,
+        })
+    }
+}
+
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<NewDelivery>> {
+    // An Option stays valid whatever a panicking holder did.
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Empties the slot when the requester's wait ends, answered or abandoned.
+struct Reclaim(Slot);
+
+impl Drop for Reclaim {
+    fn drop(&mut self) {
+        lock(&self.0).take();
+    }
+}
+
 /// Hands deliveries to a few writer tasks that each take whatever has queued up (up to
 /// `batch_max`) and write it in one statement. An idle writer takes the next delivery at
 /// once, so a lone request waits for nothing; under load, batches form by themselves.
@@ -49,7 +87,7 @@ struct Job {
 /// so a server that drains its requests before dropping its state loses nothing queued.
 #[derive(Clone)]
 pub struct InboxWriter {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Queued>,
 }
 
 impl InboxWriter {
@@ -82,8 +120,13 @@ impl InboxWriter {
     /// still commit (a later retry is then a duplicate).
     pub async fn store(&self, delivery: NewDelivery) -> Result<Receipt, Arc<WriteError>> {
         let (reply, answer) = oneshot::channel();
+        let slot = Arc::new(std::sync::Mutex::new(Some(delivery)));
+        let _reclaim = Reclaim(slot.clone());
         self.queue
-            .send(Job { delivery, reply })
+            .send(Queued {
+                delivery: slot,
+                reply,
+            })
             .await
             .map_err(|_| Arc::new(WriteError::Closed))?;
         answer.await.map_err(|_| Arc::new(WriteError::Closed))?
@@ -92,7 +135,7 @@ impl InboxWriter {
 
 async fn write_loop(
     pool: PgPool,
-    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    jobs: Arc<Mutex<mpsc::Receiver<Queued>>>,
     batch_max: usize,
     committed: Arc<watch::Sender<u64>>,
 ) {
@@ -113,7 +156,7 @@ async fn write_loop(
         }
         // A requester that stopped waiting has already answered (spooled, or 503 so Thryve
         // retries): writing its delivery now would only add work after an outage.
-        batch.retain(|job| !job.reply.is_closed());
+        let batch: Vec<Job> = batch.into_iter().filter_map(Queued::take).collect();
         if !batch.is_empty() {
             write_batch(&pool, batch, &committed).await;
         }

