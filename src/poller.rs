@@ -272,7 +272,12 @@ async fn commit_plan(mut tx: Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Re
             tx.rollback().await?;
             Ok(Applied::Refused(error))
         }
-        Err(error) => Err(error),
+        Err(error) => {
+            // Rolled back here rather than when the connection is next used, so the rows'
+            // locks go now and the next poll (on any connection) finds them pending.
+            let _ = tx.rollback().await;
+            Err(error)
+        }
     }
 }
 

@@ -685,3 +685,201 @@ async fn statement_timeouts_behind_a_held_lock_quarantine_nothing_and_a_row_slow
         [("processed".to_owned(), 13), ("quarantined".to_owned(), 1)]
     );
 }
+
+/// A Postgres cluster of the test's own (`pg_createcluster`, port 54331), so that it may
+/// require passwords over TCP and edit `pg_hba.conf`, which the shared cluster's tests must
+/// not. Dropped with the test. None where the tools or the rights to run them are missing.
+struct OwnCluster {
+    version: String,
+    name: String,
+    port: u16,
+}
+
+impl OwnCluster {
+    const PORT: u16 = 54331;
+
+    fn create() -> Option<Self> {
+        let version = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .max()?;
+        let name = "thryve13".to_owned();
+        let run = |program: &str, args: &[&str]| {
+            std::process::Command::new(program)
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        // A cluster left by an interrupted run goes first.
+        let _ = run("pg_dropcluster", &["--stop", &version, &name]);
+        let port = Self::PORT.to_string();
+        let created = run(
+            "pg_createcluster",
+            &[
+                &version,
+                &name,
+                "--port",
+                &port,
+                "--start",
+                "--",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ],
+        );
+        created.then_some(Self {
+            version,
+            name,
+            port: Self::PORT,
+        })
+    }
+
+    /// As the superuser, over the Unix socket (trusted).
+    fn admin_url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@localhost/{database}?host=/var/run/postgresql&port={}",
+            self.port
+        )
+    }
+
+    fn hba(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/etc/postgresql/{}/{}/pg_hba.conf",
+            self.version, self.name
+        ))
+    }
+
+    async fn sql(&self, database: &str, sql: &str) {
+        let mut conn = PgConnection::connect(&self.admin_url(database))
+            .await
+            .unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.ok();
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pg_dropcluster")
+            .args(["--stop", &self.version, &self.name])
+            .output();
+    }
+}
+
+/// The rows "password changed (28P01)" and "`pg_hba` reject (28000)" on a cluster of the
+/// test's own: each a spooled outage while serving, loaded once the cause is undone.
+#[tokio::test]
+async fn a_changed_password_and_a_pg_hba_reject_are_outages_spooled_and_loaded_after() {
+    let Some(cluster) = OwnCluster::create() else {
+        eprintln!(
+            "SKIPPED: needs pg_createcluster and the rights to run it (root or postgres); \
+             28000 is also shown by the NOLOGIN test on the shared cluster"
+        );
+        return;
+    };
+    cluster.sql("postgres", "CREATE DATABASE thryve_own").await;
+    cluster
+        .sql(
+            "postgres",
+            "CREATE ROLE bridge LOGIN SUPERUSER PASSWORD 'first-password'",
+        )
+        .await;
+    let admin_pool = PgPool::connect(&cluster.admin_url("thryve_own"))
+        .await
+        .unwrap();
+    thryve_bridge::db::migrate(&admin_pool).await.unwrap();
+    let url = |password: &str| {
+        format!(
+            "postgres://bridge:{password}@127.0.0.1:{}/thryve_own",
+            cluster.port
+        )
+    };
+    let dir = TempDir::new();
+    let mut config = test_config();
+    config.ack_deadline_ms = 1000;
+    config.spool_dir = Some(dir.0.clone());
+    let server = Server::start(&config, &url("first-password")).await;
+    assert_eq!(
+        post(server.addr, &epoch_notification("own", 1, 2, &[1]))
+            .await
+            .0,
+        200
+    );
+    let hba = std::fs::read_to_string(cluster.hba()).unwrap();
+    let disconnect =
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'bridge'";
+    let faults = [
+        (
+            "28P01",
+            "ALTER ROLE bridge PASSWORD 'changed-password'",
+            "ALTER ROLE bridge PASSWORD 'first-password'",
+        ),
+        ("28000", "pg_hba reject", "pg_hba restore"),
+    ];
+    let mut expected_rows = 1;
+    for (round, (code, break_it, heal_it)) in faults.into_iter().enumerate() {
+        match break_it {
+            "pg_hba reject" => {
+                std::fs::write(
+                    cluster.hba(),
+                    format!("host all bridge 127.0.0.1/32 reject\n{hba}"),
+                )
+                .unwrap();
+                cluster.sql("postgres", "SELECT pg_reload_conf()").await;
+            }
+            sql => cluster.sql("postgres", sql).await,
+        }
+        cluster.sql("postgres", disconnect).await;
+        let refused = PgConnection::connect(&url("first-password"))
+            .await
+            .expect_err("the login is refused");
+        assert_eq!(
+            refused
+                .as_database_error()
+                .and_then(|e| e.code())
+                .as_deref(),
+            Some(code)
+        );
+        let bodies: Vec<Value> = (0..3)
+            .map(|i| epoch_notification(&format!("own{round}"), 10_000 * i, 10_000 * i + 1, &[1]))
+            .collect();
+        for body in &bodies {
+            let (status, _, answer) = post(server.addr, body).await;
+            assert_eq!(
+                (status, &answer),
+                (200, &json!({"outcome": "spooled"})),
+                "{code}"
+            );
+        }
+        let errors_before = metric(server.addr, "thryve_bridge_spool_load_errors_total").await;
+        wait_until(
+            Duration::from_secs(20),
+            "the loader tried again",
+            || async {
+                metric(server.addr, "thryve_bridge_spool_load_errors_total").await
+                    >= errors_before + 2.0
+            },
+        )
+        .await;
+        assert_eq!(
+            metric(server.addr, "thryve_bridge_spool_records").await,
+            3.0,
+            "{code}"
+        );
+        assert!(set_aside_files(&dir.0).is_empty(), "{code}");
+        match heal_it {
+            "pg_hba restore" => {
+                std::fs::write(cluster.hba(), &hba).unwrap();
+                cluster.sql("postgres", "SELECT pg_reload_conf()").await;
+            }
+            sql => cluster.sql("postgres", sql).await,
+        }
+        expected_rows += 3;
+        wait_until(Duration::from_secs(30), "the spool loaded", || async {
+            inbox_rows(&admin_pool).await == expected_rows
+                && metric(server.addr, "thryve_bridge_spool_records").await == 0.0
+        })
+        .await;
+    }
+    server.stop().await;
+    admin_pool.close().await;
+}
