@@ -93,6 +93,9 @@ pub struct NewDelivery {
     pub typed: TypedColumns,
     /// When the bridge first received it, if not now (a delivery loaded from the spool).
     pub received_at: Option<DateTime<Utc>>,
+    /// When Thryve signed it (`x-hmac-timestamp` within the window), if known: the version
+    /// of the values it carries.
+    pub signed_at: Option<DateTime<Utc>>,
 }
 
 impl NewDelivery {
@@ -139,6 +142,7 @@ impl NewDelivery {
             end_user_alias: envelope.end_user_alias,
             typed,
             received_at: None,
+            signed_at: None,
         }
     }
 
@@ -167,7 +171,7 @@ fn typed_columns(event: &Event) -> TypedColumns {
         } => connection_columns(&ConnectionChange {
             data_source_id: *data_source_id,
             connected: *connected,
-            at: *at,
+            at: Some(*at),
         }),
         Event::EpochData(span) => epoch_columns(span),
         Event::DailyData(span) => daily_columns(span),
@@ -189,7 +193,7 @@ fn connection_columns(change: &ConnectionChange) -> TypedColumns {
     TypedColumns {
         data_source_id: Some(change.data_source_id),
         connected: Some(change.connected),
-        event_time: Some(change.at),
+        event_time: change.at,
         ..TypedColumns::default()
     }
 }
@@ -250,6 +254,7 @@ pub async fn insert_batch(
     let mut connected = Vec::with_capacity(batch.len());
     let mut event_times = Vec::with_capacity(batch.len());
     let mut received = Vec::with_capacity(batch.len());
+    let mut signed = Vec::with_capacity(batch.len());
     for (d, count) in batch {
         fingerprints.push(d.fingerprint.to_vec());
         event_types.push(d.event_type.as_deref());
@@ -274,26 +279,30 @@ pub async fn insert_batch(
         connected.push(d.typed.connected);
         event_times.push(d.typed.event_time);
         received.push(d.received_at);
+        signed.push(d.signed_at);
     }
     sqlx::query_as::<_, InsertedRow>(
         r#"
         INSERT INTO thryve.inbox AS i (
             fingerprint, event_type, end_user_id, end_user_alias, payload, status, error,
             delivery_count, data_source_id, data_type_ids, start_time, end_time, start_day,
-            end_day, connected, event_time, first_received_at, last_received_at)
+            end_day, connected, event_time, first_received_at, last_received_at, signed_at)
         SELECT f, et, u, a, p::jsonb, s, e, c, ds, dt::integer[], st, en, sd, ed, cn, ev,
-               coalesce(r, now()), coalesce(r, now())
+               coalesce(r, now()), coalesce(r, now()), sg
         FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                     $7::text[], $8::integer[], $9::integer[], $10::text[], $11::timestamptz[],
                     $12::timestamptz[], $13::date[], $14::date[], $15::boolean[],
-                    $16::timestamptz[], $17::timestamptz[])
-             AS t(f, et, u, a, p, s, e, c, ds, dt, st, en, sd, ed, cn, ev, r)
+                    $16::timestamptz[], $17::timestamptz[], $18::timestamptz[])
+             AS t(f, et, u, a, p, s, e, c, ds, dt, st, en, sd, ed, cn, ev, r, sg)
         ORDER BY f
         ON CONFLICT (fingerprint) DO UPDATE SET
             delivery_count   = i.delivery_count + EXCLUDED.delivery_count,
             -- A spooled delivery loaded late keeps the time it was received.
             first_received_at = least(i.first_received_at, EXCLUDED.first_received_at),
             last_received_at = greatest(i.last_received_at, EXCLUDED.last_received_at),
+            -- The same content signed again (Thryve re-sends with a fresh signature) is not
+            -- newer data: its version stays the earliest signing seen.
+            signed_at        = least(i.signed_at, EXCLUDED.signed_at),
             -- Same fingerprint, same content: a blanked payload can be had back for free, and
             -- the poller needs it where the typed columns do not describe the event.
             payload          = CASE WHEN i.payload = 'null'::jsonb THEN EXCLUDED.payload
@@ -320,6 +329,7 @@ pub async fn insert_batch(
     .bind(connected)
     .bind(event_times)
     .bind(received)
+    .bind(signed)
     .fetch_all(executor)
     .await
 }
@@ -345,11 +355,14 @@ pub struct PendingRow {
     pub connected: Option<bool>,
     pub event_time: Option<DateTime<Utc>>,
     pub payload: Option<Value>,
+    /// The version of the values it carries: when it was signed, else first received.
+    pub version_at: DateTime<Utc>,
 }
 
 const PENDING_COLUMNS: &str =
     "i.id, i.event_type, i.end_user_id, i.data_source_id, i.data_type_ids,
     i.start_time, i.end_time, i.start_day, i.end_day, i.connected, i.event_time,
+    coalesce(i.signed_at, i.first_received_at) AS version_at,
     CASE WHEN i.data_source_id IS NULL THEN i.payload END AS payload";
 
 /// Locks up to `limit` pending rows, oldest first, skipping rows another poller holds. The

@@ -9,6 +9,8 @@ mod ops;
 mod poller;
 mod properties;
 mod proxy;
+mod pushes;
 mod receiver;
 mod reliability;
 mod server;
+mod wire;
