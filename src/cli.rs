@@ -1,13 +1,16 @@
 //! The `thryve-bridge` command line: `serve` (the default), `migrate`, `healthcheck`, `hmac
 //! check`, and the operator commands, which print JSON.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::watch,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -18,6 +21,7 @@ use crate::{
     inbox::{self, Status},
     ranges::{self, ClaimMode, Consumer},
     server::Application,
+    spool::{self, Spool, SpoolLoader, SpoolMetrics},
     stats, telemetry, users,
 };
 
@@ -69,6 +73,26 @@ pub enum Command {
     /// Run housekeeping (retention) by hand (JSON out).
     #[command(subcommand)]
     Housekeeping(HousekeepingCommand),
+    /// List or reload the spool's set-aside records (JSON out).
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// List the records set aside in SPOOL_DIR/rejected-*.jsonl (no payloads). Reads only:
+    /// safe while a server owns the directory.
+    List {
+        #[arg(long, env = "SPOOL_DIR")]
+        dir: PathBuf,
+    },
+    /// Load the set-aside records into the inbox again, once what refused them is fixed; any
+    /// still refused are set aside again. Takes the directory's lock, so run it while the
+    /// server that owns SPOOL_DIR is stopped (e.g. between stopping and starting a replica).
+    Reload {
+        #[arg(long, env = "SPOOL_DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,6 +312,15 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
             print_json(&serde_json::json!({ "end_user_id": end_user_id, "deleted": rows }));
             Ok(())
         }
+        Command::Spool(SpoolCommand::List { dir }) => {
+            let listed = spool::list_set_aside(&dir)
+                .map_err(|e| format!("SPOOL_DIR: {}: {e}", dir.display()))?;
+            print_json(&listed);
+            Ok(())
+        }
+        Command::Spool(SpoolCommand::Reload { dir }) => {
+            spool_reload(&dir, operator_pool(database)?).await
+        }
         Command::Housekeeping(HousekeepingCommand::Run(retention)) => {
             retention.validate().map_err(|e| e.to_string())?;
             // One pass, so the interval between passes plays no part.
@@ -299,6 +332,29 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
             Ok(())
         }
     }
+}
+
+/// Requeues the set-aside records and loads everything the spool holds, as the server's loader
+/// would; prints what is left.
+async fn spool_reload(dir: &std::path::Path, pool: PgPool) -> Result<(), String> {
+    let metrics = SpoolMetrics::default();
+    let (spool, writer) =
+        Spool::open(dir, metrics.clone()).map_err(|e| format!("SPOOL_DIR: {e}"))?;
+    let requeued = spool
+        .requeue_set_aside()
+        .map_err(|e| format!("SPOOL_DIR: {}: {e}", dir.display()))?;
+    let loader = SpoolLoader::new(spool, pool, Arc::new(watch::channel(0).0));
+    let loaded = loader.load_all(&CancellationToken::new()).await;
+    drop(loader);
+    // The writer thread ends (and the lock goes) with the last handle.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    loaded.map_err(|e| format!("{e}; the records stay in the spool"))?;
+    print_json(&serde_json::json!({
+        "requeued": requeued,
+        "waiting": metrics.waiting.get(),
+        "set_aside": metrics.set_aside.get(),
+    }));
+    Ok(())
 }
 
 /// A small pool for a one-shot command.

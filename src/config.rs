@@ -115,6 +115,12 @@ pub struct ServeConfig {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Most request-body bytes held at once, over all requests; a request that would go over
+    /// is answered 503 at once (its body read and dropped, not kept). Bounds the receiver's
+    /// memory under a burst of large bodies while the database is slow.
+    #[arg(long, env = "BODY_BUDGET_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub body_budget_bytes: usize,
+
     /// Time from request start within which the delivery must be committed, else 503.
     #[arg(long, env = "ACK_DEADLINE_MS", default_value_t = 1500)]
     pub ack_deadline_ms: u64,

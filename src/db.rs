@@ -58,6 +58,10 @@ pub enum NotReady {
     Unreachable(#[from] sqlx::Error),
     #[error("database not migrated: at version {have:?}, this build needs {want}; run `thryve-bridge migrate`")]
     NotMigrated { have: Option<i64>, want: i64 },
+    #[error("database is read-only (a standby, or default_transaction_read_only): deliveries cannot be committed")]
+    ReadOnly,
+    #[error("thryve.inbox is locked by another session: deliveries would wait for it")]
+    InboxLocked,
 }
 
 /// Ok when the database answers and has every embedded migration applied.
@@ -75,53 +79,165 @@ pub async fn readiness(pool: &PgPool) -> Result<(), NotReady> {
         None
     };
     match have {
-        Some(v) if v >= want => Ok(()),
-        have => Err(NotReady::NotMigrated { have, want }),
+        Some(v) if v >= want => {}
+        have => return Err(NotReady::NotMigrated { have, want }),
+    }
+    writable(pool).await
+}
+
+/// Ok when a delivery could be committed now: the session is not read-only and nothing holds
+/// a lock on the inbox that an INSERT would queue behind. Asks in a transaction that is rolled
+/// back; `ROW EXCLUSIVE` is the lock an INSERT takes, and `NOWAIT` makes the question cost no
+/// wait.
+async fn writable(pool: &PgPool) -> Result<(), NotReady> {
+    let mut tx = pool.begin().await?;
+    let read_only: bool = sqlx::query_scalar(
+        "SELECT current_setting('transaction_read_only')::boolean OR pg_is_in_recovery()",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if read_only {
+        return Err(NotReady::ReadOnly);
+    }
+    let locked = sqlx::query("LOCK TABLE thryve.inbox IN ROW EXCLUSIVE MODE NOWAIT")
+        .execute(&mut *tx)
+        .await;
+    match locked {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+            return Err(NotReady::InboxLocked)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tx.rollback().await?;
+    Ok(())
+}
+
+/// Where a database call failed. The same SQLSTATE means different things in each phase:
+/// nothing a connection attempt or `BEGIN` reports is about the rows at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Getting a connection from the pool (opening one, authenticating) or starting a
+    /// transaction.
+    Connect,
+    /// A statement, or the commit, that the database ran.
+    Statement,
+}
+
+/// What a failure means for the delivery or row at hand; the one classification the receiver,
+/// the spool loader and the poller all use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The database is out, or busy, or refusing this process: the same work may succeed
+    /// later. A delivery goes to the spool (or gets 503 with `Retry-After`); a spooled record
+    /// stays in the spool; a poller's row stays pending.
+    Outage,
+    /// The database ran the statement and refused it for this content (a constraint, a bad
+    /// value): retrying would refuse it again.
+    Refused,
+}
+
+/// Classifies `error` by the phase it came from: anything while connecting or beginning is an
+/// outage (wrong password 28P01, `pg_hba` reject 28000, missing database 3D000, `ALLOW_CONNECTIONS
+/// false` 55000, too many clients 53300, starting up or shutting down 57P03, ...); a statement's
+/// error is a refusal unless its SQLSTATE says nothing about the rows ([`is_outage_code`]).
+///
+/// ```
+/// use thryve_bridge::db::{classify, Failure, Phase};
+/// let lost = sqlx::Error::PoolTimedOut;
+/// assert_eq!(classify(Phase::Connect, &lost), Failure::Outage);
+/// assert_eq!(classify(Phase::Statement, &sqlx::Error::RowNotFound), Failure::Refused);
+/// ```
+pub fn classify(phase: Phase, error: &sqlx::Error) -> Failure {
+    let outage = match (phase, error) {
+        (Phase::Connect, _) => true,
+        (Phase::Statement, sqlx::Error::Database(e)) => {
+            e.code().is_some_and(|code| is_outage_code(&code))
+        }
+        (
+            Phase::Statement,
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::BeginFailed,
+        ) => true,
+        (Phase::Statement, _) => false,
+    };
+    if outage {
+        Failure::Outage
+    } else {
+        Failure::Refused
     }
 }
 
-/// True when `error` says the database is unreachable or refusing work for now (connection
-/// lost, pool timed out, see [`is_transient_code`] for the server's own errors), so the same
-/// statement may succeed later; false when the statement itself was refused (bad data), which
-/// retrying would only repeat.
-pub fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(e) => e.code().is_some_and(|code| is_transient_code(&code)),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::BeginFailed => true,
-        _ => false,
+/// A database error with the phase it came from, so that callers classify it the one way.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct PhasedError {
+    pub phase: Phase,
+    #[source]
+    pub error: sqlx::Error,
+}
+
+impl PhasedError {
+    pub fn connect(error: sqlx::Error) -> Self {
+        Self {
+            phase: Phase::Connect,
+            error,
+        }
+    }
+
+    pub fn statement(error: sqlx::Error) -> Self {
+        Self {
+            phase: Phase::Statement,
+            error,
+        }
+    }
+
+    pub fn failure(&self) -> Failure {
+        classify(self.phase, &self.error)
     }
 }
 
-/// SQLSTATEs that say nothing about the rows: connection lost (class 08), a lost deadlock or
-/// serialisation race (40), short of disk, memory or connections (53), shut down or cancelled,
-/// e.g. by `statement_timeout` (57), a failure of the server itself (58), and read-only after a
-/// failover (25006).
-pub fn is_transient_code(code: &str) -> bool {
-    ["08", "40", "53", "57", "58"]
+/// SQLSTATEs that say nothing about the rows a statement wrote: connection lost (class 08), a
+/// lost deadlock or serialisation race (40), short of disk, memory or connections (53), shut
+/// down or cancelled, e.g. by `statement_timeout` (57), a failure of the server itself (58),
+/// read-only after a failover or by `default_transaction_read_only` (25006), a lock not had
+/// within `lock_timeout` (55P03), and the connection-time ones should a statement ever report
+/// them: authentication (28), missing database (3D000).
+pub fn is_outage_code(code: &str) -> bool {
+    ["08", "28", "40", "53", "57", "58"]
         .iter()
         .any(|class| code.starts_with(class))
-        || code == "25006"
+        || ["25006", "55P03", "3D000"].contains(&code)
+}
+
+/// A statement cancelled by `statement_timeout` (57014) rather than refused. An outage like the
+/// others, except that the poller counts them per row (see `poller`), since one row can be the
+/// reason its own statement is slow; a lock wait (55P03) never is.
+pub fn is_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().is_some_and(|code| code == "57014"))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_transient_code;
+    use super::is_outage_code;
 
     #[test]
-    fn outages_are_transient_and_refused_rows_are_not() {
+    fn outages_are_told_from_refused_rows_by_sqlstate() {
         for code in [
-            "08006", "40001", "40P01", "53100", "57P01", "57014", "58030", "25006",
+            "08006", "40001", "40P01", "53100", "53300", "57P01", "57P03", "57014", "58030",
+            "25006", "55P03", "28P01", "28000", "3D000",
         ] {
-            assert!(is_transient_code(code), "{code}");
+            assert!(is_outage_code(code), "{code}");
         }
-        for code in ["23505", "23514", "22008", "22P02", "42P01", "25P02"] {
-            assert!(!is_transient_code(code), "{code}");
+        for code in [
+            "23505", "23514", "22008", "22P02", "42P01", "25P02", "55000",
+        ] {
+            assert!(!is_outage_code(code), "{code}");
         }
     }
 }

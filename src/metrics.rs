@@ -59,6 +59,9 @@ pub struct Metrics {
     pub seconds_since_last_delivery: Gauge<f64, AtomicU64>,
     pub spool_records: Gauge,
     pub spool_rejected: Counter,
+    pub spool_set_aside: Gauge,
+    pub spool_load_errors: Counter,
+    pub bodies_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -184,6 +187,24 @@ impl Metrics {
             "Spooled records the inbox refused or that could not be read, kept in rejected-*.jsonl",
             spool_rejected.clone(),
         );
+        let spool_set_aside = Gauge::default();
+        registry.register(
+            "spool_set_aside_records",
+            "Spooled records in SPOOL_DIR/rejected-*.jsonl now; not loaded until `thryve-bridge spool reload`",
+            spool_set_aside.clone(),
+        );
+        let spool_load_errors = Counter::default();
+        registry.register(
+            "spool_load_errors",
+            "Attempts to load the spool into the inbox that failed because the database is out; the records stay",
+            spool_load_errors.clone(),
+        );
+        let bodies_refused = Counter::default();
+        registry.register(
+            "bodies_over_budget",
+            "Requests answered 503 at once because the bodies already held filled BODY_BUDGET_BYTES",
+            bodies_refused.clone(),
+        );
         Self {
             registry,
             deliveries,
@@ -204,6 +225,9 @@ impl Metrics {
             seconds_since_last_delivery,
             spool_records,
             spool_rejected,
+            spool_set_aside,
+            spool_load_errors,
+            bodies_refused,
         }
     }
 

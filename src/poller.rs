@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    db,
+    db::{self, Failure, Phase},
     inbox::{self, PendingRow},
     metrics::Metrics,
     ranges::{self, Granularity, MergedSpan},
@@ -57,12 +57,23 @@ impl std::ops::AddAssign for BatchReport {
     }
 }
 
+/// How often a row may time out applied on its own (not waiting for a lock) before it is set
+/// aside: a few tries, so one slow row cannot hold the queue, and more than one, so a moment
+/// of load does not park a healthy row.
+pub const MAX_ROW_TIMEOUTS: u32 = 3;
+
+/// The longest pause between polls while they keep failing (an outage, a lock held).
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// Turns pending inbox rows into their effects. Any number may run against one database.
 #[derive(Clone)]
 pub struct Poller {
     pool: PgPool,
     config: PollerConfig,
     metrics: Option<Arc<Metrics>>,
+    /// Statement timeouts per inbox row applied on its own, by this poller. Kept in memory:
+    /// a restart only grants a slow row a few more tries.
+    timeouts: Arc<Mutex<HashMap<i64, u32>>>,
 }
 
 impl Poller {
@@ -71,6 +82,7 @@ impl Poller {
             pool,
             config,
             metrics: None,
+            timeouts: Arc::default(),
         }
     }
 
@@ -85,6 +97,7 @@ impl Poller {
     pub async fn run(self, mut wake: watch::Receiver<u64>, shutdown: CancellationToken) {
         let mut listener = None;
         let mut wake_open = true;
+        let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             wake.borrow_and_update();
             let started = Instant::now();
@@ -98,13 +111,15 @@ impl Poller {
                                 .observe(started.elapsed().as_secs_f64());
                         }
                     }
+                    failures = 0;
                     report.rows as i64 >= self.config.batch_size
                 }
                 Err(error) => {
                     if let Some(m) = &self.metrics {
                         m.poller_errors.inc();
                     }
-                    tracing::warn!(%error, "poller batch failed; retrying after the interval");
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(%error, failures, "poller batch failed; its rows stay pending and are retried");
                     false
                 }
             };
@@ -117,7 +132,7 @@ impl Poller {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 changed = wake.changed(), if wake_open => wake_open = changed.is_ok(),
-                _ = tokio::time::sleep(self.config.interval) => {}
+                _ = tokio::time::sleep(backoff(self.config.interval, failures)) => {}
                 notified = recv(&mut listener) => {
                     if notified.is_err() {
                         listener = None;
@@ -146,10 +161,10 @@ impl Poller {
         }
     }
 
-    /// One batch in one transaction. If the batch hits a database error, its rows are retried
-    /// one per transaction, so a poison row is quarantined with the error and the rest go on.
-    /// An error that is the database's state, not the rows' (see [`is_transient`]), fails the
-    /// batch instead: its rows stay pending for the next poll.
+    /// One batch in one transaction. If the database refuses the batch, or it runs out of
+    /// time, its rows are retried one per transaction, so a poison row is quarantined with the
+    /// error and the rest go on. An outage ([`db::classify`]) fails the batch instead: its
+    /// rows stay pending for the next poll.
     pub async fn poll_once(&self) -> sqlx::Result<BatchReport> {
         let mut tx = self.pool.begin().await?;
         let rows = inbox::claim_pending(&mut *tx, self.config.batch_size).await?;
@@ -160,7 +175,7 @@ impl Poller {
         let plan = plan(&rows);
         match commit_plan(tx, &plan).await? {
             Applied::Committed => Ok(plan.report(rows.len())),
-            Applied::Refused(error) => {
+            Applied::Refused(error) | Applied::TimedOut(error) => {
                 tracing::warn!(%error, rows = rows.len(), "batch failed; retrying its rows one by one");
                 let mut report = BatchReport::default();
                 for row in &rows {
@@ -171,48 +186,89 @@ impl Poller {
         }
     }
 
+    /// One row in a transaction of its own, where waiting for a lock ends before the statement
+    /// timeout would (see `inbox::bound_lock_waits`): a lock wait then fails the poll (the row
+    /// stays pending, not counted), while a statement timeout is this row's own slowness.
     async fn poll_row(&self, id: i64) -> sqlx::Result<BatchReport> {
         let mut tx = self.pool.begin().await?;
+        inbox::bound_lock_waits(&mut *tx).await?;
         let Some(row) = inbox::claim_one(&mut *tx, id).await? else {
             return Ok(BatchReport::default());
         };
         let plan = plan(std::slice::from_ref(&row));
-        match commit_plan(tx, &plan).await? {
-            Applied::Committed => Ok(plan.report(1)),
+        let reason = match commit_plan(tx, &plan).await? {
+            Applied::Committed => {
+                self.timeouts().remove(&id);
+                return Ok(plan.report(1));
+            }
             Applied::Refused(error) => {
                 tracing::error!(inbox_id = id, %error, "inbox row quarantined: applying it fails");
-                let mut tx = self.pool.begin().await?;
-                if inbox::claim_one(&mut *tx, id).await?.is_some() {
-                    let reason = Some(format!("poller: database error applying this row: {error}"));
-                    inbox::finish(&mut *tx, &[id], &["quarantined"], &[reason]).await?;
-                }
-                tx.commit().await?;
-                Ok(BatchReport {
-                    rows: 1,
-                    quarantined: 1,
-                    ..BatchReport::default()
-                })
+                format!("poller: database error applying this row: {error}")
             }
+            Applied::TimedOut(error) => {
+                let tries = {
+                    let mut timeouts = self.timeouts();
+                    let tries = timeouts.entry(id).or_insert(0);
+                    *tries += 1;
+                    *tries
+                };
+                if tries < MAX_ROW_TIMEOUTS {
+                    tracing::warn!(inbox_id = id, tries, %error, "inbox row timed out applied on its own; it stays pending");
+                    return Ok(BatchReport::default());
+                }
+                self.timeouts().remove(&id);
+                tracing::error!(inbox_id = id, tries, %error, "inbox row set aside: it keeps timing out on its own");
+                format!(
+                    "poller: set aside after {tries} statement timeouts applying this row on its own \
+                     (not waiting for a lock); the data may be fine, replay it once the database \
+                     is faster: {error}"
+                )
+            }
+        };
+        let mut tx = self.pool.begin().await?;
+        if inbox::claim_one(&mut *tx, id).await?.is_some() {
+            inbox::finish(&mut *tx, &[id], &["quarantined"], &[Some(reason)]).await?;
         }
+        tx.commit().await?;
+        Ok(BatchReport {
+            rows: 1,
+            quarantined: 1,
+            ..BatchReport::default()
+        })
+    }
+
+    fn timeouts(&self) -> std::sync::MutexGuard<'_, HashMap<i64, u32>> {
+        // The map is valid whatever a panicking holder was doing.
+        self.timeouts.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// How [`commit_plan`] ended when neither the connection nor the database's state failed it.
+/// How [`commit_plan`] ended when it was no outage.
 enum Applied {
     Committed,
     /// The database refused a statement (a row's data, not the connection); rolled back.
-    Refused(Box<dyn sqlx::error::DatabaseError>),
+    Refused(sqlx::Error),
+    /// A statement ran out of time ([`db::is_timeout`]); rolled back.
+    TimedOut(sqlx::Error),
 }
 
 /// Applies `plan` in `tx` and commits it, or rolls back if the database refuses it for the
-/// rows' sake; a transient error (see [`is_transient`]) is returned as the error it is.
+/// rows' sake or it times out; any other outage ([`db::classify`]) is returned as the error
+/// it is, and the rows stay pending.
 async fn commit_plan(mut tx: Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Result<Applied> {
     match apply(&mut tx, plan).await {
         Ok(()) => {
             tx.commit().await?;
             Ok(Applied::Committed)
         }
-        Err(sqlx::Error::Database(error)) if !is_transient(&*error) => {
+        Err(error) if db::is_timeout(&error) => {
+            tx.rollback().await?;
+            Ok(Applied::TimedOut(error))
+        }
+        // Only what the database itself answered can be about the rows.
+        Err(error @ sqlx::Error::Database(_))
+            if db::classify(Phase::Statement, &error) == Failure::Refused =>
+        {
             tx.rollback().await?;
             Ok(Applied::Refused(error))
         }
@@ -225,14 +281,11 @@ async fn commit_plan(mut tx: Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Re
     }
 }
 
-/// Errors that say nothing about the rows being applied ([`db::is_transient_code`]):
-/// quarantining on these would park healthy rows, every pending row in turn while a disk stays
-/// full. A statement timeout (57014) is the exception: a row whose merge always times out
-/// would otherwise hold up the queue forever, so it is quarantined like a refused row.
-fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
-    error
-        .code()
-        .is_some_and(|code| code != "57014" && db::is_transient_code(&code))
+/// The pause after `failures` failed polls in a row: the interval, doubling up to
+/// [`BACKOFF_MAX`] (never shorter than the interval).
+fn backoff(interval: Duration, failures: u32) -> Duration {
+    let doubled = interval.saturating_mul(1 << failures.min(16));
+    doubled.min(BACKOFF_MAX.max(interval))
 }
 
 async fn recv(listener: &mut Option<PgListener>) -> sqlx::Result<()> {

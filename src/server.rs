@@ -3,7 +3,11 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{watch, Semaphore},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -78,6 +82,16 @@ impl Application {
             )
             .into());
         }
+        if config.body_budget_bytes < config.max_body_bytes {
+            return Err(ConfigError::new(
+                "BODY_BUDGET_BYTES",
+                format!(
+                    "must be at least MAX_BODY_BYTES ({}), or a largest body could never be taken (default 33554432)",
+                    config.max_body_bytes
+                ),
+            )
+            .into());
+        }
         if config.max_connections == 0 {
             return Err(
                 ConfigError::new("MAX_CONNECTIONS", "must be at least 1 (default 1024)").into(),
@@ -122,7 +136,11 @@ impl Application {
             tls,
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
-            max_connections: config.max_connections,
+            max_connections: listener::fit_connections(
+                config.max_connections,
+                pool.options().get_max_connections(),
+            )
+            .map_err(|problem| ConfigError::new("MAX_CONNECTIONS", problem))?,
             open_connections: metrics.http_connections_open.clone(),
         };
         if config.migrate_on_start {
@@ -150,6 +168,8 @@ impl Application {
                     SpoolMetrics {
                         waiting: metrics.spool_records.clone(),
                         rejected: metrics.spool_rejected.clone(),
+                        set_aside: metrics.spool_set_aside.clone(),
+                        load_errors: metrics.spool_load_errors.clone(),
                     },
                 )
                 .map_err(|e| ConfigError::new("SPOOL_DIR", e.to_string()))?;
@@ -182,7 +202,8 @@ impl Application {
             tls = listener_options.tls.is_some(),
             auth = %auth.modes(),
             max_body_bytes = config.max_body_bytes,
-            max_connections = config.max_connections,
+            body_budget_bytes = config.body_budget_bytes,
+            max_connections = listener_options.max_connections,
             ack_deadline_ms = config.ack_deadline_ms,
             ingest_writers = config.ingest_writers,
             ingest_batch_max = config.ingest_batch_max,
@@ -213,6 +234,12 @@ impl Application {
             receiver_enabled: config.receiver_enabled,
             metrics,
             spool: spool.as_ref().map(|(spool, _, _)| spool.clone()),
+            body_budget: Arc::new(Semaphore::new(
+                config.body_budget_bytes.min(Semaphore::MAX_PERMITS),
+            )),
+            parse_slots: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, usize::from),
+            )),
         };
         Ok(Self {
             listener,

@@ -4,7 +4,9 @@
 //! Layout of `SPOOL_DIR`: `spool.lock` (held by the one process that owns the directory),
 //! `segment-<seq>.jsonl` (one JSON line per delivery: `{"received_at":...,"body":{...}}`;
 //! new lines go to the newest segment only), and `rejected-<seq>.jsonl` (lines the inbox
-//! refused or that could not be read, kept for an operator).
+//! refused for their content or that could not be read, set aside for an operator, who lists
+//! them with [`list_set_aside`] and loads them again with [`Spool::requeue_set_aside`]). An
+//! outage, whatever the database says while connecting, never sets a record aside.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -24,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    db,
+    db::{Failure, PhasedError},
     inbox::{self, NewDelivery},
 };
 
@@ -125,8 +127,12 @@ pub struct AppendError(Arc<io::Error>);
 pub struct SpoolMetrics {
     /// Records on disk waiting to be loaded.
     pub waiting: Gauge,
-    /// Records set aside in `rejected-*.jsonl`.
+    /// Records ever set aside in `rejected-*.jsonl` by this process.
     pub rejected: Counter,
+    /// Records in `rejected-*.jsonl` now: stays above 0 until an operator has dealt with them.
+    pub set_aside: Gauge,
+    /// Attempts to load that failed (the database out): the records stay and are retried.
+    pub load_errors: Counter,
 }
 
 /// A handle on the spool directory; clones share one writer thread and one lock.
@@ -211,6 +217,20 @@ impl Spool {
         sealed.sort_by_key(|s| s.seq);
         let waiting: usize = sealed.iter().map(|s| s.records).sum();
         metrics.waiting.set(waiting as i64);
+        let set_aside = set_aside_files(dir)
+            .map_err(io_error)?
+            .iter()
+            .map(|(_, path)| fs::read(path).map(|b| b.iter().filter(|&&b| b == b'\n').count()))
+            .sum::<io::Result<usize>>()
+            .map_err(io_error)?;
+        metrics.set_aside.set(set_aside as i64);
+        if set_aside > 0 {
+            tracing::warn!(
+                spool_dir = %dir.display(),
+                records = set_aside,
+                "spool holds records set aside (rejected-*.jsonl); list them with `thryve-bridge spool list`"
+            );
+        }
         if !sealed.is_empty() {
             tracing::info!(
                 spool_dir = %dir.display(),
@@ -291,6 +311,7 @@ impl Spool {
             file.sync_data()?;
             sync_dir(&self.shared.dir)?;
             self.shared.metrics.rejected.inc_by(rejected.len() as u64);
+            self.shared.metrics.set_aside.inc_by(rejected.len() as i64);
         }
         match fs::remove_file(&segment.path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -303,6 +324,99 @@ impl Spool {
         self.shared.metrics.waiting.dec_by(segment.records as i64);
         Ok(())
     }
+}
+
+impl Spool {
+    /// Puts every set-aside record back in line to be loaded: each `rejected-*.jsonl` becomes
+    /// a segment again (a rename, so nothing is copied or lost). Once the operator has fixed
+    /// what the inbox refused them for, the loader takes them like any other; whatever is
+    /// still refused is set aside again. Returns how many records were requeued.
+    pub fn requeue_set_aside(&self) -> io::Result<usize> {
+        let mut state = self.shared.lock();
+        let mut requeued = 0;
+        for (_, path) in set_aside_files(&self.shared.dir)? {
+            let records = fs::read(&path)?.iter().filter(|&&b| b == b'\n').count();
+            let seq = state.next_seq;
+            let segment = self
+                .shared
+                .dir
+                .join(format!("{SEGMENT_PREFIX}{seq:020}{SUFFIX}"));
+            fs::rename(&path, &segment)?;
+            sync_dir(&self.shared.dir)?;
+            state.next_seq += 1;
+            state.sealed.push_back(Segment {
+                seq,
+                path: segment,
+                records,
+            });
+            self.shared.metrics.waiting.inc_by(records as i64);
+            self.shared.metrics.set_aside.dec_by(records as i64);
+            requeued += records;
+        }
+        Ok(requeued)
+    }
+}
+
+/// One set-aside record as `spool list` shows it: where it is and what it is about, never the
+/// payload itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetAside {
+    pub file: String,
+    pub line: usize,
+    pub received_at: Option<DateTime<Utc>>,
+    pub event_type: Option<String>,
+    pub end_user_id: Option<String>,
+    /// SHA-256 of the canonical body, as `thryve.inbox.fingerprint`; none for an unreadable line.
+    pub fingerprint: Option<String>,
+    pub bytes: usize,
+}
+
+/// Every set-aside record in `dir`, oldest file first. Reads only, so it is safe while a
+/// server owns the directory.
+pub fn list_set_aside(dir: &Path) -> io::Result<Vec<SetAside>> {
+    let mut listed = Vec::new();
+    for (_, path) in set_aside_files(dir)? {
+        let bytes = fs::read(&path)?;
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let record = serde_json::from_slice::<Record>(line).ok();
+            let delivery = record.as_ref().map(|r| NewDelivery::from_body(&r.body));
+            listed.push(SetAside {
+                file: file.clone(),
+                line: i + 1,
+                received_at: record.map(|r| r.received_at),
+                event_type: delivery.as_ref().and_then(|d| d.event_type.clone()),
+                end_user_id: delivery.as_ref().and_then(|d| d.end_user_id.clone()),
+                fingerprint: delivery.map(|d| hex::encode(d.fingerprint)),
+                bytes: line.len(),
+            });
+        }
+    }
+    Ok(listed)
+}
+
+/// The `rejected-<seq>.jsonl` files in `dir`, by sequence number.
+fn set_aside_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let seq = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(REJECTED_PREFIX)?.strip_suffix(SUFFIX))
+            .and_then(|digits| digits.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            found.push((seq, path));
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 impl Shared {
@@ -420,7 +534,7 @@ pub struct SegmentReport {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] PhasedError),
     #[error("spool file: {0}")]
     Io(#[from] io::Error),
 }
@@ -457,6 +571,7 @@ impl SpoolLoader {
                         CHECK_INTERVAL
                     }
                     Err(error) => {
+                        self.spool.shared.metrics.load_errors.inc();
                         tracing::warn!(
                             %error,
                             waiting = self.spool.waiting(),
@@ -549,16 +664,21 @@ impl SpoolLoader {
         let mut refused: Vec<&[u8]> = Vec::new();
         match self.insert_all(&groups).await {
             Ok(inserted) => report.inserted = inserted,
-            Err(e) if db::is_transient(&e) => return Err(e.into()),
+            // Failing to connect or begin, or any outage, says nothing about the records:
+            // they stay in the spool until the database takes them.
+            Err(e) if e.failure() == Failure::Outage => return Err(e.into()),
             Err(e) => {
                 // One record the inbox refuses must not hold back the others: load them one
                 // by one and keep the refused ones aside.
                 tracing::warn!(segment = segment.seq, error = %e, "spool segment refused as a whole; loading its records one by one");
+                let mut conn = self.pool.acquire().await.map_err(PhasedError::connect)?;
                 for group in &groups {
-                    match inbox::insert_batch(&self.pool, &[(&group.delivery, group.count())]).await
+                    match inbox::insert_batch(&mut *conn, &[(&group.delivery, group.count())])
+                        .await
+                        .map_err(PhasedError::statement)
                     {
                         Ok(rows) => report.inserted += rows.iter().filter(|r| r.inserted).count(),
-                        Err(e) if db::is_transient(&e) => return Err(e.into()),
+                        Err(e) if e.failure() == Failure::Outage => return Err(e.into()),
                         Err(e) => {
                             tracing::error!(
                                 segment = segment.seq,
@@ -600,16 +720,18 @@ impl SpoolLoader {
     }
 
     /// Writes every group in one transaction; returns how many rows are new.
-    async fn insert_all(&self, groups: &[Group<'_>]) -> sqlx::Result<usize> {
-        let mut tx = self.pool.begin().await?;
+    async fn insert_all(&self, groups: &[Group<'_>]) -> Result<usize, PhasedError> {
+        let mut tx = self.pool.begin().await.map_err(PhasedError::connect)?;
         let mut inserted = 0;
         for chunk in groups.chunks(LOAD_CHUNK) {
             let rows: Vec<(&NewDelivery, i32)> =
                 chunk.iter().map(|g| (&g.delivery, g.count())).collect();
-            let written = inbox::insert_batch(&mut *tx, &rows).await?;
+            let written = inbox::insert_batch(&mut *tx, &rows)
+                .await
+                .map_err(PhasedError::statement)?;
             inserted += written.iter().filter(|r| r.inserted).count();
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(PhasedError::statement)?;
         Ok(inserted)
     }
 }

@@ -42,8 +42,55 @@ pub struct ListenerOptions {
     pub open_connections: Gauge,
 }
 
-/// How often, at most, reaching `max_connections` is logged.
+/// Largest read buffer per connection, headers included: ample for a webhook's headers, and
+/// bodies stream through it in chunks of this size.
+const READ_BUFFER_MAX: usize = 64 * 1024;
+
+/// How often, at most, reaching `max_connections` (or failing to accept) is logged.
 const AT_CAPACITY_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Pauses after accept fails for want of resources (EMFILE and the like): short at first so
+/// a brief peak costs little, doubling so a lasting one costs no CPU.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Files the process needs besides its client connections: stdio, the listener, the
+/// runtime's epoll and wake-up descriptors, the spool's lock, segment and directory handles,
+/// a LISTEN connection, TLS files at start, and headroom. The pool's connections come on top.
+pub const RESERVED_FILES: u64 = 64;
+
+/// Raises the soft limit on open files to the hard limit, and returns how many client
+/// connections fit under it with `pool_connections` and [`RESERVED_FILES`] kept free: at
+/// most `wanted`. A lower figure is logged, so `MAX_CONNECTIONS` never promises more sockets
+/// than `accept` can have (past it, accept fails with EMFILE while clients wait).
+pub fn fit_connections(wanted: usize, pool_connections: u32) -> Result<usize, String> {
+    let reserve = RESERVED_FILES + u64::from(pool_connections);
+    let (soft, hard) = rlimit::Resource::NOFILE
+        .get()
+        .map_err(|e| format!("cannot read the open-file limit: {e}"))?;
+    let soft = match rlimit::increase_nofile_limit(hard) {
+        Ok(raised) => raised,
+        Err(error) => {
+            tracing::warn!(%error, soft, hard, "cannot raise the open-file limit; keeping the soft one");
+            soft
+        }
+    };
+    let room = soft.saturating_sub(reserve);
+    if room == 0 {
+        return Err(format!(
+            "the open-file limit ({soft}) leaves no room for client connections beside the pool ({pool_connections}) and {RESERVED_FILES} reserved; raise it (ulimit -n)"
+        ));
+    }
+    let fits = usize::try_from(room).unwrap_or(usize::MAX).min(wanted);
+    if fits < wanted {
+        tracing::warn!(
+            max_connections = wanted,
+            serving = fits,
+            open_file_limit = soft,
+            "MAX_CONNECTIONS is more than the open-file limit allows with room for the pool and spool; serving fewer"
+        );
+    }
+    Ok(fits)
+}
 
 /// One served connection's claim on the cap, given back (and counted down) when it ends.
 struct Slot {
@@ -110,8 +157,15 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut last_at_capacity_log: Option<Instant> = None;
+    let mut last_accept_error_log: Option<Instant> = None;
+    let mut accept_failures: u64 = 0;
+    let mut accept_backoff = ACCEPT_BACKOFF_MIN;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
+        // Each connection's read buffer grows up to this; hyper's default (about 400 KiB)
+        // times hundreds of connections streaming bodies was most of the RSS of a burst.
+        // Also the most header bytes a request may send (more gets 431).
+        .max_buf_size(READ_BUFFER_MAX)
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true);
     loop {
@@ -136,11 +190,25 @@ pub async fn serve(
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    accept_backoff = ACCEPT_BACKOFF_MIN;
+                    accepted
+                }
                 Err(error) => {
-                    // Out of file descriptors and the like: keep serving what is open.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: keep serving what is open, and
+                    // wait for some to close rather than spin (the client stays in the
+                    // backlog meanwhile).
+                    accept_failures += 1;
+                    if last_accept_error_log.is_none_or(|at| at.elapsed() >= AT_CAPACITY_LOG_INTERVAL) {
+                        last_accept_error_log = Some(Instant::now());
+                        tracing::warn!(%error, failures = accept_failures, backoff_ms = accept_backoff.as_millis() as u64, "accept failed; backing off (logged once a minute at most)");
+                    }
+                    drop(permit);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(accept_backoff) => {}
+                    }
+                    accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },

@@ -17,6 +17,7 @@ use axum::{
     Router,
 };
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 pub use delivery::{decode_delivery, parse_content, parse_delivery};
 pub use error::ApiError;
@@ -65,6 +66,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// `SPOOL_DIR`: where deliveries go when the database cannot take them in time.
     pub spool: Option<Spool>,
+    /// `BODY_BUDGET_BYTES`: one permit per body byte held by a request.
+    pub body_budget: Arc<Semaphore>,
+    /// One permit per core: large bodies parsed at once, off the async workers.
+    pub parse_slots: Arc<Semaphore>,
 }
 
 /// The router, apart from any listener, so tests can drive it in-process or over a socket.

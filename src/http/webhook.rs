@@ -16,11 +16,13 @@ use serde::Serialize;
 use super::{
     decode_delivery,
     delivery::signed_at,
+    error::MaybeStored,
     hmac::{Check, Forms, HmacMode},
     parse_content, ApiError, AppState,
 };
 use crate::{
-    inbox::Receipt,
+    db::Failure,
+    inbox::{Receipt, WriteError},
     metrics::{event_type_label, DeliveryLabels, FormLabels, HmacLabels},
 };
 
@@ -42,6 +44,14 @@ impl Ack {
         }
     }
 }
+
+/// Bodies up to this size are parsed on the request's own task (microseconds); larger ones on
+/// the blocking pool.
+const INLINE_PARSE_MAX: usize = 64 * 1024;
+
+/// Most bytes read (and dropped) from a body refused for the budget before its connection
+/// is closed.
+const DRAIN_MAX: usize = 64 * 1024;
 
 pub async fn receive(
     State(state): State<AppState>,
@@ -121,6 +131,34 @@ async fn handle(
         return Err(ApiError::TooLarge(limits.max_body_bytes));
     }
     let deadline = started + limits.ack_deadline;
+    // A body of unknown length may be as large as the limit.
+    let wanted = declared.map_or(limits.max_body_bytes, |len| len as usize);
+    let Some(held) = u32::try_from(wanted)
+        .ok()
+        .and_then(|n| state.body_budget.clone().try_acquire_many_owned(n).ok())
+    else {
+        state.metrics.bodies_refused.inc();
+        // Answered at once, while a task reads a little more of the body and drops it: closing
+        // at once on unread bytes would reset the connection before the client read the
+        // answer. Reading all of it would cost as much CPU as taking it, in the very burst
+        // this refuses; after DRAIN_MAX bytes (or the deadline) the connection is dropped.
+        let mut body = body;
+        tokio::spawn(tokio::time::timeout_at(deadline.into(), async move {
+            let mut drained = 0;
+            while drained < DRAIN_MAX {
+                match body.frame().await {
+                    Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+                    _ => break,
+                }
+            }
+        }));
+        return Err(ApiError::Unavailable {
+            reason: "the receiver holds as many request bodies as it may (BODY_BUDGET_BYTES)"
+                .to_owned(),
+            stored: MaybeStored::No,
+            retry_after_secs: limits.retry_after_secs,
+        });
+    };
     let raw = tokio::time::timeout_at(
         deadline.into(),
         Limited::new(body, limits.max_body_bytes).collect(),
@@ -162,14 +200,48 @@ async fn handle(
             form: decoded.form.as_str(),
         })
         .inc();
-    let mut delivery = parse_content(headers, &decoded.content)?;
+    let (mut delivery, _held) = if decoded.content.len() <= INLINE_PARSE_MAX {
+        (parse_content(headers, &decoded.content)?, held)
+    } else {
+        // Large content takes milliseconds to parse: on the runtime's few worker threads, a
+        // burst of them would hold up every other request's deadline. Off them, the deadline
+        // holds; one parse per core at a time, or a hundred parsing threads would starve the
+        // workers just the same. The budget and the slot stay taken until the parse ends,
+        // answered or not.
+        let headers = headers.clone();
+        let content = decoded.content;
+        let slots = state.parse_slots.clone();
+        let parsing = async move {
+            let slot = slots.acquire_owned().await.expect("never closed");
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                (parse_content(&headers, &content), held)
+            })
+            .await
+        };
+        match tokio::time::timeout_at(deadline.into(), parsing).await {
+            Ok(Ok((parsed, held))) => (parsed?, held),
+            Ok(Err(panicked)) => std::panic::resume_unwind(panicked.into_panic()),
+            Err(_) => {
+                return Err(ApiError::Unavailable {
+                    reason: format!(
+                        "body not parsed within the {} ms ack deadline",
+                        limits.ack_deadline.as_millis()
+                    ),
+                    stored: MaybeStored::No,
+                    retry_after_secs: limits.retry_after_secs,
+                })
+            }
+        }
+    };
     // The version of pushed values: the verified signing time, else the header's if it lies
     // within the window (see `signed_at`).
     delivery.signed_at =
         verified_at.or_else(|| signed_at(headers, received_at, limits.signing_window));
     let event_type = delivery.event_type.clone();
-    let unavailable = |reason: String| ApiError::Unavailable {
+    let unavailable = |reason: String, stored: MaybeStored| ApiError::Unavailable {
         reason,
+        stored,
         retry_after_secs: limits.retry_after_secs,
     };
     // With a spool, the margin before the deadline is the spool's to write and fsync in.
@@ -183,23 +255,38 @@ async fn handle(
     // The spool would need the body after the writer took the delivery.
     let body = state.spool.as_ref().map(|_| delivery.payload.clone());
     let stored = tokio::time::timeout_at(wait_until.into(), state.writer.store(delivery)).await;
-    let reason = match stored {
+    let (reason, stored) = match stored {
         Ok(Ok(receipt)) => return Ok((Ack::Committed(receipt), event_type)),
         Ok(Err(error)) => {
             tracing::error!(%error, "inbox write failed");
+            // An error the database sent back means the INSERT (its own transaction) did
+            // not commit; a connection lost mid-statement leaves that unknown.
+            let stored = match &*error {
+                WriteError::Connect(_)
+                | WriteError::Closed
+                | WriteError::Statement(sqlx::Error::Database(_)) => MaybeStored::No,
+                WriteError::Statement(_) => MaybeStored::Maybe,
+            };
             // Content the database refuses would be refused again when loaded from the spool.
-            if !error.is_transient() {
-                return Err(unavailable("database unavailable".to_owned()));
+            if error.failure() == Failure::Refused {
+                return Err(unavailable(
+                    "the database refused the delivery".to_owned(),
+                    MaybeStored::No,
+                ));
             }
-            "database unavailable".to_owned()
+            ("database unavailable".to_owned(), stored)
         }
-        Err(_) => format!(
-            "not committed within the {} ms ack deadline",
-            limits.ack_deadline.as_millis()
+        // The write may be under way and commit after this answer.
+        Err(_) => (
+            format!(
+                "not committed within the {} ms ack deadline",
+                limits.ack_deadline.as_millis()
+            ),
+            MaybeStored::Maybe,
         ),
     };
     let (Some(spool), Some(body)) = (&state.spool, body) else {
-        return Err(unavailable(reason));
+        return Err(unavailable(reason, stored));
     };
     match tokio::time::timeout_at(deadline.into(), spool.append(&body, received_at)).await {
         Ok(Ok(())) => Ok((
@@ -210,11 +297,16 @@ async fn handle(
         )),
         Ok(Err(error)) => {
             tracing::error!(%error, "spool append failed");
-            Err(unavailable(format!("{reason}, and the spool failed too")))
+            Err(unavailable(
+                format!("{reason}, and the spool failed too"),
+                stored,
+            ))
         }
-        Err(_) => Err(unavailable(format!(
-            "{reason}, and the spool did not fsync in time"
-        ))),
+        Err(_) => Err(unavailable(
+            format!("{reason}, and the spool did not fsync in time"),
+            // A line written but not yet fsync'd may still be loaded.
+            MaybeStored::Maybe,
+        )),
     }
 }
 

@@ -382,6 +382,20 @@ pub async fn claim_pending(
     .await
 }
 
+/// In the current transaction, makes any lock wait end (55P03) at half the statement timeout
+/// in force, so that a statement that fails waiting for a lock says so instead of ending in a
+/// statement timeout (57014) that looks like the row's own slowness. No-op without one.
+pub async fn bound_lock_waits(executor: impl PgExecutor<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "SELECT set_config('lock_timeout', (t.ms / 2 + 1)::text, true)
+         FROM (SELECT setting::bigint AS ms FROM pg_settings WHERE name = 'statement_timeout') t
+         WHERE t.ms > 0",
+    )
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 /// Locks one row if it is still pending and free.
 pub async fn claim_one(executor: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<PendingRow>> {
     sqlx::query_as(&format!(

@@ -9,23 +9,29 @@ use tokio::{
 };
 
 use super::{insert_batch, NewDelivery, Outcome, Receipt};
+use crate::db::{self, Failure, Phase};
 
 /// Why a delivery was not committed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// No connection could be had (see [`Phase::Connect`]): nothing was sent.
+    #[error("database unavailable: {0}")]
+    Connect(sqlx::Error),
+    /// The INSERT failed: refused, or its outcome unknown if the connection was lost.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Statement(sqlx::Error),
     #[error("the inbox writer has stopped")]
     Closed,
 }
 
 impl WriteError {
-    /// True when the database was unavailable rather than refusing this delivery, so that
-    /// the same write may succeed later (from the spool).
-    pub fn is_transient(&self) -> bool {
+    /// Whether the database was out (the same write may succeed later, from the spool) or
+    /// refused this delivery.
+    pub fn failure(&self) -> Failure {
         match self {
-            WriteError::Database(e) => crate::db::is_transient(e),
-            WriteError::Closed => true,
+            WriteError::Connect(e) => db::classify(Phase::Connect, e),
+            WriteError::Statement(e) => db::classify(Phase::Statement, e),
+            WriteError::Closed => Failure::Outage,
         }
     }
 }
@@ -33,6 +39,44 @@ impl WriteError {
 struct Job {
     delivery: NewDelivery,
     reply: oneshot::Sender<Result<Receipt, Arc<WriteError>>>,
+}
+
+/// A delivery in the queue. Its requester takes it back when it stops waiting, so that a
+/// queue stuck behind a locked inbox holds no bodies nobody waits for (they would be memory
+/// outside the receiver's body budget).
+type Slot = Arc<std::sync::Mutex<Option<NewDelivery>>>;
+
+struct Queued {
+    delivery: Slot,
+    reply: oneshot::Sender<Result<Receipt, Arc<WriteError>>>,
+}
+
+impl Queued {
+    /// The job, unless its requester has gone.
+    fn take(self) -> Option<Job> {
+        if self.reply.is_closed() {
+            return None;
+        }
+        let delivery = lock(&self.delivery).take()?;
+        Some(Job {
+            delivery,
+            reply: self.reply,
+        })
+    }
+}
+
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<NewDelivery>> {
+    // An Option stays valid whatever a panicking holder did.
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Empties the slot when the requester's wait ends, answered or abandoned.
+struct Reclaim(Slot);
+
+impl Drop for Reclaim {
+    fn drop(&mut self) {
+        lock(&self.0).take();
+    }
 }
 
 /// Hands deliveries to a few writer tasks that each take whatever has queued up (up to
@@ -43,7 +87,7 @@ struct Job {
 /// so a server that drains its requests before dropping its state loses nothing queued.
 #[derive(Clone)]
 pub struct InboxWriter {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Queued>,
 }
 
 impl InboxWriter {
@@ -76,8 +120,13 @@ impl InboxWriter {
     /// still commit (a later retry is then a duplicate).
     pub async fn store(&self, delivery: NewDelivery) -> Result<Receipt, Arc<WriteError>> {
         let (reply, answer) = oneshot::channel();
+        let slot = Arc::new(std::sync::Mutex::new(Some(delivery)));
+        let _reclaim = Reclaim(slot.clone());
         self.queue
-            .send(Job { delivery, reply })
+            .send(Queued {
+                delivery: slot,
+                reply,
+            })
             .await
             .map_err(|_| Arc::new(WriteError::Closed))?;
         answer.await.map_err(|_| Arc::new(WriteError::Closed))?
@@ -86,7 +135,7 @@ impl InboxWriter {
 
 async fn write_loop(
     pool: PgPool,
-    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    jobs: Arc<Mutex<mpsc::Receiver<Queued>>>,
     batch_max: usize,
     committed: Arc<watch::Sender<u64>>,
 ) {
@@ -107,7 +156,7 @@ async fn write_loop(
         }
         // A requester that stopped waiting has already answered (spooled, or 503 so Thryve
         // retries): writing its delivery now would only add work after an outage.
-        batch.retain(|job| !job.reply.is_closed());
+        let batch: Vec<Job> = batch.into_iter().filter_map(Queued::take).collect();
         if !batch.is_empty() {
             write_batch(&pool, batch, &committed).await;
         }
@@ -133,9 +182,11 @@ async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &watch::Sender<u
             committed.send_modify(|n| *n += 1);
             answer(groups, receipts);
         }
-        // A statement error (not a lost connection) may come from one row: write the rows one
-        // by one so the others still commit and only the bad one is refused.
-        Err(WriteError::Database(sqlx::Error::Database(_))) if groups.len() > 1 => {
+        // A refused statement may come from one row: write the rows one by one so the others
+        // still commit and only the bad one is refused.
+        Err(error @ WriteError::Statement(_))
+            if groups.len() > 1 && error.failure() == Failure::Refused =>
+        {
             for group in groups {
                 let group = vec![group];
                 match write_groups(pool, &group).await {
@@ -156,7 +207,12 @@ async fn write_groups(pool: &PgPool, groups: &[Vec<Job>]) -> Result<Vec<Receipt>
         .iter()
         .map(|g| (&g[0].delivery, i32::try_from(g.len()).unwrap_or(i32::MAX)))
         .collect();
-    let written = insert_batch(pool, &rows).await?;
+    // Acquired apart from the statement, so that a failure to connect is never mistaken for
+    // the database refusing these rows.
+    let mut conn = pool.acquire().await.map_err(WriteError::Connect)?;
+    let written = insert_batch(&mut *conn, &rows)
+        .await
+        .map_err(WriteError::Statement)?;
     let by_fingerprint: HashMap<&[u8], (i64, bool)> = written
         .iter()
         .map(|r| (r.fingerprint.as_slice(), (r.id, r.inserted)))
@@ -167,7 +223,7 @@ async fn write_groups(pool: &PgPool, groups: &[Vec<Job>]) -> Result<Vec<Receipt>
             let d = &g[0].delivery;
             let &(inbox_id, inserted) = by_fingerprint
                 .get(&d.fingerprint[..])
-                .ok_or(WriteError::Database(sqlx::Error::RowNotFound))?;
+                .ok_or(WriteError::Statement(sqlx::Error::RowNotFound))?;
             let outcome = if inserted {
                 d.first_outcome()
             } else {

@@ -113,6 +113,7 @@ pub fn test_config() -> ServeConfig {
         webhook_hmac_window_secs: 300,
         webhook_allow_unauthenticated: false,
         max_body_bytes: 1024 * 1024,
+        body_budget_bytes: 32 * 1024 * 1024,
         ack_deadline_ms: 1500,
         retry_after_secs: 5,
         migrate_on_start: false,

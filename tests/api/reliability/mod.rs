@@ -1,7 +1,9 @@
 //! Reliability: the guarantees under faults (outages, crashes, torn writes), hostile input,
-//! and credential hygiene.
+//! bounded resources, and credential hygiene.
 
 mod auth;
 mod faults;
 mod hostile;
+mod limits;
+mod outages;
 mod spool;
