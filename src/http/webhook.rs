@@ -13,7 +13,7 @@ use chrono::Utc;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 
-use super::{parse_delivery, ApiError, AppState};
+use super::{parse_delivery, trace, ApiError, AppState};
 use crate::{
     inbox::Receipt,
     metrics::{event_type_label, DeliveryLabels},
@@ -44,7 +44,10 @@ pub async fn receive(
     body: Body,
 ) -> Result<Json<Ack>, ApiError> {
     let started = Instant::now();
-    let result = handle(&state, &headers, body, started).await;
+    // Thryve's trace id for this delivery, so an operator can quote it back to Thryve.
+    let traceparent = trace::traceparent(&headers);
+    let result = handle(&state, &headers, body, started, traceparent.clone()).await;
+    let traceparent = traceparent.as_deref().unwrap_or("");
     let elapsed = started.elapsed().as_secs_f64();
     let latency_ms = elapsed * 1000.0;
     let metrics = &state.metrics;
@@ -68,11 +71,12 @@ pub async fn receive(
                     outcome = receipt.outcome.as_str(),
                     event_type,
                     latency_ms,
+                    traceparent,
                     "delivery"
                 ),
                 // Acknowledged but not yet in the database: the database is out or slow.
                 Ack::Spooled { outcome } => {
-                    tracing::warn!(outcome, event_type, latency_ms, "delivery")
+                    tracing::warn!(outcome, event_type, latency_ms, traceparent, "delivery")
                 }
             }
         }
@@ -85,9 +89,9 @@ pub async fn receive(
                 })
                 .inc();
             if matches!(error, ApiError::Unavailable { .. }) {
-                tracing::warn!(status = error.status().as_u16(), %error, latency_ms, "delivery refused")
+                tracing::warn!(status = error.status().as_u16(), %error, latency_ms, traceparent, "delivery refused")
             } else {
-                tracing::info!(status = error.status().as_u16(), %error, latency_ms, "delivery rejected")
+                tracing::info!(status = error.status().as_u16(), %error, latency_ms, traceparent, "delivery rejected")
             }
         }
     }
@@ -99,6 +103,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
     started: Instant,
+    traceparent: Option<String>,
 ) -> Result<(Ack, Option<String>), ApiError> {
     let received_at = Utc::now();
     let limits = state.limits;
@@ -132,7 +137,8 @@ async fn handle(
     .to_bytes();
     // Over the bytes as received: the signer signed what it sent, compressed or not.
     state.auth.verify_signature(headers, &raw, Utc::now())?;
-    let delivery = parse_delivery(headers, &raw, limits.max_body_bytes)?;
+    let mut delivery = parse_delivery(headers, &raw, limits.max_body_bytes)?;
+    delivery.traceparent = traceparent;
     let event_type = delivery.event_type.clone();
     let unavailable = |reason: String| ApiError::Unavailable {
         reason,
@@ -147,7 +153,10 @@ async fn handle(
         None => deadline,
     };
     // The spool would need the body after the writer took the delivery.
-    let body = state.spool.as_ref().map(|_| delivery.payload.clone());
+    let body = state
+        .spool
+        .as_ref()
+        .map(|_| (delivery.payload.clone(), delivery.traceparent.clone()));
     let stored = tokio::time::timeout_at(wait_until.into(), state.writer.store(delivery)).await;
     let reason = match stored {
         Ok(Ok(receipt)) => return Ok((Ack::Committed(receipt), event_type)),
@@ -164,10 +173,11 @@ async fn handle(
             limits.ack_deadline.as_millis()
         ),
     };
-    let (Some(spool), Some(body)) = (&state.spool, body) else {
+    let (Some(spool), Some((body, traceparent))) = (&state.spool, body) else {
         return Err(unavailable(reason));
     };
-    match tokio::time::timeout_at(deadline.into(), spool.append(&body, received_at)).await {
+    let append = spool.append(&body, received_at, traceparent.as_deref());
+    match tokio::time::timeout_at(deadline.into(), append).await {
         Ok(Ok(())) => Ok((
             Ack::Spooled {
                 outcome: Ack::SPOOLED,

@@ -12,3 +12,4 @@ mod proxy;
 mod receiver;
 mod reliability;
 mod server;
+mod trace;
