@@ -4,6 +4,7 @@ mod cli;
 mod formats;
 mod helpers;
 mod invariants;
+mod listen;
 mod loadgen;
 mod ops;
 mod poller;
