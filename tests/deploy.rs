@@ -303,4 +303,20 @@ fn help_says_where_every_setting_is_listed() {
     for pointer in ["serve --help", ".env.example", "README"] {
         assert!(help.contains(pointer), "--help lacks {pointer}: {help}");
     }
+    // And what it points to holds every setting: the server's, plus the health check's URL.
+    let mut listed = String::new();
+    for command in ["serve", "healthcheck"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_thryve-bridge"))
+            .args([command, "--help"])
+            .env_clear()
+            .output()
+            .expect("the binary runs");
+        listed.push_str(&String::from_utf8_lossy(&output.stdout));
+    }
+    for variable in variables_read() {
+        assert!(
+            listed.contains(&format!("env: {variable}")),
+            "serve --help and healthcheck --help lack {variable}"
+        );
+    }
 }
