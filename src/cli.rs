@@ -3,6 +3,7 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -15,7 +16,7 @@ use crate::{
     housekeeping::Housekeeping,
     http::hmac,
     inbox::{self, Status},
-    ranges::{self, Consumer},
+    ranges::{self, ClaimMode, Consumer},
     server::Application,
     stats, telemetry, users,
 };
@@ -145,6 +146,9 @@ pub enum RangesCommand {
         max: i32,
         #[arg(long, default_value_t = 300)]
         lease_secs: u64,
+        /// fetch: only ranges that need a fetch from Thryve; all: push-only ones too.
+        #[arg(long, value_enum, default_value_t = ClaimMode::Fetch)]
+        mode: ClaimMode,
     },
     /// Mark a claimed range done (exit 1 if the worker no longer holds it).
     Complete {
@@ -243,10 +247,22 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), String> 
         }
         Command::Hmac(HmacCommand::Check {
             body,
+            headers,
+            header,
             timestamp,
             signature,
             secret,
-        }) => hmac_check(&body, &timestamp, &signature, &secret).await,
+        }) => {
+            hmac_check(
+                &body,
+                headers.as_deref(),
+                &header,
+                timestamp,
+                signature,
+                &secret,
+            )
+            .await
+        }
         Command::Healthcheck { url } => healthcheck(&url).await,
         Command::Ranges(command) => ranges_command(command, operator_pool(database)?).await,
         Command::Inbox(command) => inbox_command(command, operator_pool(database)?).await,
@@ -372,9 +388,10 @@ async fn ranges_command(command: RangesCommand, pool: PgPool) -> Result<(), Stri
             worker,
             max,
             lease_secs,
+            mode,
         } => {
             let claimed = Consumer::new(pool, worker)
-                .claim(max, Duration::from_secs(lease_secs))
+                .claim_for(mode, max, Duration::from_secs(lease_secs))
                 .await
                 .map_err(db_error)?;
             let out: Vec<serde_json::Value> = claimed
@@ -493,52 +510,126 @@ async fn healthcheck(url: &str) -> Result<(), String> {
 
 #[derive(Debug, Subcommand)]
 pub enum HmacCommand {
-    /// Find the WEBHOOK_HMAC_LAYOUT of a captured delivery: tries every layout, prints
-    /// {"matches":[...],"tried":[...]}, exits 1 if none matches.
+    /// Find the WEBHOOK_HMAC_LAYOUT of a captured delivery, given as it came over the wire:
+    /// decodes the body as its headers say (base64 text of a zstd frame included), tries every
+    /// layout over every form of it, prints {"form":..,"matches":[...],"setting":..,"tried":[...]},
+    /// exits 1 if none matches.
     Check {
-        /// File holding the raw body exactly as received (still compressed).
+        /// File holding the body exactly as received (for a data push: the base64 text).
         #[arg(long)]
         body: PathBuf,
-        /// The delivery's x-hmac-timestamp header.
+        /// File holding the request's header lines, `Name: value` each (as `curl -D` or a
+        /// proxy's log writes them; a request or status line is skipped).
         #[arg(long)]
-        timestamp: String,
-        /// The delivery's x-hmac-signature header (hex).
+        headers: Option<PathBuf>,
+        /// One header line, `Name: value`; may be repeated, and adds to --headers.
         #[arg(long)]
-        signature: String,
+        header: Vec<String>,
+        /// The delivery's x-hmac-timestamp header (else taken from the headers).
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// The delivery's x-hmac-signature header, hex (else taken from the headers).
+        #[arg(long)]
+        signature: Option<String>,
         /// The HMAC secret; prefer the variable, as `ps` shows command lines.
         #[arg(long, env = "WEBHOOK_HMAC_SECRET", hide_env_values = true)]
         secret: Secret,
     },
 }
 
+/// Header lines as `curl -D` or a proxy log writes them: `Name: value`, anything else skipped.
+fn header_map(lines: impl IntoIterator<Item = String>) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name =
+            HeaderName::try_from(name.trim()).map_err(|e| format!("header line {line:?}: {e}"))?;
+        let value = HeaderValue::try_from(value.trim())
+            .map_err(|e| format!("header line {line:?}: {e}"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
 async fn hmac_check(
     body: &std::path::Path,
-    timestamp: &str,
-    signature: &str,
+    headers_file: Option<&std::path::Path>,
+    header_lines: &[String],
+    timestamp: Option<String>,
+    signature: Option<String>,
     secret: &Secret,
 ) -> Result<(), String> {
-    let body = tokio::fs::read(body)
+    let raw = tokio::fs::read(body)
         .await
         .map_err(|e| format!("--body {}: {e}", body.display()))?;
+    let mut lines = Vec::new();
+    if let Some(file) = headers_file {
+        let text = tokio::fs::read_to_string(file)
+            .await
+            .map_err(|e| format!("--headers {}: {e}", file.display()))?;
+        lines.extend(text.lines().map(str::to_owned));
+    }
+    lines.extend(header_lines.iter().cloned());
+    let headers = header_map(lines)?;
+    let from_headers = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let timestamp = timestamp
+        .or_else(|| from_headers(hmac::TIMESTAMP_HEADER))
+        .ok_or("no timestamp: pass --timestamp or an x-hmac-timestamp header line")?;
+    let signature = signature
+        .or_else(|| from_headers(hmac::SIGNATURE_HEADER))
+        .ok_or("no signature: pass --signature or an x-hmac-signature header line")?;
     let signature =
-        hmac::decode_signature(signature.as_bytes()).map_err(|e| format!("--signature: {e}"))?;
+        hmac::decode_signature(signature.as_bytes()).map_err(|e| format!("signature: {e}"))?;
+    // The body as the server would see it, under a generous limit: this is an operator's file.
+    let decoded = crate::http::decode_delivery(&headers, &raw, 1 << 30);
+    let forms = match &decoded {
+        Ok(decoded) => hmac::Forms {
+            wire: &raw,
+            frame: Some(decoded.frame(&raw)),
+            json: Some(&decoded.content),
+        },
+        Err(_) => hmac::Forms {
+            wire: &raw,
+            frame: None,
+            json: None,
+        },
+    };
     // While the secret rotates the variable holds two; a layout matches under either.
     let mut matches: Vec<hmac::Layout> = hmac::secret_list(secret.expose())
         .flat_map(|secret| {
-            hmac::matching_layouts(secret.as_bytes(), &body, timestamp.as_bytes(), &signature)
+            hmac::matching_layouts(secret.as_bytes(), forms, timestamp.as_bytes(), &signature)
         })
         .collect();
     matches.sort_by_key(|layout| hmac::Layout::ALL.iter().position(|l| l == layout));
     matches.dedup();
     let names = |layouts: &[hmac::Layout]| layouts.iter().map(|l| l.as_str()).collect::<Vec<_>>();
+    // Several matches mean the forms were the same bytes (a plain JSON notification): any of
+    // them holds for such bodies, and a data push tells which holds for all.
+    let setting = match &matches[..] {
+        [only] => Some(format!("WEBHOOK_HMAC_LAYOUT={only}")),
+        _ => None,
+    };
     println!(
         "{}",
-        serde_json::json!({ "matches": names(&matches), "tried": names(&hmac::Layout::ALL) })
+        serde_json::json!({
+            "form": decoded.as_ref().map(|d| d.form.as_str()).ok(),
+            "decode_error": decoded.as_ref().err().map(|e| e.to_string()),
+            "matches": names(&matches),
+            "setting": setting,
+            "tried": names(&hmac::Layout::ALL),
+        })
     );
     if matches.is_empty() {
         Err(
             "no layout matches: check the secret, and that the body file holds the bytes as \
-             received (still compressed)"
+             received (for a data push, the base64 text) with its content-encoding header"
                 .to_owned(),
         )
     } else {

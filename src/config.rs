@@ -4,7 +4,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{builder::BoolishValueParser, Args, ValueEnum};
 
-use crate::http::hmac::{HmacVerifier, Layout};
+use crate::http::hmac::{HmacMode, HmacVerifier, LayoutSetting};
 
 /// A credential or secret: printed as `[redacted]` by `Debug` and `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -90,10 +90,18 @@ pub struct ServeConfig {
     #[arg(long, env = "WEBHOOK_HMAC_SECRET", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse_optional_secret)]
     pub webhook_hmac_secret: std::option::Option<Secret>,
 
-    /// Bytes the HMAC covers ("body" = raw body as received, still compressed); find it with
-    /// `thryve-bridge hmac check` on a captured delivery.
-    #[arg(long, env = "WEBHOOK_HMAC_LAYOUT", value_enum, default_value_t = Layout::BodyTimestamp)]
-    pub webhook_hmac_layout: Layout,
+    /// Which form of the body the HMAC covers and how the timestamp joins it
+    /// (`json+timestamp`, `timestamp.frame`, ...; `body...` = `wire...` as in earlier
+    /// versions), or `auto` to accept the layout signed deliveries show. `thryve-bridge hmac
+    /// check` finds it from a captured delivery; `report` mode logs it from live ones.
+    #[arg(long, env = "WEBHOOK_HMAC_LAYOUT", default_value = "wire+timestamp", value_parser = parse_layout)]
+    pub webhook_hmac_layout: LayoutSetting,
+
+    /// `enforce`: a missing or wrong signature gets 401 and nothing is stored. `report`: the
+    /// delivery is stored all the same, and the check is counted and logged (to switch
+    /// signatures on without risking the feed, and to find the layout).
+    #[arg(long, env = "WEBHOOK_HMAC_MODE", value_enum, default_value_t = HmacMode::Enforce)]
+    pub webhook_hmac_mode: HmacMode,
 
     /// Largest accepted gap, either way, between `x-hmac-timestamp` and this clock, in seconds.
     #[arg(long, env = "WEBHOOK_HMAC_WINDOW_SECS", default_value_t = 300)]
@@ -206,6 +214,7 @@ impl ServeConfig {
                 HmacVerifier::new(
                     secret,
                     self.webhook_hmac_layout,
+                    self.webhook_hmac_mode,
                     self.webhook_hmac_window_secs,
                 )
             })
@@ -287,6 +296,11 @@ pub fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
     } else {
         parse_duration(text).map(Some)
     }
+}
+
+/// A `WEBHOOK_HMAC_LAYOUT` value: a layout's name or `auto`.
+pub fn parse_layout(text: &str) -> Result<LayoutSetting, String> {
+    text.parse()
 }
 
 /// A path, where an empty value means "not set".

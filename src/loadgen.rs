@@ -104,7 +104,8 @@ const DAY_MS: i64 = 86_400_000;
 /// 2025-11-24T00:00:00Z: the mix's "today", fixed so runs are comparable.
 const TODAY_MS: i64 = 1_763_942_400_000;
 
-/// One delivery of the mix: body, and whether it goes out zstd-compressed.
+/// One delivery of the mix: body, and whether it goes out as Thryve sends a data push: base64
+/// text of a zstd frame under `content-encoding: zstd`.
 pub fn delivery(rng: &mut Rng, users: u32) -> (Value, bool) {
     let user = format!(
         "{:032x}",
@@ -201,13 +202,19 @@ pub fn delivery(rng: &mut Rng, users: u32) -> (Value, bool) {
                     .unwrap_or_default()
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             };
-            (
+            // Half in the v5 shape, half in the older trigger shape (no types, a string id).
+            let body = if rng.chance(0.5) {
                 json!({"sourceUpdate": {"authenticationToken": user, "partnerUserID": format!("alias-{user}"),
                     "dataSource": source, "createdAt": iso(end),
                     "/v5/dynamicEpochValues": {"startTimestamp": iso(start), "endTimestamp": iso(end),
-                        "dynamicValueTypes": pick_types(rng, &EPOCH_TYPES), "startTimestampUnix": start, "endTimestampUnix": end}}}),
-                false,
-            )
+                        "dynamicValueTypes": pick_types(rng, &EPOCH_TYPES), "startTimestampUnix": start, "endTimestampUnix": end}}})
+            } else {
+                let update_type = ["MINUTE", "DAILY", "BOTH"][rng.below(3) as usize];
+                json!({"sourceUpdate": {"authenticationToken": user, "partnerUserID": format!("alias-{user}"),
+                    "dataSource": source.to_string(), "startTimestamp": iso(start), "endTimestamp": iso(end),
+                    "updateType": update_type}})
+            };
+            (body, false)
         }
     }
 }
@@ -249,7 +256,11 @@ fn prepare(config: &LoadConfig, worker: usize) -> Vec<Prepared> {
         let (body, zstd) = delivery(&mut rng, config.users);
         let json = serde_json::to_vec(&body).expect("JSON serialises");
         let wire = if zstd {
-            zstd::encode_all(&json[..], 3).expect("zstd in memory")
+            use base64::Engine as _;
+            let frame = zstd::encode_all(&json[..], 3).expect("zstd in memory");
+            base64::engine::general_purpose::STANDARD
+                .encode(frame)
+                .into_bytes()
         } else {
             json
         };
@@ -523,6 +534,8 @@ pub async fn verify(
                     Some(d.end),
                 ),
             };
+            // No types means all types (legacy triggers): 0 stands for "all" below.
+            let ids = if ids.is_empty() { vec![0] } else { ids };
             for t in ids {
                 inbox_ids.push(id);
                 users.push(n.end_user_id.clone());
@@ -544,7 +557,8 @@ pub async fn verify(
          WHERE NOT EXISTS (
              SELECT 1 FROM thryve.dirty_ranges r
              WHERE r.end_user_id = w.u AND r.data_source_id = w.ds AND r.granularity = w.g
-               AND w.t = ANY (r.data_type_ids) AND r.last_dirtied_at >= i.processed_at
+               AND (cardinality(r.data_type_ids) = 0 OR w.t = ANY (r.data_type_ids))
+               AND r.last_dirtied_at >= i.processed_at
                AND (w.g = 'epoch' AND r.start_time <= w.st AND r.end_time >= w.et
                  OR w.g = 'daily' AND r.start_day <= w.sd AND r.end_day >= w.ed))",
     )

@@ -18,6 +18,22 @@ pub struct DeliveryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HmacLabels {
+    /// matched, mismatched, missing, malformed, outside_window.
+    pub result: &'static str,
+    /// The layout that matched; empty when none did.
+    pub layout: &'static str,
+    /// enforce or report: whether a failed check refused the delivery.
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormLabels {
+    /// plain (no content coding), frame (compressed bytes), base64 (base64 text of the frame).
+    pub form: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     pub status: String,
 }
@@ -26,6 +42,8 @@ pub struct StatusLabels {
 pub struct Metrics {
     registry: Registry,
     pub deliveries: Family<DeliveryLabels, Counter>,
+    pub hmac_checks: Family<HmacLabels, Counter>,
+    pub body_forms: Family<FormLabels, Counter>,
     pub ack_latency: Histogram,
     pub last_delivery: Gauge<f64, AtomicU64>,
     pub poller_batch_rows: Histogram,
@@ -57,6 +75,18 @@ impl Metrics {
             "deliveries",
             "Webhook deliveries by outcome and event type",
             deliveries.clone(),
+        );
+        let hmac_checks = Family::<HmacLabels, Counter>::default();
+        registry.register(
+            "hmac_checks",
+            "Signature checks by result, matching layout and mode",
+            hmac_checks.clone(),
+        );
+        let body_forms = Family::<FormLabels, Counter>::default();
+        registry.register(
+            "body_forms",
+            "Decoded webhook bodies by the form they came in",
+            body_forms.clone(),
         );
         // From well under a millisecond to Thryve's 2 s limit.
         let ack_latency = Histogram::new([
@@ -157,6 +187,8 @@ impl Metrics {
         Self {
             registry,
             deliveries,
+            hmac_checks,
+            body_forms,
             ack_latency,
             last_delivery,
             poller_batch_rows,

@@ -15,12 +15,12 @@ use crate::{
     db,
     inbox::{self, PendingRow},
     metrics::Metrics,
-    ranges::{self, MergedSpan},
+    ranges::{self, Granularity, MergedSpan},
     sources,
     thryve::{
         self, ConnectionChange, DailyValue, DaySpan, Effects, EpochValue, InstantSpan, Parsed, Span,
     },
-    values,
+    values::{self, Versioned},
 };
 
 /// The channel receivers NOTIFY after commits and pollers LISTEN on.
@@ -216,7 +216,12 @@ async fn commit_plan(mut tx: Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Re
             tx.rollback().await?;
             Ok(Applied::Refused(error))
         }
-        Err(error) => Err(error),
+        Err(error) => {
+            // Rolled back here, not when dropped: a dropped transaction's rollback runs later
+            // on its own, and until then the next poll skips these still-locked rows.
+            tx.rollback().await.ok();
+            Err(error)
+        }
     }
 }
 
@@ -242,8 +247,9 @@ async fn recv(listener: &mut Option<PgListener>) -> sqlx::Result<()> {
 struct Plan {
     spans: Vec<MergedSpan>,
     connections: Vec<(String, i64, ConnectionChange)>,
-    epoch_values: Vec<(String, i64, EpochValue)>,
-    daily_values: Vec<(String, i64, DailyValue)>,
+    epoch_values: Vec<Versioned<EpochValue>>,
+    daily_values: Vec<Versioned<DailyValue>>,
+    source_names: Vec<(i32, String, i64)>,
     ids: Vec<i64>,
     statuses: Vec<&'static str>,
     errors: Vec<Option<String>>,
@@ -266,9 +272,7 @@ fn plan(rows: &[PendingRow]) -> Plan {
     let mut plan = Plan::default();
     let mut spans = Vec::new();
     let mut connections: HashMap<(String, i32), (i64, ConnectionChange)> = HashMap::new();
-    let mut epoch_values: HashMap<(String, i32, i32, i64), (i64, EpochValue)> = HashMap::new();
-    let mut daily_values: HashMap<(String, i32, i32, chrono::NaiveDate), (i64, DailyValue)> =
-        HashMap::new();
+    let mut source_names: HashMap<i32, (String, i64)> = HashMap::new();
     for row in rows {
         plan.ids.push(row.id);
         let (user, effects) = match row_effects(row) {
@@ -286,7 +290,13 @@ fn plan(rows: &[PendingRow]) -> Plan {
         };
         plan.statuses.push("processed");
         plan.errors.push(None);
-        spans.extend(effects.spans.into_iter().map(|s| (user.clone(), s)));
+        spans.extend(effects.spans.into_iter().map(|s| (user.clone(), s, true)));
+        spans.extend(
+            effects
+                .stored_spans
+                .into_iter()
+                .map(|s| (user.clone(), s, false)),
+        );
         for change in effects.connections {
             let key = (user.clone(), change.data_source_id);
             let newer = connections
@@ -296,38 +306,42 @@ fn plan(rows: &[PendingRow]) -> Plan {
                 connections.insert(key, (row.id, change));
             }
         }
-        // Rows come in id order, so a later insert is the newer delivery's value.
-        for value in effects.epoch_values {
-            let key = (
-                user.clone(),
-                value.data_source_id,
-                value.data_type_id,
-                value.start.timestamp_micros(),
-            );
-            epoch_values.insert(key, (row.id, value));
+        // Rows come in id order, so a later insert is the newer delivery's name.
+        for (id, name) in effects.source_names {
+            source_names.insert(id, (name, row.id));
         }
-        for value in effects.daily_values {
-            let key = (
-                user.clone(),
-                value.data_source_id,
-                value.data_type_id,
-                value.day,
-            );
-            daily_values.insert(key, (row.id, value));
-        }
+        // An `update` push may move a value's end; `values` keeps the newest of each key.
+        let update = row
+            .event_type
+            .as_deref()
+            .is_some_and(|t| t.ends_with(".update"));
+        let versioned = |value| Versioned {
+            end_user_id: user.clone(),
+            inbox_id: row.id,
+            version_at: row.version_at,
+            update,
+            value,
+        };
+        plan.epoch_values
+            .extend(effects.epoch_values.into_iter().map(versioned));
+        let versioned = |value| Versioned {
+            end_user_id: user.clone(),
+            inbox_id: row.id,
+            version_at: row.version_at,
+            update,
+            value,
+        };
+        plan.daily_values
+            .extend(effects.daily_values.into_iter().map(versioned));
     }
-    plan.spans = ranges::coalesce(spans);
+    plan.spans = ranges::coalesce_marked(spans);
     plan.connections = connections
         .into_iter()
         .map(|((u, _), (id, c))| (u, id, c))
         .collect();
-    plan.epoch_values = epoch_values
+    plan.source_names = source_names
         .into_iter()
-        .map(|((u, ..), (id, v))| (u, id, v))
-        .collect();
-    plan.daily_values = daily_values
-        .into_iter()
-        .map(|((u, ..), (id, v))| (u, id, v))
+        .map(|(id, (name, inbox_id))| (id, name, inbox_id))
         .collect();
     plan
 }
@@ -347,7 +361,7 @@ fn row_effects(row: &PendingRow) -> Result<(String, Effects), RowProblem> {
             .ok_or_else(|| RowProblem::Invalid("end_user_id: missing".to_owned()))?;
         let types = || row.data_type_ids.clone().unwrap_or_default();
         let effects = match (row.connected, row.event_time, row.start_time, row.end_time, row.start_day, row.end_day) {
-            (Some(connected), Some(at), ..) => Effects {
+            (Some(connected), at, ..) => Effects {
                 connections: vec![ConnectionChange {
                     data_source_id,
                     connected,
@@ -394,15 +408,31 @@ fn row_effects(row: &PendingRow) -> Result<(String, Effects), RowProblem> {
     }
 }
 
-/// Writes a plan. Every transaction takes its locks in the same phases (connections, values,
-/// inbox, then range keys), each phase in sorted order, so concurrent pollers and consumers
-/// never wait on each other in a cycle. The range keys' advisory locks come last so another
-/// poller that needs one of the same keys waits only for the merge and the commit.
+/// Writes a plan. Every transaction takes its locks in the same phases (connections, source
+/// names, inbox, range keys, then values), each phase in sorted order, so concurrent pollers
+/// and consumers never wait on each other in a cycle. The range keys' advisory locks come late
+/// so another poller that needs one of the same keys waits only for the merge, the values and
+/// the commit. They also cover the epoch values' (user, source): an update may replace a
+/// stored value of another key, which no unique index serialises, so two pollers must not
+/// apply one user's values of one source at once.
 async fn apply(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Result<()> {
     sources::apply(&mut **tx, &plan.connections).await?;
-    values::apply_epoch(&mut **tx, &plan.epoch_values).await?;
-    values::apply_daily(&mut **tx, &plan.daily_values).await?;
+    values::apply_source_names(&mut **tx, &plan.source_names).await?;
     inbox::finish(&mut **tx, &plan.ids, &plan.statuses, &plan.errors).await?;
+    let keys = plan
+        .spans
+        .iter()
+        .map(|s| (s.end_user_id.as_str(), s.data_source_id, s.granularity()))
+        .chain(plan.epoch_values.iter().map(|v| {
+            (
+                v.end_user_id.as_str(),
+                v.value.data_source_id,
+                Granularity::Epoch,
+            )
+        }));
+    ranges::lock_keys(&mut **tx, keys).await?;
     ranges::merge_spans(&mut **tx, &plan.spans).await?;
+    values::apply_epoch(tx, &plan.epoch_values).await?;
+    values::apply_daily(&mut **tx, &plan.daily_values).await?;
     Ok(())
 }

@@ -208,6 +208,7 @@ impl Application {
                 ack_deadline: config.ack_deadline(),
                 retry_after_secs: config.retry_after_secs,
                 spool_margin: Duration::from_millis(config.spool_margin_ms),
+                signing_window: Duration::from_secs(config.webhook_hmac_window_secs),
             },
             receiver_enabled: config.receiver_enabled,
             metrics,

@@ -21,7 +21,12 @@ pub async fn apply(
     let done = sqlx::query(
         "INSERT INTO thryve.source_connections AS s
              (end_user_id, data_source_id, connected, changed_at, inbox_id)
-         SELECT * FROM unnest($1::text[], $2::integer[], $3::boolean[], $4::timestamptz[], $5::bigint[])
+         SELECT c.u, c.ds, c.connected,
+                -- A change that does not say when it happened counts from its receipt.
+                coalesce(c.at, (SELECT i.first_received_at FROM thryve.inbox i WHERE i.id = c.inbox_id)),
+                c.inbox_id
+         FROM unnest($1::text[], $2::integer[], $3::boolean[], $4::timestamptz[], $5::bigint[])
+              AS c(u, ds, connected, at, inbox_id)
          ORDER BY 1, 2
          ON CONFLICT (end_user_id, data_source_id) DO UPDATE SET
              connected = EXCLUDED.connected, changed_at = EXCLUDED.changed_at,

@@ -1,7 +1,18 @@
 //! `thryve.epoch_values` / `thryve.daily_values`: the values data-push webhooks carry, upserted
-//! on Thryve's uniqueness keys.
+//! on their keys, newest version first; and `thryve.data_sources`, the names pushes give.
+//!
+//! Keys: a daily value is (user, source, type, day). An epoch value is (user, source, type,
+//! start, end), the end of an instant being its start: Thryve sends a 1-minute point and an
+//! aggregate with one start as two values. A value that came as an `update` and matches no
+//! stored end replaces the stored value of its start with the latest end (Thryve updates a
+//! value when its end moves; what moves is an open session or aggregate, the longest value
+//! at its start, never a fixed-length point). Version: the signing time of the delivery,
+//! else its receipt; a lower version never overwrites a higher one, the inbox id breaking ties.
 
-use sqlx::{postgres::PgArguments, query::Query, PgExecutor, Postgres};
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::{PgConnection, PgExecutor};
 
 use crate::thryve::{DailyValue, EpochValue};
 
@@ -12,126 +23,233 @@ const NUMERIC: &str = r"CASE WHEN length(v.value) <= 1000
     AND v.value ~ '^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?\s*$'
     THEN v.value::numeric END";
 
-/// The upsert of one value table. `own` are the table's own columns after the shared ones
-/// (`$7` onwards, with their array types), the first of them the last column of the key.
-/// A newer delivery (higher inbox id) replaces a value; an older one, or a replay of the same
-/// content, changes nothing.
-fn upsert_sql(table: &str, own: &[(&str, &str)]) -> String {
-    let own_columns: Vec<&str> = own.iter().map(|(c, _)| *c).collect();
-    let own_params: Vec<String> = own
-        .iter()
-        .enumerate()
-        .map(|(i, (_, ty))| format!("${}::{ty}[]", i + 7))
-        .collect();
-    let key = own_columns[0];
-    let changed: Vec<&str> = own_columns[1..]
-        .iter()
-        .copied()
-        .chain(["timezone_offset", "value"])
-        .collect();
-    let set: Vec<String> = changed
-        .iter()
-        .map(|c| format!("{c} = EXCLUDED.{c}"))
-        .collect();
-    let old: Vec<String> = changed.iter().map(|c| format!("t.{c}")).collect();
-    let new: Vec<String> = changed.iter().map(|c| format!("EXCLUDED.{c}")).collect();
-    format!(
-        "INSERT INTO thryve.{table} AS t (end_user_id, data_source_id, data_type_id, timezone_offset,
-             value, inbox_id, {own_columns}, value_numeric)
-         SELECT v.u, v.ds, v.dt, v.tz, v.value, v.inbox_id, {own_values}, {NUMERIC}
-         FROM unnest($1::text[], $2::integer[], $3::integer[], $4::integer[], $5::text[],
-                     $6::bigint[], {own_params})
-              AS v(u, ds, dt, tz, value, inbox_id, {own_columns})
-         ORDER BY v.u, v.ds, v.dt, v.{key}
-         ON CONFLICT (end_user_id, data_source_id, data_type_id, {key}) DO UPDATE SET
-             {set}, value_numeric = EXCLUDED.value_numeric, inbox_id = EXCLUDED.inbox_id,
-             updated_at = now()
-         WHERE EXCLUDED.inbox_id >= t.inbox_id
-           AND ({old}) IS DISTINCT FROM ({new})",
-        own_columns = own_columns.join(", "),
-        own_values = own_columns
-            .iter()
-            .map(|c| format!("v.{c}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        own_params = own_params.join(", "),
-        set = set.join(", "),
-        old = old.join(", "),
-        new = new.join(", "),
+/// A pushed value as it is written: whose, from which delivery, at which version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<V> {
+    pub end_user_id: String,
+    pub inbox_id: i64,
+    /// `coalesce(inbox.signed_at, inbox.first_received_at)` of the delivery.
+    pub version_at: DateTime<Utc>,
+    /// The value came in an `update` push: it may move the end of the value it updates.
+    pub update: bool,
+    pub value: V,
+}
+
+impl<V> Versioned<V> {
+    fn order(&self) -> (DateTime<Utc>, i64) {
+        (self.version_at, self.inbox_id)
+    }
+}
+
+type EpochKey = (String, i32, i32, DateTime<Utc>);
+
+fn start_key(v: &Versioned<EpochValue>) -> EpochKey {
+    (
+        v.end_user_id.clone(),
+        v.value.data_source_id,
+        v.value.data_type_id,
+        v.value.start,
     )
 }
 
-/// What the two value tables share besides the user and the delivery: source, data type,
-/// timezone offset and value.
-type Shared<'q> = (i32, i32, Option<i32>, &'q str);
-
-/// `sql` (from [`upsert_sql`]) with the shared columns bound as `$1`..`$6`; `shared` reads
-/// them off one value.
-fn bind_shared<'q, V>(
-    sql: &'q str,
-    values: &'q [(String, i64, V)],
-    shared: impl Fn(&'q V) -> Shared<'q>,
-) -> Query<'q, Postgres, PgArguments> {
-    let shared: Vec<Shared<'q>> = values.iter().map(|(_, _, v)| shared(v)).collect();
-    sqlx::query(sql)
-        .bind(
-            values
-                .iter()
-                .map(|(u, _, _)| u.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(shared.iter().map(|s| s.0).collect::<Vec<_>>())
-        .bind(shared.iter().map(|s| s.1).collect::<Vec<_>>())
-        .bind(shared.iter().map(|s| s.2).collect::<Vec<_>>())
-        .bind(shared.iter().map(|s| s.3).collect::<Vec<_>>())
-        .bind(values.iter().map(|(_, id, _)| *id).collect::<Vec<_>>())
+/// Splits epoch values into statements that each hold at most one value per (user, source,
+/// type, start), oldest version first, after keeping only the newest of each full key: one
+/// statement cannot see its own writes, so two values of one start (a point and an
+/// aggregate, or an update of a value created in the same batch) go one after the other.
+fn epoch_rounds(values: &[Versioned<EpochValue>]) -> Vec<Vec<&Versioned<EpochValue>>> {
+    let mut newest: HashMap<(EpochKey, DateTime<Utc>), &Versioned<EpochValue>> = HashMap::new();
+    for v in values {
+        let key = (start_key(v), v.value.end.unwrap_or(v.value.start));
+        if newest.get(&key).is_none_or(|old| v.order() >= old.order()) {
+            newest.insert(key, v);
+        }
+    }
+    let mut kept: Vec<&Versioned<EpochValue>> = newest.into_values().collect();
+    kept.sort_by_key(|v| v.order());
+    let mut seen: HashMap<EpochKey, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<&Versioned<EpochValue>>> = Vec::new();
+    for v in kept {
+        let round = seen.entry(start_key(v)).or_default();
+        if rounds.len() <= *round {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(v);
+        *round += 1;
+    }
+    rounds
 }
 
-/// Upserts epoch values, keyed on (user, source, type, `start_time`). One entry per key.
+/// Upserts epoch values (see the module's key and version rules); returns rows written.
 pub async fn apply_epoch(
-    executor: impl PgExecutor<'_>,
-    values: &[(String, i64, EpochValue)],
+    conn: &mut PgConnection,
+    values: &[Versioned<EpochValue>],
 ) -> sqlx::Result<u64> {
-    if values.is_empty() {
+    let sql = format!(
+        "WITH v AS (
+             SELECT *, coalesce(et, st) AS ek
+             FROM unnest($1::text[], $2::integer[], $3::integer[], $4::integer[], $5::text[],
+                         $6::bigint[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[],
+                         $10::boolean[])
+                  AS v(u, ds, dt, tz, value, inbox_id, version_at, st, et, moves)),
+         -- The stored value each one would replace: the same key, or for an update whose end
+         -- matches none, the value of its start with the latest end.
+         target AS (
+             SELECT v.*, t.end_key AS t_end, t.version_at AS t_version, t.inbox_id AS t_inbox
+             FROM v LEFT JOIN LATERAL (
+                 SELECT e.end_key, e.version_at, e.inbox_id FROM thryve.epoch_values e
+                 WHERE e.end_user_id = v.u AND e.data_source_id = v.ds AND e.data_type_id = v.dt
+                   AND e.start_time = v.st AND (e.end_key = v.ek OR v.moves)
+                 ORDER BY e.end_key = v.ek DESC, e.end_key DESC
+                 LIMIT 1) t ON true),
+         winners AS (
+             SELECT * FROM target
+             WHERE t_end IS NULL OR (version_at, inbox_id) > (t_version, t_inbox)),
+         moved AS (
+             DELETE FROM thryve.epoch_values e USING winners w
+             WHERE w.t_end <> w.ek AND e.end_user_id = w.u AND e.data_source_id = w.ds
+               AND e.data_type_id = w.dt AND e.start_time = w.st AND e.end_key = w.t_end)
+         INSERT INTO thryve.epoch_values AS t (end_user_id, data_source_id, data_type_id,
+             start_time, end_time, timezone_offset, value, value_numeric, inbox_id, version_at)
+         SELECT v.u, v.ds, v.dt, v.st, v.et, v.tz, v.value, {NUMERIC}, v.inbox_id, v.version_at
+         FROM winners v
+         ORDER BY v.u, v.ds, v.dt, v.st, v.ek
+         ON CONFLICT (end_user_id, data_source_id, data_type_id, start_time, end_key) DO UPDATE SET
+             end_time = EXCLUDED.end_time, timezone_offset = EXCLUDED.timezone_offset,
+             value = EXCLUDED.value, value_numeric = EXCLUDED.value_numeric,
+             inbox_id = EXCLUDED.inbox_id, version_at = EXCLUDED.version_at, updated_at = now()
+         WHERE (EXCLUDED.version_at, EXCLUDED.inbox_id) > (t.version_at, t.inbox_id)"
+    );
+    let mut written = 0;
+    for round in epoch_rounds(values) {
+        let done = sqlx::query(&sql)
+            .bind(
+                round
+                    .iter()
+                    .map(|v| v.end_user_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                round
+                    .iter()
+                    .map(|v| v.value.data_source_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                round
+                    .iter()
+                    .map(|v| v.value.data_type_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                round
+                    .iter()
+                    .map(|v| v.value.timezone_offset)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                round
+                    .iter()
+                    .map(|v| v.value.value.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(round.iter().map(|v| v.inbox_id).collect::<Vec<_>>())
+            .bind(round.iter().map(|v| v.version_at).collect::<Vec<_>>())
+            .bind(round.iter().map(|v| v.value.start).collect::<Vec<_>>())
+            .bind(round.iter().map(|v| v.value.end).collect::<Vec<_>>())
+            .bind(round.iter().map(|v| v.update).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        written += done.rows_affected();
+    }
+    Ok(written)
+}
+
+/// Upserts daily values, keyed (user, source, type, day), the newest version winning.
+pub async fn apply_daily(
+    executor: impl PgExecutor<'_>,
+    values: &[Versioned<DailyValue>],
+) -> sqlx::Result<u64> {
+    let mut newest: HashMap<(&str, i32, i32, NaiveDate), &Versioned<DailyValue>> = HashMap::new();
+    for v in values {
+        let key = (
+            v.end_user_id.as_str(),
+            v.value.data_source_id,
+            v.value.data_type_id,
+            v.value.day,
+        );
+        if newest.get(&key).is_none_or(|old| v.order() >= old.order()) {
+            newest.insert(key, v);
+        }
+    }
+    if newest.is_empty() {
         return Ok(0);
     }
-    let sql = upsert_sql(
-        "epoch_values",
-        &[("start_time", "timestamptz"), ("end_time", "timestamptz")],
-    );
-    let done = bind_shared(&sql, values, |v| {
-        (
-            v.data_source_id,
-            v.data_type_id,
-            v.timezone_offset,
-            &v.value,
-        )
-    })
-    .bind(values.iter().map(|(_, _, v)| v.start).collect::<Vec<_>>())
-    .bind(values.iter().map(|(_, _, v)| v.end).collect::<Vec<_>>())
+    let kept: Vec<&Versioned<DailyValue>> = newest.into_values().collect();
+    let done = sqlx::query(&format!(
+        "INSERT INTO thryve.daily_values AS t (end_user_id, data_source_id, data_type_id, day,
+             timezone_offset, value, value_numeric, inbox_id, version_at)
+         SELECT v.u, v.ds, v.dt, v.day, v.tz, v.value, {NUMERIC}, v.inbox_id, v.version_at
+         FROM unnest($1::text[], $2::integer[], $3::integer[], $4::integer[], $5::text[],
+                     $6::bigint[], $7::timestamptz[], $8::date[])
+              AS v(u, ds, dt, tz, value, inbox_id, version_at, day)
+         ORDER BY v.u, v.ds, v.dt, v.day
+         ON CONFLICT (end_user_id, data_source_id, data_type_id, day) DO UPDATE SET
+             timezone_offset = EXCLUDED.timezone_offset, value = EXCLUDED.value,
+             value_numeric = EXCLUDED.value_numeric, inbox_id = EXCLUDED.inbox_id,
+             version_at = EXCLUDED.version_at, updated_at = now()
+         WHERE (EXCLUDED.version_at, EXCLUDED.inbox_id) > (t.version_at, t.inbox_id)"
+    ))
+    .bind(
+        kept.iter()
+            .map(|v| v.end_user_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        kept.iter()
+            .map(|v| v.value.data_source_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        kept.iter()
+            .map(|v| v.value.data_type_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        kept.iter()
+            .map(|v| v.value.timezone_offset)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        kept.iter()
+            .map(|v| v.value.value.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(kept.iter().map(|v| v.inbox_id).collect::<Vec<_>>())
+    .bind(kept.iter().map(|v| v.version_at).collect::<Vec<_>>())
+    .bind(kept.iter().map(|v| v.value.day).collect::<Vec<_>>())
     .execute(executor)
     .await?;
     Ok(done.rows_affected())
 }
 
-/// Upserts daily values, keyed on (user, source, type, `day`), with the rules of [`apply_epoch`].
-pub async fn apply_daily(
+/// Records `dataSourceName`s: `(data_source_id, name, inbox_id)`, the highest inbox id winning.
+pub async fn apply_source_names(
     executor: impl PgExecutor<'_>,
-    values: &[(String, i64, DailyValue)],
+    names: &[(i32, String, i64)],
 ) -> sqlx::Result<u64> {
-    if values.is_empty() {
+    if names.is_empty() {
         return Ok(0);
     }
-    let sql = upsert_sql("daily_values", &[("day", "date")]);
-    let done = bind_shared(&sql, values, |v| {
-        (
-            v.data_source_id,
-            v.data_type_id,
-            v.timezone_offset,
-            &v.value,
-        )
-    })
-    .bind(values.iter().map(|(_, _, v)| v.day).collect::<Vec<_>>())
+    let done = sqlx::query(
+        "INSERT INTO thryve.data_sources AS s (data_source_id, name, inbox_id)
+         SELECT * FROM unnest($1::integer[], $2::text[], $3::bigint[]) ORDER BY 1
+         ON CONFLICT (data_source_id) DO UPDATE SET
+             name = EXCLUDED.name, inbox_id = EXCLUDED.inbox_id, updated_at = now()
+         WHERE EXCLUDED.inbox_id > s.inbox_id AND EXCLUDED.name <> s.name",
+    )
+    .bind(names.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())
+    .bind(names.iter().map(|(_, n, _)| n.as_str()).collect::<Vec<_>>())
+    .bind(names.iter().map(|(_, _, i)| *i).collect::<Vec<_>>())
     .execute(executor)
     .await?;
     Ok(done.rows_affected())
@@ -139,27 +257,42 @@ pub async fn apply_daily(
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeZone;
+
     use super::*;
 
-    #[test]
-    fn the_daily_upsert_keys_on_day_and_compares_what_a_delivery_can_change() {
-        let sql = upsert_sql("daily_values", &[("day", "date")]);
-        assert!(sql.contains("ON CONFLICT (end_user_id, data_source_id, data_type_id, day)"));
-        assert!(sql.contains("$7::date[]"));
-        assert!(sql.contains(
-            "(t.timezone_offset, t.value) IS DISTINCT FROM (EXCLUDED.timezone_offset, EXCLUDED.value)"
-        ));
+    fn value(inbox_id: i64, start: i64, end: Option<i64>, update: bool) -> Versioned<EpochValue> {
+        let at = |s| Utc.timestamp_opt(s, 0).unwrap();
+        Versioned {
+            end_user_id: "u".into(),
+            inbox_id,
+            version_at: at(1000 + inbox_id),
+            update,
+            value: EpochValue {
+                data_source_id: 1,
+                data_type_id: 1011,
+                start: at(start),
+                end: end.map(at),
+                timezone_offset: None,
+                value: inbox_id.to_string(),
+            },
+        }
     }
 
     #[test]
-    fn the_epoch_upsert_also_compares_end_time() {
-        let sql = upsert_sql(
-            "epoch_values",
-            &[("start_time", "timestamptz"), ("end_time", "timestamptz")],
-        );
-        assert!(sql.contains("data_type_id, start_time) DO UPDATE SET"));
-        assert!(sql
-            .contains("end_time = EXCLUDED.end_time, timezone_offset = EXCLUDED.timezone_offset"));
-        assert!(sql.contains("(t.end_time, t.timezone_offset, t.value) IS DISTINCT FROM"));
+    fn values_of_one_start_go_in_separate_statements_oldest_first() {
+        let values = [
+            value(3, 0, Some(600), true),
+            value(1, 0, Some(60), false),
+            value(2, 0, Some(300), false),
+            value(4, 60, Some(120), false),
+            // The same key as inbox 1, newer: replaces it before any statement.
+            value(5, 0, Some(60), false),
+        ];
+        let rounds: Vec<Vec<i64>> = epoch_rounds(&values)
+            .iter()
+            .map(|r| r.iter().map(|v| v.inbox_id).collect())
+            .collect();
+        assert_eq!(rounds, vec![vec![2, 4], vec![3], vec![5]]);
     }
 }

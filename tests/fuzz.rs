@@ -236,7 +236,9 @@ fn check_delivery(d: &NewDelivery) -> Result<(), TestCaseError> {
                     &s.data_type_ids
                 }
             };
-            prop_assert!(!ids.is_empty() && ids.len() <= MAX_DISTINCT_DATA_TYPES);
+            // Empty means all types: legacy triggers name no types.
+            prop_assert!(ids.len() <= MAX_DISTINCT_DATA_TYPES);
+            prop_assert!(!ids.is_empty() || n.event_type == thryve::LEGACY_EVENT_TYPE);
         }
     }
     Ok(())
@@ -247,20 +249,35 @@ fn check_delivery(d: &NewDelivery) -> Result<(), TestCaseError> {
 
 struct Sample {
     name: String,
+    /// The content: JSON, or the form body of a `.form` file.
     body: Vec<u8>,
     form: bool,
+    /// For a `.zst.b64` file, the body as Thryve puts it on the wire under
+    /// `content-encoding: zstd`: base64 text of a zstd frame.
+    wire: Option<Vec<u8>>,
 }
 
 fn corpus() -> Vec<Sample> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
     let mut samples: Vec<Sample> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.unwrap().path();
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_none_or(|e| e != "py"))
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = std::fs::read(&path).unwrap();
+            let (body, wire) = if name.ends_with(".zst.b64") {
+                let body = decode_body(Some("zstd"), &bytes, 1 << 20)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                (body, Some(bytes))
+            } else {
+                (bytes, None)
+            };
             Sample {
-                name: path.file_name().unwrap().to_string_lossy().into_owned(),
-                body: std::fs::read(&path).unwrap(),
+                name,
+                body,
                 form: path.extension().is_some_and(|e| e == "form"),
+                wire,
             }
         })
         .collect();
@@ -286,46 +303,90 @@ fn zstd(data: &[u8]) -> Vec<u8> {
     zstd::encode_all(data, 1).unwrap()
 }
 
+fn base64(data: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .encode(data)
+        .into_bytes()
+}
+
+/// Every way a body may come: plain, a compressed frame, or base64 text of one (Thryve's
+/// data pushes), also broken into MIME lines.
 #[derive(Debug, Clone, Copy)]
 enum Coding {
     Identity,
     Zstd,
     Gzip,
     Deflate,
+    Base64Zstd,
+    Base64Gzip,
+    Base64ZstdLines,
 }
 
 impl Coding {
+    fn name(self) -> &'static str {
+        match self {
+            Coding::Identity => "identity",
+            Coding::Zstd => "zstd",
+            Coding::Gzip => "gzip",
+            Coding::Deflate => "deflate",
+            Coding::Base64Zstd => "base64 of zstd",
+            Coding::Base64Gzip => "base64 of gzip",
+            Coding::Base64ZstdLines => "base64 of zstd in lines",
+        }
+    }
+
+    const ALL: [Coding; 7] = [
+        Coding::Identity,
+        Coding::Zstd,
+        Coding::Gzip,
+        Coding::Deflate,
+        Coding::Base64Zstd,
+        Coding::Base64Gzip,
+        Coding::Base64ZstdLines,
+    ];
+
     fn apply(self, data: &[u8]) -> (Vec<u8>, Option<&'static str>) {
         match self {
             Coding::Identity => (data.to_vec(), None),
             Coding::Zstd => (zstd(data), Some("zstd")),
             Coding::Gzip => (gzip(data), Some("gzip")),
             Coding::Deflate => (zlib(data), Some("deflate")),
+            Coding::Base64Zstd => (base64(&zstd(data)), Some("zstd")),
+            Coding::Base64Gzip => (base64(&gzip(data)), Some("gzip")),
+            Coding::Base64ZstdLines => {
+                let text = base64(&zstd(data));
+                (
+                    text.chunks(76).collect::<Vec<_>>().join(&b"\r\n"[..]),
+                    Some("zstd"),
+                )
+            }
         }
     }
 }
 
 fn coding() -> impl Strategy<Value = Coding> {
-    prop_oneof![
-        Just(Coding::Identity),
-        Just(Coding::Zstd),
-        Just(Coding::Gzip),
-        Just(Coding::Deflate)
-    ]
+    (0..Coding::ALL.len()).prop_map(|i| Coding::ALL[i])
 }
 
 /// Every corpus file, with the outcome it must get: a new file here fails until it is listed.
 #[test]
 fn each_corpus_file_gets_its_outcome_in_every_encoding() {
     let expected = [
+        ("legacy-connection-string-source.json", Status::Pending),
         ("legacy-connection.form", Status::Pending),
         ("legacy-source-update.json", Status::Pending),
+        ("legacy-trigger-both.json", Status::Pending),
+        ("legacy-trigger-minute.form", Status::Pending),
         ("notification-daily-iso.json", Status::Pending),
         ("notification-daily-unix.json", Status::Pending),
         ("notification-epoch-iso.json", Status::Pending),
         ("notification-epoch-unix.json", Status::Pending),
-        ("push-daily-iso.json", Status::Pending),
-        ("push-epoch-unix.json", Status::Pending),
+        ("push-daily-iso.zst.b64", Status::Pending),
+        ("push-daily-unix.zst.b64", Status::Pending),
+        ("push-epoch-page-1000.zst.b64", Status::Pending),
+        ("push-epoch-sparse.zst.b64", Status::Pending),
+        ("push-epoch-unix.zst.b64", Status::Pending),
         (
             "quarantined-epoch-start-after-end.json",
             Status::Quarantined,
@@ -345,16 +406,18 @@ fn each_corpus_file_gets_its_outcome_in_every_encoding() {
             "application/json"
         };
         let mut fingerprints = Vec::new();
-        for coding in [
-            Coding::Identity,
-            Coding::Zstd,
-            Coding::Gzip,
-            Coding::Deflate,
-        ] {
+        let as_captured = sample
+            .wire
+            .clone()
+            .map(|wire| (wire, Some("zstd"), "as captured"));
+        let encoded = Coding::ALL.into_iter().map(|coding| {
             let (raw, encoding) = coding.apply(&sample.body);
+            (raw, encoding, coding.name())
+        });
+        for (raw, encoding, coding) in as_captured.into_iter().chain(encoded) {
             let delivery = parse_delivery(&headers(encoding, Some(content_type)), &raw, 1 << 20)
-                .unwrap_or_else(|e| panic!("{} {coding:?}: {e}", sample.name));
-            assert_eq!(delivery.status, status, "{} {coding:?}", sample.name);
+                .unwrap_or_else(|e| panic!("{} {coding}: {e}", sample.name));
+            assert_eq!(delivery.status, status, "{} {coding}", sample.name);
             check_delivery(&delivery).unwrap();
             fingerprints.push(delivery.fingerprint);
         }
@@ -492,6 +555,130 @@ fn decoded_output_never_exceeds_the_limit() {
             Ok(())
         },
     );
+}
+
+/// What can go wrong with base64 text on the way, and what a sender might do besides.
+#[derive(Debug, Clone)]
+enum Base64Fault {
+    /// Cut short.
+    Truncate(Index),
+    /// A byte inserted somewhere: outside the alphabet, or `=` in the middle.
+    Insert(Index, u8),
+    /// Padding stripped or added.
+    Padding(usize),
+    /// Line breaks, spaces and tabs inserted: must change nothing.
+    Whitespace(Vec<(Index, &'static str)>),
+    /// Base64 twice.
+    Twice,
+}
+
+fn base64_fault() -> impl Strategy<Value = Base64Fault> {
+    prop_oneof![
+        any::<Index>().prop_map(Base64Fault::Truncate),
+        (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Base64Fault::Insert(i, b)),
+        (0usize..4).prop_map(Base64Fault::Padding),
+        prop::collection::vec(
+            (
+                any::<Index>(),
+                prop_oneof![Just("\r\n"), Just("\n"), Just(" "), Just("\t")]
+            ),
+            1..8
+        )
+        .prop_map(Base64Fault::Whitespace),
+        Just(Base64Fault::Twice),
+    ]
+}
+
+/// Base64 bodies as they may arrive broken: every one gets a documented answer, white space
+/// anywhere and missing padding change nothing, and anything else that changes the text is
+/// a 400 (or, by chance, another valid body).
+#[test]
+fn base64_bodies_broken_in_every_way_get_a_documented_answer() {
+    let samples: Vec<Sample> = corpus().into_iter().filter(|s| !s.form).collect();
+    let count = samples.len();
+    fuzz(
+        "base64_faults",
+        cases(),
+        (0..count, base64_fault(), prop::bool::ANY),
+        |(which, fault, gzip_frame)| {
+            let sample = &samples[which];
+            let coding = if gzip_frame {
+                Coding::Base64Gzip
+            } else {
+                Coding::Base64Zstd
+            };
+            let (good, encoding) = coding.apply(&sample.body);
+            let json = Some("application/json");
+            let original = answer(&headers(encoding, json), &good, 1 << 20)?
+                .map_err(|s| TestCaseError::fail(format!("{s} for the unbroken body")))?;
+            let text = good.clone();
+            let (raw, same) = match &fault {
+                Base64Fault::Truncate(i) => {
+                    let at = i.index(text.len());
+                    (text[..at].to_vec(), false)
+                }
+                Base64Fault::Insert(i, byte) => {
+                    let mut raw = text.clone();
+                    raw.insert(i.index(text.len() + 1), *byte);
+                    let harmless = matches!(byte, b'\r' | b'\n' | b' ' | b'\t');
+                    (raw, harmless)
+                }
+                Base64Fault::Padding(n) => {
+                    let trimmed = text
+                        .strip_suffix(b"==")
+                        .or(text.strip_suffix(b"="))
+                        .unwrap_or(&text);
+                    let mut raw = trimmed.to_vec();
+                    raw.extend(std::iter::repeat_n(b'=', *n));
+                    // As many `=` as the text needs, or none, is the same body.
+                    let needed = (4 - trimmed.len() % 4) % 4;
+                    (raw, *n == 0 || *n == needed)
+                }
+                Base64Fault::Whitespace(spots) => {
+                    let mut raw = text.clone();
+                    for (i, space) in spots {
+                        let at = i.index(raw.len() + 1);
+                        raw.splice(at..at, space.bytes());
+                    }
+                    (raw, true)
+                }
+                Base64Fault::Twice => (base64(&text), false),
+            };
+            let got = answer(&headers(encoding, json), &raw, 1 << 20)?;
+            match got {
+                Ok(delivery) if same => prop_assert_eq!(delivery.fingerprint, original.fingerprint),
+                Err(status) if same => {
+                    return Err(TestCaseError::fail(format!("{status} for {fault:?}")))
+                }
+                Err(status) => prop_assert_eq!(status, 400, "{:?}", fault),
+                // Cutting base64 text at a quantum boundary can still leave a whole frame.
+                Ok(_) => {}
+            }
+            Ok(())
+        },
+    );
+}
+
+/// A bomb inside base64: refused at the limit, and the heap it took, printed, stays within a
+/// few times the limit (zstd's own window, at most 8 MiB, is C memory and not counted).
+#[test]
+fn a_base64_wrapped_bomb_is_refused_in_bounded_heap() {
+    let limit = 1 << 20;
+    let bomb = zstd::encode_all(&vec![b'{'; 256 << 20][..], 19).unwrap();
+    let wire = base64(&bomb);
+    let lines = Coding::Base64ZstdLines.apply(&vec![b' '; 64 << 20]).0;
+    for (name, raw) in [("base64", &wire), ("base64 in lines", &lines)] {
+        let (result, heap) =
+            peak_bytes(|| parse_delivery(&headers(Some("zstd"), None), raw, limit));
+        let status = result.map(drop).unwrap_err().status().as_u16();
+        println!(
+            "{name} bomb: {} wire bytes inflating to over 64 MiB: {status}, {heap} heap bytes ({:.2}x the {limit}-byte limit)",
+            raw.len(),
+            heap as f64 / limit as f64
+        );
+        assert_eq!(status, 413);
+        assert!(heap <= 3 * limit, "{heap}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use super::{
-    hmac::{HmacError, HmacVerifier},
+    hmac::{Check, Forms, HmacVerifier},
     single_header, RepeatedHeader,
 };
 use crate::config::{ConfigError, Secret};
@@ -66,7 +66,11 @@ impl Authenticator {
             modes.push(format!("header({name})"));
         }
         if let Some(hmac) = &self.hmac {
-            modes.push(format!("hmac({})", hmac.layout()));
+            modes.push(format!(
+                "hmac({}, {})",
+                hmac.setting(),
+                hmac.mode().as_str()
+            ));
         }
         if modes.is_empty() {
             "none (WEBHOOK_ALLOW_UNAUTHENTICATED)".to_owned()
@@ -113,18 +117,21 @@ impl Authenticator {
         ok.into()
     }
 
-    /// Checks the HMAC signature over the raw body, if a secret is configured. Checked after the
-    /// body is read and before it is decompressed, so an unsigned body is never inflated.
-    pub fn verify_signature(
+    /// The HMAC signature check, if a secret is configured.
+    pub fn hmac(&self) -> Option<&HmacVerifier> {
+        self.hmac.as_ref()
+    }
+
+    /// Checks the HMAC signature over the forms of the body, if a secret is configured.
+    pub fn check_signature(
         &self,
         request: &HeaderMap,
-        raw_body: &[u8],
+        forms: Forms<'_>,
         now: DateTime<Utc>,
-    ) -> Result<(), HmacError> {
-        match &self.hmac {
-            Some(hmac) => hmac.verify(request, raw_body, now),
-            None => Ok(()),
-        }
+    ) -> Option<Check> {
+        self.hmac
+            .as_ref()
+            .map(|hmac| hmac.check(request, forms, now))
     }
 }
 
@@ -354,16 +361,18 @@ mod tests {
     fn an_hmac_secret_alone_is_a_credential() {
         let hmac = HmacVerifier::new(
             Secret::new("k"),
-            crate::http::hmac::Layout::BodyTimestamp,
+            crate::http::hmac::LayoutSetting::Fixed(crate::http::hmac::Layout::WIRE_THEN_TIMESTAMP),
+            crate::http::hmac::HmacMode::Enforce,
             300,
         )
         .unwrap();
         let auth = Authenticator::from_config(None, None, Some(hmac), false).unwrap();
-        assert_eq!(auth.modes(), "hmac(body+timestamp)");
+        assert_eq!(auth.modes(), "hmac(wire+timestamp, enforce)");
         assert!(auth.admits(&HeaderMap::new()));
-        assert!(auth
-            .verify_signature(&HeaderMap::new(), b"{}", Utc::now())
-            .is_err());
+        let check = auth
+            .check_signature(&HeaderMap::new(), Forms::plain(b"{}"), Utc::now())
+            .unwrap();
+        assert!(check.error.is_some());
     }
 
     #[test]

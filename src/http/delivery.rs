@@ -1,10 +1,13 @@
 //! From a request's headers and raw body bytes to a delivery ready to store: pure and total.
 
+use std::time::Duration;
+
 use axum::http::{header, HeaderMap};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{
-    decode::{decode_body, DecodeError},
+    decode::{decode, DecodeError, Decoded},
     ApiError,
 };
 use crate::{
@@ -35,14 +38,31 @@ pub fn parse_delivery(
     raw: &[u8],
     max_body_bytes: usize,
 ) -> Result<NewDelivery, ApiError> {
+    let decoded = decode_delivery(headers, raw, max_body_bytes)?;
+    parse_content(headers, &decoded.content)
+}
+
+/// Undoes the request's content codings (and any transfer coding but `chunked`, which the
+/// HTTP layer has undone), keeping each form the body passed through for the signature check.
+pub fn decode_delivery(
+    headers: &HeaderMap,
+    raw: &[u8],
+    max_body_bytes: usize,
+) -> Result<Decoded, ApiError> {
     let encoding = content_encoding(headers)?;
-    let decoded = decode_body(encoding.as_deref(), raw, max_body_bytes)?;
+    Ok(decode(encoding.as_deref(), raw, max_body_bytes)?)
+}
+
+/// Reads and classifies decoded content: a JSON object (a UTF-8 byte order mark before it is
+/// skipped, as RFC 8259 allows) or a legacy form.
+pub fn parse_content(headers: &HeaderMap, content: &[u8]) -> Result<NewDelivery, ApiError> {
+    let content = content.strip_prefix(b"\xef\xbb\xbf").unwrap_or(content);
     // A JSON object under a form content-type is still JSON: a mislabelled delivery is kept.
-    let object = if is_form(headers) && !decoded.trim_ascii_start().starts_with(b"{") {
-        legacy_form(&decoded)?
+    let object = if is_form(headers) && !content.trim_ascii_start().starts_with(b"{") {
+        legacy_form(content)?
     } else {
         let value: Value =
-            serde_json::from_slice(&decoded).map_err(|e| ApiError::NotJson(e.to_string()))?;
+            serde_json::from_slice(content).map_err(|e| ApiError::NotJson(e.to_string()))?;
         let Value::Object(object) = value else {
             return Err(ApiError::NotObject(json_kind(&value)));
         };
@@ -54,20 +74,60 @@ pub fn parse_delivery(
     Ok(NewDelivery::from_body(&object))
 }
 
-/// Every `content-encoding` line, joined as one list: several lines mean the same as one
-/// comma-separated line (RFC 9110, 5.3).
+/// When the delivery was signed: its `x-hmac-timestamp` (epoch ms) if it is one and lies within
+/// `window` of `received_at`, either way. With `WEBHOOK_HMAC_SECRET` set the signature check
+/// has already vouched for it; without, it is the sender's word, which is as good as the body's.
+pub fn signed_at(
+    headers: &HeaderMap,
+    received_at: DateTime<Utc>,
+    window: Duration,
+) -> Option<DateTime<Utc>> {
+    let mut values = headers.get_all(super::hmac::TIMESTAMP_HEADER).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let ms: i64 = value.to_str().ok()?.trim().parse().ok()?;
+    let at = DateTime::from_timestamp_millis(ms)?;
+    let window = chrono::TimeDelta::from_std(window).ok()?;
+    ((at - received_at).abs() <= window).then_some(at)
+}
+
+/// Every coding applied to the body, in order: the `content-encoding` lines (several mean the
+/// same as one comma-separated line, RFC 9110 8.4), then the transfer codings other than
+/// `chunked` (applied after the content codings, RFC 9112 6.1; hyper undoes only `chunked`).
 fn content_encoding(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let mut joined: Option<String> = None;
-    for value in headers.get_all(header::CONTENT_ENCODING) {
+    let transfer = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .map(|v| (v, true));
+    for (value, is_transfer) in headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .map(|v| (v, false))
+        .chain(transfer)
+    {
         let text = value
             .to_str()
             .map_err(|_| DecodeError::UnsupportedEncoding("(not visible ASCII)".to_owned()))?;
+        let text = if is_transfer {
+            text.split(',')
+                .map(str::trim)
+                .filter(|c| !c.eq_ignore_ascii_case("chunked"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            text.to_owned()
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
         match &mut joined {
             Some(list) => {
                 list.push_str(", ");
-                list.push_str(text);
+                list.push_str(&text);
             }
-            None => joined = Some(text.to_owned()),
+            None => joined = Some(text),
         }
     }
     Ok(joined)
@@ -227,6 +287,28 @@ mod tests {
     }
 
     #[test]
+    fn the_signing_time_counts_only_within_the_window() {
+        let now = DateTime::from_timestamp_millis(1_765_635_343_541).unwrap();
+        let window = Duration::from_secs(300);
+        let with = |ts: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-hmac-timestamp", HeaderValue::from_str(ts).unwrap());
+            signed_at(&headers, now, window)
+        };
+        assert_eq!(
+            with("1765635342741"),
+            DateTime::from_timestamp_millis(1_765_635_342_741)
+        );
+        assert_eq!(
+            with("1765635043541"),
+            DateTime::from_timestamp_millis(1_765_635_043_541)
+        );
+        assert_eq!(with("1765635043540"), None, "just outside the window");
+        assert_eq!(with("soon"), None);
+        assert_eq!(signed_at(&HeaderMap::new(), now, window), None);
+    }
+
+    #[test]
     fn several_content_encoding_lines_are_one_list() {
         let mut headers = HeaderMap::new();
         headers.append(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -240,5 +322,33 @@ mod tests {
             HeaderValue::from_bytes(b"\xffgzip").unwrap(),
         );
         assert_eq!(content_encoding(&headers).unwrap_err().status(), 415);
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_follow_the_content_codings() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert_eq!(content_encoding(&headers).unwrap().as_deref(), Some("gzip"));
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        assert_eq!(
+            content_encoding(&headers).unwrap().as_deref(),
+            Some("zstd, gzip")
+        );
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert_eq!(content_encoding(&headers).unwrap().as_deref(), Some("zstd"));
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_json_is_skipped() {
+        let plain = parse_delivery(&HeaderMap::new(), br#"{"type":"x.y"}"#, 1024).unwrap();
+        let marked =
+            parse_delivery(&HeaderMap::new(), b"\xef\xbb\xbf{\"type\":\"x.y\"}", 1024).unwrap();
+        assert_eq!(marked.fingerprint, plain.fingerprint);
     }
 }

@@ -50,7 +50,12 @@ impl ApiError {
             ApiError::Decode(
                 DecodeError::UnsupportedEncoding(_) | DecodeError::TooManyCodings(_),
             ) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Decode(DecodeError::Corrupt { .. })
+            ApiError::Decode(
+                DecodeError::Corrupt { .. }
+                | DecodeError::NotBase64 { .. }
+                | DecodeError::BadBase64 { .. }
+                | DecodeError::Base64NotFrame { .. },
+            )
             | ApiError::NotJson(_)
             | ApiError::NotObject(_)
             | ApiError::Form(_)
@@ -73,7 +78,12 @@ impl ApiError {
             ) => "unsupported_encoding",
             ApiError::BodyTimeout(_) => "timeout",
             ApiError::Unavailable { .. } => "unavailable",
-            ApiError::Decode(DecodeError::Corrupt { .. })
+            ApiError::Decode(
+                DecodeError::Corrupt { .. }
+                | DecodeError::NotBase64 { .. }
+                | DecodeError::BadBase64 { .. }
+                | DecodeError::Base64NotFrame { .. },
+            )
             | ApiError::NotJson(_)
             | ApiError::NotObject(_)
             | ApiError::NulCharacter

@@ -19,7 +19,7 @@ use axum::{
 };
 use sqlx::PgPool;
 
-pub use delivery::parse_delivery;
+pub use delivery::{decode_delivery, parse_content, parse_delivery};
 pub use error::ApiError;
 
 use crate::{inbox::InboxWriter, metrics::Metrics, spool::Spool};
@@ -50,6 +50,8 @@ pub struct Limits {
     pub retry_after_secs: u64,
     /// With a spool: stop waiting for the commit this long before the ack deadline.
     pub spool_margin: Duration,
+    /// `x-hmac-timestamp` within this of the receipt is taken as the delivery's signing time.
+    pub signing_window: Duration,
 }
 
 /// What every handler can reach.

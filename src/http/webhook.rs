@@ -9,14 +9,19 @@ use axum::{
     http::{header, HeaderMap},
     Json,
 };
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 
-use super::{parse_delivery, trace, ApiError, AppState};
+use super::{
+    decode_delivery,
+    delivery::signed_at,
+    hmac::{Check, Forms, HmacMode},
+    parse_content, trace, ApiError, AppState,
+};
 use crate::{
     inbox::Receipt,
-    metrics::{event_type_label, DeliveryLabels},
+    metrics::{event_type_label, DeliveryLabels, FormLabels, HmacLabels},
 };
 
 /// The body of a 200: a committed row, or a delivery held in the spool (no row yet).
@@ -135,9 +140,38 @@ async fn handle(
         }
     })?
     .to_bytes();
-    // Over the bytes as received: the signer signed what it sent, compressed or not.
-    state.auth.verify_signature(headers, &raw, Utc::now())?;
-    let mut delivery = parse_delivery(headers, &raw, limits.max_body_bytes)?;
+    let decoded = decode_delivery(headers, &raw, limits.max_body_bytes);
+    // Any form of the body may be the signed one; a body that does not decode can only have
+    // been signed as it came, and gets 401 rather than 400 unless that signature holds.
+    let forms = match &decoded {
+        Ok(decoded) => Forms {
+            wire: &raw,
+            frame: Some(decoded.frame(&raw)),
+            json: Some(&decoded.content),
+        },
+        Err(_) => Forms {
+            wire: &raw,
+            frame: None,
+            json: None,
+        },
+    };
+    let verified_at = match state.auth.check_signature(headers, forms, Utc::now()) {
+        Some(check) => signature_checked(state, &check)?,
+        None => None,
+    };
+    let decoded = decoded?;
+    state
+        .metrics
+        .body_forms
+        .get_or_create(&FormLabels {
+            form: decoded.form.as_str(),
+        })
+        .inc();
+    let mut delivery = parse_content(headers, &decoded.content)?;
+    // The version of pushed values: the verified signing time, else the header's if it lies
+    // within the window (see `signed_at`).
+    delivery.signed_at =
+        verified_at.or_else(|| signed_at(headers, received_at, limits.signing_window));
     delivery.traceparent = traceparent;
     let event_type = delivery.event_type.clone();
     let unavailable = |reason: String| ApiError::Unavailable {
@@ -192,4 +226,60 @@ async fn handle(
             "{reason}, and the spool did not fsync in time"
         ))),
     }
+}
+
+/// Counts and logs a signature check; in `enforce` mode a failed one refuses the delivery.
+/// Returns when Thryve signed the delivery, if the signature holds.
+fn signature_checked(state: &AppState, check: &Check) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let Some(hmac) = state.auth.hmac() else {
+        return Ok(None);
+    };
+    let mode = hmac.mode();
+    state
+        .metrics
+        .hmac_checks
+        .get_or_create(&HmacLabels {
+            result: check.metric_result(),
+            layout: check.metric_layout(),
+            mode: mode.as_str(),
+        })
+        .inc();
+    if let Some(candidates) = check.narrowed {
+        match candidates.len() {
+            1 => tracing::warn!(
+                layout = candidates.names(),
+                "hmac layout found: set WEBHOOK_HMAC_LAYOUT={} (WEBHOOK_HMAC_LAYOUT=auto learnt it from this delivery)",
+                candidates.names()
+            ),
+            _ => tracing::info!(
+                candidates = candidates.names(),
+                "hmac layout narrowed to {} candidates; a data push (base64, zstd) tells the forms apart",
+                candidates.len()
+            ),
+        }
+    }
+    if !check.instead.is_empty() {
+        let first = check.instead.iter().next().map_or("", |l| l.as_str());
+        tracing::warn!(
+            configured = %hmac.setting(),
+            matches = check.instead.names(),
+            "hmac signature does not match WEBHOOK_HMAC_LAYOUT={} but matches {}: set WEBHOOK_HMAC_LAYOUT={first}",
+            hmac.setting(),
+            check.instead.names()
+        );
+    }
+    match (&check.error, mode) {
+        (None, HmacMode::Report) => {
+            tracing::info!(layout = check.metric_layout(), "hmac signature matched")
+        }
+        (None, HmacMode::Enforce) => {
+            tracing::debug!(layout = check.metric_layout(), "hmac signature matched")
+        }
+        (Some(error), HmacMode::Report) => tracing::warn!(
+            %error,
+            "hmac signature matched no layout; stored all the same (WEBHOOK_HMAC_MODE=report)"
+        ),
+        (Some(error), HmacMode::Enforce) => return Err(ApiError::Signature(error.clone())),
+    }
+    Ok(check.signed_at)
 }

@@ -93,6 +93,9 @@ pub struct NewDelivery {
     pub typed: TypedColumns,
     /// When the bridge first received it, if not now (a delivery loaded from the spool).
     pub received_at: Option<DateTime<Utc>>,
+    /// When Thryve signed it (`x-hmac-timestamp` within the window), if known: the version
+    /// of the values it carries.
+    pub signed_at: Option<DateTime<Utc>>,
     /// The delivery's W3C `traceparent`, if it sent a well-formed one.
     pub traceparent: Option<String>,
 }
@@ -141,6 +144,7 @@ impl NewDelivery {
             end_user_alias: envelope.end_user_alias,
             typed,
             received_at: None,
+            signed_at: None,
             traceparent: None,
         }
     }
@@ -170,7 +174,7 @@ fn typed_columns(event: &Event) -> TypedColumns {
         } => connection_columns(&ConnectionChange {
             data_source_id: *data_source_id,
             connected: *connected,
-            at: *at,
+            at: Some(*at),
         }),
         Event::EpochData(span) => epoch_columns(span),
         Event::DailyData(span) => daily_columns(span),
@@ -192,7 +196,7 @@ fn connection_columns(change: &ConnectionChange) -> TypedColumns {
     TypedColumns {
         data_source_id: Some(change.data_source_id),
         connected: Some(change.connected),
-        event_time: Some(change.at),
+        event_time: change.at,
         ..TypedColumns::default()
     }
 }
@@ -253,6 +257,7 @@ pub async fn insert_batch(
     let mut connected = Vec::with_capacity(batch.len());
     let mut event_times = Vec::with_capacity(batch.len());
     let mut received = Vec::with_capacity(batch.len());
+    let mut signed = Vec::with_capacity(batch.len());
     let mut traceparents = Vec::with_capacity(batch.len());
     for (d, count) in batch {
         fingerprints.push(d.fingerprint.to_vec());
@@ -278,6 +283,7 @@ pub async fn insert_batch(
         connected.push(d.typed.connected);
         event_times.push(d.typed.event_time);
         received.push(d.received_at);
+        signed.push(d.signed_at);
         traceparents.push(d.traceparent.as_deref());
     }
     sqlx::query_as::<_, InsertedRow>(
@@ -285,20 +291,24 @@ pub async fn insert_batch(
         INSERT INTO thryve.inbox AS i (
             fingerprint, event_type, end_user_id, end_user_alias, payload, status, error,
             delivery_count, data_source_id, data_type_ids, start_time, end_time, start_day,
-            end_day, connected, event_time, first_received_at, last_received_at, traceparent)
+            end_day, connected, event_time, first_received_at, last_received_at, signed_at,
+            traceparent)
         SELECT f, et, u, a, p::jsonb, s, e, c, ds, dt::integer[], st, en, sd, ed, cn, ev,
-               coalesce(r, now()), coalesce(r, now()), tp
+               coalesce(r, now()), coalesce(r, now()), sg, tp
         FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                     $7::text[], $8::integer[], $9::integer[], $10::text[], $11::timestamptz[],
                     $12::timestamptz[], $13::date[], $14::date[], $15::boolean[],
-                    $16::timestamptz[], $17::timestamptz[], $18::text[])
-             AS t(f, et, u, a, p, s, e, c, ds, dt, st, en, sd, ed, cn, ev, r, tp)
+                    $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::text[])
+             AS t(f, et, u, a, p, s, e, c, ds, dt, st, en, sd, ed, cn, ev, r, sg, tp)
         ORDER BY f
         ON CONFLICT (fingerprint) DO UPDATE SET
             delivery_count   = i.delivery_count + EXCLUDED.delivery_count,
             -- A spooled delivery loaded late keeps the time it was received.
             first_received_at = least(i.first_received_at, EXCLUDED.first_received_at),
             last_received_at = greatest(i.last_received_at, EXCLUDED.last_received_at),
+            -- The same content signed again (Thryve re-sends with a fresh signature) is not
+            -- newer data: its version stays the earliest signing seen.
+            signed_at        = least(i.signed_at, EXCLUDED.signed_at),
             -- The latest delivery's trace id (a spooled one loaded late does not win).
             traceparent      = CASE WHEN EXCLUDED.traceparent IS NOT NULL
                                      AND EXCLUDED.last_received_at >= i.last_received_at
@@ -329,6 +339,7 @@ pub async fn insert_batch(
     .bind(connected)
     .bind(event_times)
     .bind(received)
+    .bind(signed)
     .bind(traceparents)
     .fetch_all(executor)
     .await
@@ -355,11 +366,14 @@ pub struct PendingRow {
     pub connected: Option<bool>,
     pub event_time: Option<DateTime<Utc>>,
     pub payload: Option<Value>,
+    /// The version of the values it carries: when it was signed, else first received.
+    pub version_at: DateTime<Utc>,
 }
 
 const PENDING_COLUMNS: &str =
     "i.id, i.event_type, i.end_user_id, i.data_source_id, i.data_type_ids,
     i.start_time, i.end_time, i.start_day, i.end_day, i.connected, i.event_time,
+    coalesce(i.signed_at, i.first_received_at) AS version_at,
     CASE WHEN i.data_source_id IS NULL THEN i.payload END AS payload";
 
 /// Locks up to `limit` pending rows, oldest first, skipping rows another poller holds. The

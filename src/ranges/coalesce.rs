@@ -34,9 +34,12 @@ pub enum Extent {
 pub struct MergedSpan {
     pub end_user_id: String,
     pub data_source_id: i32,
+    /// Sorted, distinct; empty means all types.
     pub data_type_ids: Vec<i32>,
     pub extent: Extent,
     pub notification_count: i32,
+    /// Whether anything in it must be fetched from Thryve (false: pushed values only).
+    pub needs_fetch: bool,
 }
 
 impl MergedSpan {
@@ -48,10 +51,22 @@ impl MergedSpan {
     }
 }
 
+/// The types of two merged spans: sorted and distinct, and no list (all types) if either
+/// has none.
+fn union_types(mut a: Vec<i32>, b: Vec<i32>) -> Vec<i32> {
+    if a.is_empty() || b.is_empty() {
+        return Vec::new();
+    }
+    a.extend(b);
+    a.sort_unstable();
+    a.dedup();
+    a
+}
+
 /// Merges spans that overlap or touch (equal instants; adjacent days) within each
 /// (user, source, granularity), the same rule the database applies, so merging the result
 /// gives the same ranges as merging every span one by one. Each input counts as one
-/// notification.
+/// notification and needs a fetch (see [`coalesce_marked`]).
 ///
 /// ```
 /// use chrono::NaiveDate;
@@ -65,8 +80,14 @@ impl MergedSpan {
 /// assert_eq!(merged[0].data_type_ids, vec![10, 11]);
 /// ```
 pub fn coalesce(spans: impl IntoIterator<Item = (String, Span)>) -> Vec<MergedSpan> {
+    coalesce_marked(spans.into_iter().map(|(user, span)| (user, span, true)))
+}
+
+/// [`coalesce`] for spans marked with whether they need a fetch: a merged span needs one when
+/// any of its parts does, and names all types (no list) when any of its parts does.
+pub fn coalesce_marked(spans: impl IntoIterator<Item = (String, Span, bool)>) -> Vec<MergedSpan> {
     let mut by_key: BTreeMap<(String, i32, Granularity), Vec<MergedSpan>> = BTreeMap::new();
-    for (user, span) in spans {
+    for (user, span, needs_fetch) in spans {
         let merged = match span {
             Span::Epoch(s) => MergedSpan {
                 end_user_id: user,
@@ -74,6 +95,7 @@ pub fn coalesce(spans: impl IntoIterator<Item = (String, Span)>) -> Vec<MergedSp
                 data_type_ids: s.data_type_ids,
                 extent: Extent::Epoch(s.start, s.end),
                 notification_count: 1,
+                needs_fetch,
             },
             Span::Daily(s) => MergedSpan {
                 end_user_id: user,
@@ -81,6 +103,7 @@ pub fn coalesce(spans: impl IntoIterator<Item = (String, Span)>) -> Vec<MergedSp
                 data_type_ids: s.data_type_ids,
                 extent: Extent::Daily(s.start, s.end),
                 notification_count: 1,
+                needs_fetch,
             },
         };
         by_key
@@ -100,9 +123,8 @@ pub fn coalesce(spans: impl IntoIterator<Item = (String, Span)>) -> Vec<MergedSp
             current = Some(match current {
                 Some(mut cur) if joins(&cur.extent, &span.extent) => {
                     cur.extent = hull(&cur.extent, &span.extent);
-                    cur.data_type_ids.extend(span.data_type_ids);
-                    cur.data_type_ids.sort_unstable();
-                    cur.data_type_ids.dedup();
+                    cur.data_type_ids = union_types(cur.data_type_ids, span.data_type_ids);
+                    cur.needs_fetch |= span.needs_fetch;
                     cur.notification_count = cur
                         .notification_count
                         .saturating_add(span.notification_count);
@@ -169,6 +191,18 @@ mod tests {
     }
 
     #[test]
+    fn a_span_of_all_types_keeps_its_merge_all_types() {
+        for spans in [
+            vec![epoch("u", 10, 20, &[2, 1]), epoch("u", 15, 30, &[])],
+            vec![epoch("u", 10, 20, &[]), epoch("u", 15, 30, &[3])],
+        ] {
+            let merged = coalesce(spans);
+            assert_eq!(merged.len(), 1);
+            assert!(merged[0].data_type_ids.is_empty(), "{merged:?}");
+        }
+    }
+
+    #[test]
     fn equal_instants_join_and_gaps_do_not() {
         let merged = coalesce(vec![
             epoch("u", 10, 20, &[2]),
@@ -182,6 +216,29 @@ mod tests {
         assert_eq!(merged[0].notification_count, 2);
         assert_eq!(merged[1].extent, Extent::Epoch(at(31), at(40)));
         assert_eq!(merged[2].end_user_id, "v");
+    }
+
+    #[test]
+    fn all_types_absorbs_typed_spans_and_a_fetch_marks_the_merge() {
+        let (u, typed) = epoch("u", 10, 20, &[2]);
+        let (_, all) = epoch("u", 15, 30, &[]);
+        let (_, pushed) = epoch("u", 30, 40, &[3]);
+        let (_, apart) = epoch("u", 50, 60, &[3]);
+        let merged = coalesce_marked(vec![
+            (u.clone(), typed, false),
+            (u.clone(), all, true),
+            (u.clone(), pushed, false),
+            (u, apart, false),
+        ]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].extent, Extent::Epoch(at(10), at(40)));
+        assert!(
+            merged[0].data_type_ids.is_empty(),
+            "all types stays all types"
+        );
+        assert!(merged[0].needs_fetch);
+        assert_eq!(merged[1].data_type_ids, vec![3]);
+        assert!(!merged[1].needs_fetch);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 mod coalesce;
 
-pub use coalesce::{coalesce, Extent, Granularity, MergedSpan};
+pub use coalesce::{coalesce, coalesce_marked, Extent, Granularity, MergedSpan};
 
 use std::time::Duration;
 
@@ -34,11 +34,17 @@ pub struct DirtyRange {
     pub last_error: Option<String>,
     pub available_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// True when something in the range came from a notification and must be fetched from
+    /// Thryve; false when only data pushes made it (their values are stored).
+    pub needs_fetch: bool,
+    /// Set by each claim; the `*_claimed` methods of [`Consumer`] pass it back.
+    pub claim_token: Option<uuid::Uuid>,
 }
 
 impl DirtyRange {
     /// The Thryve data-API call that re-fetches this range: its path and JSON body (add your
-    /// own credentials). One range is one user, one source, its types, one span.
+    /// own credentials). One range is one user, one source, its types, one span. A range
+    /// with no types (all types) leaves `valueTypes` out, which asks for every type.
     ///
     /// ```
     /// # use thryve_bridge::ranges::DirtyRange;
@@ -48,9 +54,12 @@ impl DirtyRange {
     /// assert_eq!(body["authenticationToken"], range.end_user_id.as_str());
     /// # }
     /// ```
+    ///
+    /// An empty `data_type_ids` means every type (a legacy trigger names none): the body then
+    /// has no `valueTypes`, which asks Thryve for all of them.
     pub fn thryve_request(&self) -> (&'static str, Value) {
-        let types: Vec<String> = self.data_type_ids.iter().map(i32::to_string).collect();
-        match (self.start_time, self.end_time, self.start_day, self.end_day) {
+        let (path, mut body) = match (self.start_time, self.end_time, self.start_day, self.end_day)
+        {
             (Some(start), Some(end), _, _) => (
                 "/v5/dynamicEpochValues",
                 json!({
@@ -58,7 +67,6 @@ impl DirtyRange {
                     "startTimestampUnix": start.timestamp_millis(),
                     "endTimestampUnix": end.timestamp_millis(),
                     "dataSources": self.data_source_id.to_string(),
-                    "valueTypes": types.join(","),
                 }),
             ),
             (_, _, start, end) => (
@@ -68,11 +76,47 @@ impl DirtyRange {
                     "startDay": start.map(|d| d.to_string()),
                     "endDay": end.map(|d| d.to_string()),
                     "dataSources": self.data_source_id.to_string(),
-                    "valueTypes": types.join(","),
                 }),
             ),
+        };
+        if !self.data_type_ids.is_empty() {
+            let types: Vec<String> = self.data_type_ids.iter().map(i32::to_string).collect();
+            body["valueTypes"] = Value::from(types.join(","));
         }
+        (path, body)
     }
+}
+
+/// Takes the advisory lock of each (user, source, granularity) in `keys` (duplicates allowed)
+/// for the rest of the transaction, in the global order `thryve.merge_dirty_ranges` uses, so
+/// that a merge of the same keys afterwards takes none out of order.
+pub async fn lock_keys<'k>(
+    executor: impl PgExecutor<'_>,
+    keys: impl IntoIterator<Item = (&'k str, i32, Granularity)>,
+) -> sqlx::Result<()> {
+    let mut users = Vec::new();
+    let mut sources = Vec::new();
+    let mut granularities = Vec::new();
+    for (user, source, granularity) in keys {
+        users.push(user);
+        sources.push(source);
+        granularities.push(granularity.as_str());
+    }
+    if users.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM (
+             SELECT DISTINCT thryve.range_lock_key(u, ds, g) AS k
+             FROM unnest($1::text[], $2::integer[], $3::text[]) AS s(u, ds, g)
+             ORDER BY 1) keys",
+    )
+    .bind(users)
+    .bind(sources)
+    .bind(granularities)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// Merges spans into pending work in one statement (`thryve.merge_dirty_ranges`), which
@@ -90,6 +134,7 @@ pub async fn merge_spans(executor: impl PgExecutor<'_>, spans: &[MergedSpan]) ->
     let mut start_days = Vec::with_capacity(spans.len());
     let mut end_days = Vec::with_capacity(spans.len());
     let mut counts = Vec::with_capacity(spans.len());
+    let mut needs_fetch = Vec::with_capacity(spans.len());
     for s in spans {
         users.push(s.end_user_id.as_str());
         sources.push(s.data_source_id);
@@ -104,10 +149,12 @@ pub async fn merge_spans(executor: impl PgExecutor<'_>, spans: &[MergedSpan]) ->
         start_days.push(sd);
         end_days.push(ed);
         counts.push(s.notification_count);
+        needs_fetch.push(s.needs_fetch);
     }
     sqlx::query_scalar(
         "SELECT thryve.merge_dirty_ranges($1::text[], $2::integer[], $3::text[], $4::text[],
-                $5::timestamptz[], $6::timestamptz[], $7::date[], $8::date[], $9::integer[])",
+                $5::timestamptz[], $6::timestamptz[], $7::date[], $8::date[], $9::integer[],
+                p_needs_fetch => $10::boolean[])",
     )
     .bind(users)
     .bind(sources)
@@ -118,8 +165,30 @@ pub async fn merge_spans(executor: impl PgExecutor<'_>, spans: &[MergedSpan]) ->
     .bind(start_days)
     .bind(end_days)
     .bind(counts)
+    .bind(needs_fetch)
     .fetch_one(executor)
     .await
+}
+
+/// Which ranges a claim may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimMode {
+    /// Only ranges whose data must be fetched from Thryve (`needs_fetch`): for workers that
+    /// re-fetch. What the three-argument `thryve.claim_dirty_ranges` returns.
+    Fetch,
+    /// Every range, push-only ones too: for workers that recompute from what changed (and
+    /// fetch where `needs_fetch` says so).
+    All,
+}
+
+impl ClaimMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimMode::Fetch => "fetch",
+            ClaimMode::All => "all",
+        }
+    }
 }
 
 /// A downstream worker's handle on the dirty ranges: claim, then complete or fail each.
@@ -143,7 +212,10 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// `worker` names this claimer; it must be unique among concurrent workers.
+    /// `worker` names this claimer. With [`complete`](Self::complete), [`fail`](Self::fail) and
+    /// [`extend_lease`](Self::extend_lease) it must be unique among running workers; the
+    /// `*_claimed` methods also check the claim's token, so a stale process of the same name
+    /// cannot finish another's claim.
     pub fn new(pool: PgPool, worker: impl Into<String>) -> Self {
         Self {
             pool,
@@ -155,14 +227,86 @@ impl Consumer {
         &self.worker
     }
 
-    /// Claims up to `max` ranges, oldest work first, held for `lease`.
+    /// Claims up to `max` ranges that need a fetch ([`ClaimMode::Fetch`]), oldest work first,
+    /// held for `lease`.
     pub async fn claim(&self, max: i32, lease: Duration) -> sqlx::Result<Vec<DirtyRange>> {
-        sqlx::query_as("SELECT * FROM thryve.claim_dirty_ranges($1, $2, make_interval(secs => $3))")
+        self.claim_for(ClaimMode::Fetch, max, lease).await
+    }
+
+    /// Claims up to `max` ranges of `mode`, oldest work first, held for `lease`.
+    ///
+    /// ```no_run
+    /// # async fn job(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+    /// use std::time::Duration;
+    /// use thryve_bridge::ranges::{ClaimMode, Consumer};
+    /// let consumer = Consumer::new(pool, "recompute-1");
+    /// for range in consumer.claim_for(ClaimMode::All, 10, Duration::from_secs(300)).await? {
+    ///     if range.needs_fetch {
+    ///         // fetch range.thryve_request() from Thryve first ...
+    ///     }
+    ///     // recompute from thryve.epoch_values / daily_values over the range ...
+    ///     consumer.complete_claimed(&range).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn claim_for(
+        &self,
+        mode: ClaimMode,
+        max: i32,
+        lease: Duration,
+    ) -> sqlx::Result<Vec<DirtyRange>> {
+        sqlx::query_as(
+            "SELECT * FROM thryve.claim_dirty_ranges($1, $2, make_interval(secs => $3), $4)",
+        )
+        .bind(&self.worker)
+        .bind(max)
+        .bind(lease.as_secs_f64())
+        .bind(mode.as_str())
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Marks a range this very claim holds done: false if the claim is gone, even when
+    /// another worker of the same name holds the range now.
+    pub async fn complete_claimed(&self, range: &DirtyRange) -> sqlx::Result<bool> {
+        sqlx::query_scalar("SELECT thryve.complete_dirty_range($1, $2, $3)")
+            .bind(range.id)
             .bind(&self.worker)
-            .bind(max)
-            .bind(lease.as_secs_f64())
-            .fetch_all(&self.pool)
+            .bind(range.claim_token)
+            .fetch_one(&self.pool)
             .await
+    }
+
+    /// [`fail`](Self::fail) for the claim that returned `range` only.
+    pub async fn fail_claimed(
+        &self,
+        range: &DirtyRange,
+        error: &str,
+        retry_in: Duration,
+    ) -> sqlx::Result<bool> {
+        sqlx::query_scalar(
+            "SELECT thryve.fail_dirty_range($1, $2, $3, make_interval(secs => $4), $5)",
+        )
+        .bind(range.id)
+        .bind(&self.worker)
+        .bind(error)
+        .bind(retry_in.as_secs_f64())
+        .bind(range.claim_token)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// [`extend_lease`](Self::extend_lease) for the claim that returned `range` only.
+    pub async fn extend_claimed(&self, range: &DirtyRange, lease: Duration) -> sqlx::Result<bool> {
+        sqlx::query_scalar(
+            "SELECT thryve.extend_dirty_range_lease($1, $2, make_interval(secs => $3), $4)",
+        )
+        .bind(range.id)
+        .bind(&self.worker)
+        .bind(lease.as_secs_f64())
+        .bind(range.claim_token)
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// Marks a claimed range done; false if this worker no longer holds it.

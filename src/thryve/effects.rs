@@ -1,22 +1,24 @@
 //! What a notification asks of the database: dirty spans, connection changes, pushed values.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 
 use super::{DaySpan, Event, InstantSpan, Notification, SourceDailyValues, SourceEpochValues};
 
-/// A span of data that changed and must be re-fetched.
+/// A span of data that changed: one user's source, some data types (none listed: all types),
+/// inclusive instants or days.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Span {
     Epoch(InstantSpan),
     Daily(DaySpan),
 }
 
-/// A data source connected or disconnected at `at` (the event's own time).
+/// A data source connected or disconnected at `at`: the event's own time, or `None` for a
+/// legacy body that does not say (the change then counts from when the bridge received it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionChange {
     pub data_source_id: i32,
     pub connected: bool,
-    pub at: DateTime<Utc>,
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// One epoch value carried by a data-push webhook.
@@ -43,11 +45,21 @@ pub struct DailyValue {
 /// Everything one notification changes, for one end user.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Effects {
+    /// What changed and must be fetched from Thryve (notifications, legacy deliveries).
     pub spans: Vec<Span>,
+    /// What changed and is already stored: the times a data push's values cover.
+    pub stored_spans: Vec<Span>,
     pub connections: Vec<ConnectionChange>,
     pub epoch_values: Vec<EpochValue>,
     pub daily_values: Vec<DailyValue>,
+    /// `(dataSourceId, dataSourceName)` as a push names its sources.
+    pub source_names: Vec<(i32, String)>,
 }
+
+/// Pushed epoch values closer than this in time share one stored span; further apart, each
+/// cluster is its own. A span covers its values' own times (start to end, an instant being
+/// its start), so sparse values make small spans rather than one that spans weeks.
+pub const PUSH_SPAN_GAP: TimeDelta = TimeDelta::hours(1);
 
 impl Notification {
     /// The changes this notification asks for.
@@ -68,10 +80,12 @@ impl Notification {
 impl Event {
     /// The changes this event asks for.
     ///
-    /// A data push gives one span per data-source element that has values (epoch: earliest
-    /// start to latest end, a value without an end counting as its start; daily: earliest to
-    /// latest day; types sorted and distinct), and every value. A legacy body gives its daily
-    /// span, its epoch span and its connection change, whichever it has.
+    /// A data push gives stored spans (already stored, nothing to fetch) and every value: per
+    /// data-source element, its values clustered in time (epoch: each value covers its start
+    /// to its end, or its start alone; values less than [`PUSH_SPAN_GAP`] apart share a span;
+    /// daily: runs of consecutive days), each span listing its values' types, sorted and
+    /// distinct. A legacy body gives its daily span, its epoch span and its connection
+    /// change, whichever it has.
     ///
     /// ```
     /// use thryve_bridge::thryve::{parse, Parsed, Span};
@@ -81,7 +95,7 @@ impl Event {
     ///         {"day": 1765670400000_i64, "dataTypeId": 1000, "value": "4200"}]}]});
     /// let Parsed::Valid(n) = parse(body.as_object().unwrap()) else { panic!() };
     /// let effects = n.event.effects();
-    /// let [Span::Daily(span)] = &effects.spans[..] else { panic!() };
+    /// let [Span::Daily(span)] = &effects.stored_spans[..] else { panic!() };
     /// assert_eq!(span.data_type_ids, vec![1000, 3001]);
     /// assert_eq!(effects.daily_values.len(), 2);
     /// ```
@@ -95,7 +109,7 @@ impl Event {
                 connections: vec![ConnectionChange {
                     data_source_id: *data_source_id,
                     connected: *connected,
-                    at: *at,
+                    at: Some(*at),
                 }],
                 ..Effects::default()
             },
@@ -108,21 +122,31 @@ impl Event {
                 ..Effects::default()
             },
             Event::EpochPush(sources) => Effects {
-                spans: sources
+                stored_spans: sources
                     .iter()
-                    .filter_map(epoch_span)
+                    .flat_map(epoch_spans)
                     .map(Span::Epoch)
                     .collect(),
                 epoch_values: sources.iter().flat_map(|s| s.values.clone()).collect(),
+                source_names: names(
+                    sources
+                        .iter()
+                        .map(|s| (s.data_source_id, &s.data_source_name)),
+                ),
                 ..Effects::default()
             },
             Event::DailyPush(sources) => Effects {
-                spans: sources
+                stored_spans: sources
                     .iter()
-                    .filter_map(day_span)
+                    .flat_map(day_spans)
                     .map(Span::Daily)
                     .collect(),
                 daily_values: sources.iter().flat_map(|s| s.values.clone()).collect(),
+                source_names: names(
+                    sources
+                        .iter()
+                        .map(|s| (s.data_source_id, &s.data_source_name)),
+                ),
                 ..Effects::default()
             },
             Event::Legacy {
@@ -143,26 +167,80 @@ impl Event {
     }
 }
 
-/// The span covering one data source's pushed epoch values; `None` when it has none.
-fn epoch_span(source: &SourceEpochValues) -> Option<InstantSpan> {
-    let values = &source.values;
-    Some(InstantSpan {
-        data_source_id: source.data_source_id,
-        data_type_ids: distinct(values.iter().map(|v| v.data_type_id)),
-        start: values.iter().map(|v| v.start).min()?,
-        end: values.iter().map(|v| v.end.unwrap_or(v.start)).max()?,
-    })
+/// The times one data source's pushed epoch values cover, clustered with [`PUSH_SPAN_GAP`].
+fn epoch_spans(source: &SourceEpochValues) -> Vec<InstantSpan> {
+    let mut covered: Vec<(DateTime<Utc>, DateTime<Utc>, i32)> = source
+        .values
+        .iter()
+        .map(|v| (v.start, v.end.unwrap_or(v.start), v.data_type_id))
+        .collect();
+    covered.sort_unstable();
+    clusters(covered, |reach, start| start - reach <= PUSH_SPAN_GAP)
+        .into_iter()
+        .map(|(start, end, types)| InstantSpan {
+            data_source_id: source.data_source_id,
+            data_type_ids: types,
+            start,
+            end,
+        })
+        .collect()
 }
 
-/// The span covering one data source's pushed daily values; `None` when it has none.
-fn day_span(source: &SourceDailyValues) -> Option<DaySpan> {
-    let values = &source.values;
-    Some(DaySpan {
-        data_source_id: source.data_source_id,
-        data_type_ids: distinct(values.iter().map(|v| v.data_type_id)),
-        start: values.iter().map(|v| v.day).min()?,
-        end: values.iter().map(|v| v.day).max()?,
+/// Runs of consecutive days among one data source's pushed daily values.
+fn day_spans(source: &SourceDailyValues) -> Vec<DaySpan> {
+    let mut covered: Vec<(NaiveDate, NaiveDate, i32)> = source
+        .values
+        .iter()
+        .map(|v| (v.day, v.day, v.data_type_id))
+        .collect();
+    covered.sort_unstable();
+    clusters(covered, |reach, start| {
+        reach
+            .checked_add_days(Days::new(1))
+            .is_none_or(|after| start <= after)
     })
+    .into_iter()
+    .map(|(start, end, types)| DaySpan {
+        data_source_id: source.data_source_id,
+        data_type_ids: types,
+        start,
+        end,
+    })
+    .collect()
+}
+
+/// Sorted `(start, end, type)` items grouped while `joins(furthest end so far, next start)`:
+/// each group's first start, furthest end, and types sorted and distinct.
+fn clusters<T: Copy + Ord>(
+    sorted: Vec<(T, T, i32)>,
+    joins: impl Fn(T, T) -> bool,
+) -> Vec<(T, T, Vec<i32>)> {
+    let mut out: Vec<(T, T, Vec<i32>)> = Vec::new();
+    for (start, end, type_id) in sorted {
+        match out.last_mut() {
+            Some((_, reach, types)) if start <= *reach || joins(*reach, start) => {
+                *reach = (*reach).max(end);
+                types.push(type_id);
+            }
+            _ => out.push((start, end, vec![type_id])),
+        }
+    }
+    for (_, _, types) in &mut out {
+        *types = distinct(types.iter().copied());
+    }
+    out
+}
+
+/// The named sources of a push, each once (the last name given wins).
+fn names<'a>(sources: impl Iterator<Item = (i32, &'a Option<String>)>) -> Vec<(i32, String)> {
+    let mut named: Vec<(i32, String)> = Vec::new();
+    for (id, name) in sources {
+        if let Some(name) = name {
+            named.retain(|(other, _)| *other != id);
+            named.push((id, name.clone()));
+        }
+    }
+    named
 }
 
 fn distinct(ids: impl Iterator<Item = i32>) -> Vec<i32> {
@@ -192,7 +270,7 @@ mod tests {
     }
 
     #[test]
-    fn an_epoch_push_gives_one_span_per_source_with_values_and_every_value() {
+    fn an_epoch_push_gives_stored_spans_per_source_with_values_and_every_value() {
         let e = effects(
             json!({"endUserId": "u", "timestampType": "unix", "type": "event.data.epoch.update",
             "data": [
@@ -205,8 +283,9 @@ mod tests {
                 {"dataSourceId": 1, "epochData": [
                     {"startTimestamp": 7000, "endTimestamp": 9000, "dataTypeId": 1200, "value": "run"}]}]}),
         );
+        assert!(e.spans.is_empty(), "a push needs no fetch");
         assert_eq!(
-            e.spans,
+            e.stored_spans,
             vec![
                 Span::Epoch(InstantSpan {
                     data_source_id: 8,
@@ -240,25 +319,69 @@ mod tests {
     }
 
     #[test]
-    fn a_daily_push_spans_its_earliest_to_latest_day() {
+    fn a_daily_push_spans_its_runs_of_consecutive_days() {
         let e = effects(
             json!({"endUserId": "u", "timestampType": "iso", "type": "event.data.daily.create",
-            "data": [{"dataSourceId": 8, "dailyData": [
+            "data": [{"dataSourceId": 8, "dataSourceName": "Withings", "dailyData": [
                 {"day": "2025-12-14", "dataTypeId": 3001, "value": "59"},
                 {"day": "2025-12-10", "dataTypeId": 1000, "value": "4200"},
+                {"day": "2025-12-11", "dataTypeId": 3001, "value": "57"},
                 {"day": "2025-12-12", "dataTypeId": 3001, "value": "58"}]}]}),
         );
-        assert_eq!(
-            e.spans,
-            vec![Span::Daily(DaySpan {
+        let day = |d| NaiveDate::from_ymd_opt(2025, 12, d).unwrap();
+        let span = |start, end, types: &[i32]| {
+            Span::Daily(DaySpan {
                 data_source_id: 8,
-                data_type_ids: vec![1000, 3001],
-                start: NaiveDate::from_ymd_opt(2025, 12, 10).unwrap(),
-                end: NaiveDate::from_ymd_opt(2025, 12, 14).unwrap(),
+                data_type_ids: types.to_vec(),
+                start: day(start),
+                end: day(end),
+            })
+        };
+        assert_eq!(
+            e.stored_spans,
+            vec![span(10, 12, &[1000, 3001]), span(14, 14, &[3001])]
+        );
+        assert!(e.spans.is_empty());
+        assert_eq!(e.daily_values.len(), 4);
+        assert_eq!(e.source_names, vec![(8, "Withings".to_owned())]);
+        assert!(e.epoch_values.is_empty());
+    }
+
+    #[test]
+    fn sparse_pushed_instants_make_tight_spans_not_their_hull() {
+        // The observed shape: 9 instant values spread over 28 days in one push.
+        let day_ms = 86_400_000_i64;
+        let t0 = 1_760_000_000_000_i64;
+        let points: Vec<Value> = (0..9)
+            .map(|i| json!({"startTimestamp": t0 + i * 3 * day_ms + i * 1000, "dataTypeId": 5020, "value": "70"}))
+            .collect();
+        let e = effects(
+            json!({"endUserId": "u", "timestampType": "unix", "type": "event.data.epoch.create",
+                   "data": [{"dataSourceId": 8, "epochData": points}]}),
+        );
+        assert_eq!(e.stored_spans.len(), 9);
+        for (i, span) in e.stored_spans.iter().enumerate() {
+            let Span::Epoch(span) = span else { panic!() };
+            let at_i = at(t0 + i as i64 * 3 * day_ms + i as i64 * 1000);
+            assert_eq!((span.start, span.end), (at_i, at_i));
+            assert_eq!(span.data_type_ids, vec![5020]);
+        }
+        // Values closer than the gap share one span covering exactly their times.
+        let e = effects(
+            json!({"endUserId": "u", "timestampType": "unix", "type": "event.data.epoch.create",
+                   "data": [{"dataSourceId": 8, "epochData": [
+                       {"startTimestamp": t0, "endTimestamp": t0 + 60_000, "dataTypeId": 1000, "value": "5"},
+                       {"startTimestamp": t0 + 1_800_000, "dataTypeId": 3000, "value": "61"}]}]}),
+        );
+        assert_eq!(
+            e.stored_spans,
+            vec![Span::Epoch(InstantSpan {
+                data_source_id: 8,
+                data_type_ids: vec![1000, 3000],
+                start: at(t0),
+                end: at(t0 + 1_800_000),
             })]
         );
-        assert_eq!(e.daily_values.len(), 3);
-        assert!(e.epoch_values.is_empty());
     }
 
     #[test]
@@ -276,7 +399,7 @@ mod tests {
             vec![ConnectionChange {
                 data_source_id: 1,
                 connected: true,
-                at: at(1582736070000),
+                at: Some(at(1582736070000)),
             }]
         );
         assert!(e.epoch_values.is_empty() && e.daily_values.is_empty());

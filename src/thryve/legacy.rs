@@ -34,23 +34,32 @@ pub(super) fn parse(update: &Value) -> Result<Event, ParseError> {
 fn read(update: &Map<String, Value>) -> Result<Event, ParseError> {
     required_string(update.get("authenticationToken"), "authenticationToken")?;
     optional_string(update.get("partnerUserID"), "partnerUserID")?;
-    let data_source_id = positive_i32(update.get("dataSource"), "dataSource")?;
+    let data_source_id = source_id(update.get("dataSource"), "dataSource")?;
     // Legacy bodies have no timestampType: a number is unix milliseconds, a string ISO 8601.
     let created_at = match update.get("createdAt") {
         None | Some(Value::Null) => None,
         at => Some(instant(at, "createdAt", None)?),
     };
-    let daily = part(update, DAILY_PART)?
+    let mut daily = part(update, DAILY_PART)?
         .map(|p| daily_span(p, data_source_id).map_err(|e| e.within(DAILY_PART)))
         .transpose()?;
-    let epoch = part(update, EPOCH_PART)?
+    let mut epoch = part(update, EPOCH_PART)?
         .map(|p| epoch_span(p, data_source_id).map_err(|e| e.within(EPOCH_PART)))
         .transpose()?;
+    if let Some(trigger) = trigger(update, data_source_id)? {
+        // A body with both shapes names the same change twice; the per-endpoint parts are
+        // the more precise (they list the types).
+        daily = daily.or(trigger.daily);
+        epoch = epoch.or(trigger.epoch);
+    }
     let connection = connection(update, data_source_id, created_at)?;
     if daily.is_none() && epoch.is_none() && connection.is_none() {
         return Err(ParseError::new(
             "",
-            format!("names none of {DAILY_PART}, {EPOCH_PART}, connectionStatus: nothing to do"),
+            format!(
+                "names none of {DAILY_PART}, {EPOCH_PART}, updateType, connectionStatus: \
+                 nothing to do"
+            ),
         ));
     }
     Ok(Event::Legacy {
@@ -58,6 +67,79 @@ fn read(update: &Map<String, Value>) -> Result<Event, ParseError> {
         epoch,
         connection,
     })
+}
+
+/// `dataSource`: a positive 32-bit integer, as a number or (in older bodies) a string of
+/// decimal digits, `"8"`.
+fn source_id(value: Option<&Value>, field: &str) -> Result<i32, ParseError> {
+    match value {
+        Some(Value::String(text)) => text
+            .parse::<i32>()
+            .ok()
+            .filter(|n| *n > 0 && text.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                ParseError::new(
+                    field,
+                    format!(
+                        "expected a positive 32-bit integer or a string of one, got {}",
+                        short(&Value::String(text.clone()))
+                    ),
+                )
+            }),
+        other => positive_i32(other, field),
+    }
+}
+
+/// The spans of the older trigger (API v4 era): the span at the top of `sourceUpdate` and
+/// `updateType` saying which dimension changed (`MINUTE` epoch, `DAILY`, or `BOTH`), with no
+/// list of types, so every type may have changed: the spans carry no types (all types).
+struct Trigger {
+    daily: Option<DaySpan>,
+    epoch: Option<InstantSpan>,
+}
+
+fn trigger(
+    update: &Map<String, Value>,
+    data_source_id: i32,
+) -> Result<Option<Trigger>, ParseError> {
+    let (epoch, daily) = match update.get("updateType") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("MINUTE") => (true, false),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("DAILY") => (false, true),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("BOTH") => (true, true),
+        Some(other) => {
+            return Err(ParseError::new(
+                "updateType",
+                format!(
+                    "must be \"MINUTE\", \"DAILY\" or \"BOTH\", got {}",
+                    short(other)
+                ),
+            ))
+        }
+    };
+    let start = instant(update.get("startTimestamp"), "startTimestamp", None)?;
+    let end = instant(update.get("endTimestamp"), "endTimestamp", None)?;
+    if start > end {
+        return Err(ParseError::new(
+            "startTimestamp",
+            format!("{start} is after endTimestamp {end}"),
+        ));
+    }
+    Ok(Some(Trigger {
+        // The days the span touches, in UTC as Thryve's days are.
+        daily: daily.then(|| DaySpan {
+            data_source_id,
+            data_type_ids: Vec::new(),
+            start: start.date_naive(),
+            end: end.date_naive(),
+        }),
+        epoch: epoch.then(|| InstantSpan {
+            data_source_id,
+            data_type_ids: Vec::new(),
+            start,
+            end,
+        }),
+    }))
 }
 
 fn part<'a>(
@@ -162,16 +244,11 @@ fn connection(
             ))
         }
     };
-    let at = created_at.ok_or_else(|| {
-        ParseError::new(
-            "createdAt",
-            "missing: a connectionStatus change needs the time it happened",
-        )
-    })?;
+    // Older bodies have no createdAt: the change then counts from when it was received.
     Ok(Some(ConnectionChange {
         data_source_id,
         connected,
-        at,
+        at: created_at,
     }))
 }
 
@@ -331,12 +408,80 @@ mod tests {
                     connection: Some(ConnectionChange {
                         data_source_id: 5,
                         connected,
-                        at: when,
+                        at: Some(when),
                     }),
                 },
                 "{status}"
             );
         }
+    }
+
+    #[test]
+    fn the_older_trigger_names_a_span_and_a_dimension_but_no_types() {
+        let trigger = |update_type: &str, source: Value| {
+            json!({"authenticationToken": "u", "partnerUserID": "p", "dataSource": source,
+                "startTimestamp": "2019-08-21T21:17:00Z", "endTimestamp": "2019-08-22T10:00:00Z",
+                "updateType": update_type})
+        };
+        let epoch = InstantSpan {
+            data_source_id: 8,
+            data_type_ids: vec![],
+            start: at(1566422220000),
+            end: at(1566468000000),
+        };
+        let daily = DaySpan {
+            data_source_id: 8,
+            data_type_ids: vec![],
+            start: ymd(2019, 8, 21),
+            end: ymd(2019, 8, 22),
+        };
+        for (update_type, source, expected_daily, expected_epoch) in [
+            ("MINUTE", json!("8"), None, Some(epoch.clone())),
+            ("DAILY", json!(8), Some(daily.clone()), None),
+            ("both", json!("8"), Some(daily.clone()), Some(epoch.clone())),
+        ] {
+            assert_eq!(
+                event(trigger(update_type, source)),
+                Event::Legacy {
+                    daily: expected_daily,
+                    epoch: expected_epoch,
+                    connection: None
+                },
+                "{update_type}"
+            );
+        }
+        // The typed per-endpoint part wins over the untyped trigger for its dimension.
+        let mut both = trigger("BOTH", json!("8"));
+        both[EPOCH_PART] = json!({"startTimestampUnix": 1566422220000_i64,
+            "endTimestampUnix": 1566468000000_i64, "dynamicValueTypes": [3000]});
+        let Event::Legacy {
+            daily: d,
+            epoch: Some(e),
+            ..
+        } = event(both)
+        else {
+            panic!()
+        };
+        assert_eq!(d, Some(daily));
+        assert_eq!(e.data_type_ids, vec![3000]);
+    }
+
+    #[test]
+    fn a_connection_change_without_created_at_counts_from_its_receipt() {
+        let update = json!({"authenticationToken": "u", "partnerUserID": "p",
+            "dataSource": "8", "connectionStatus": "DELETED"});
+        assert_eq!(
+            event(update),
+            Event::Legacy {
+                daily: None,
+                epoch: None,
+                connection: Some(ConnectionChange {
+                    data_source_id: 8,
+                    connected: false,
+                    at: None,
+                }),
+            }
+        );
     }
 
     #[test]
@@ -365,8 +510,32 @@ mod tests {
                 "sourceUpdate.partnerUserID: expected a string, got a number",
             ),
             (
-                with(json!({"dataSource": "1"})),
+                with(json!({"dataSource": "1x"})),
+                "sourceUpdate.dataSource: expected a positive 32-bit integer or a string of one, got \"1x\"",
+            ),
+            (
+                with(json!({"dataSource": "+8"})),
+                "sourceUpdate.dataSource: expected a positive 32-bit integer or a string of one",
+            ),
+            (
+                with(json!({"dataSource": "0"})),
+                "sourceUpdate.dataSource: expected a positive 32-bit integer or a string of one",
+            ),
+            (
+                with(json!({"dataSource": 1.5})),
                 "sourceUpdate.dataSource: expected a positive 32-bit integer",
+            ),
+            (
+                with(json!({"updateType": "HOURLY", "startTimestamp": "2019-08-21T21:17:00Z", "endTimestamp": "2019-08-22T10:00:00Z"})),
+                "sourceUpdate.updateType: must be \"MINUTE\", \"DAILY\" or \"BOTH\", got \"HOURLY\"",
+            ),
+            (
+                with(json!({"updateType": "MINUTE", "endTimestamp": "2019-08-22T10:00:00Z"})),
+                "sourceUpdate.startTimestamp: missing",
+            ),
+            (
+                with(json!({"updateType": "DAILY", "startTimestamp": "2019-08-23T21:17:00Z", "endTimestamp": "2019-08-22T10:00:00Z"})),
+                "sourceUpdate.startTimestamp: 2019-08-23 21:17:00 UTC is after endTimestamp",
             ),
             (
                 with(json!({"createdAt": "yesterday"})),
@@ -374,11 +543,7 @@ mod tests {
             ),
             (
                 json!({"authenticationToken": "u", "dataSource": 1, "createdAt": "2020-02-26T16:54:30Z"}),
-                "sourceUpdate: names none of /v5/dailyDynamicValues, /v5/dynamicEpochValues, connectionStatus",
-            ),
-            (
-                with(json!({"connectionStatus": "NEW"})),
-                "sourceUpdate.createdAt: missing: a connectionStatus change needs",
+                "sourceUpdate: names none of /v5/dailyDynamicValues, /v5/dynamicEpochValues, updateType, connectionStatus",
             ),
             (
                 with(json!({"connectionStatus": "PAUSED", "createdAt": "2020-02-26T16:54:30Z"})),

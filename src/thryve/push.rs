@@ -14,6 +14,8 @@ use super::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceEpochValues {
     pub data_source_id: i32,
+    /// `dataSourceName`, when the element gives one as a string.
+    pub data_source_name: Option<String>,
     /// Every value carries `data_source_id` too, so each can be stored on its own.
     pub values: Vec<EpochValue>,
 }
@@ -22,6 +24,8 @@ pub struct SourceEpochValues {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceDailyValues {
     pub data_source_id: i32,
+    /// `dataSourceName`, when the element gives one as a string.
+    pub data_source_name: Option<String>,
     /// Every value carries `data_source_id` too, so each can be stored on its own.
     pub values: Vec<DailyValue>,
 }
@@ -60,10 +64,13 @@ pub(super) fn epoch(
     .map(|sources| {
         sources
             .into_iter()
-            .map(|(data_source_id, values)| SourceEpochValues {
-                data_source_id,
-                values,
-            })
+            .map(
+                |(data_source_id, data_source_name, values)| SourceEpochValues {
+                    data_source_id,
+                    data_source_name,
+                    values,
+                },
+            )
             .collect()
     })
 }
@@ -85,21 +92,24 @@ pub(super) fn daily(
     .map(|sources| {
         sources
             .into_iter()
-            .map(|(data_source_id, values)| SourceDailyValues {
-                data_source_id,
-                values,
-            })
+            .map(
+                |(data_source_id, data_source_name, values)| SourceDailyValues {
+                    data_source_id,
+                    data_source_name,
+                    values,
+                },
+            )
             .collect()
     })
 }
 
 /// Walks `data[i].<list>[j]`, reading each point with `read` (whose error fields are relative
-/// to the point) and returning each element's data source with its points.
+/// to the point) and returning each element's data source, its name and its points.
 fn per_source<T>(
     data: &Value,
     list: &str,
     mut read: impl FnMut(&Map<String, Value>, i32) -> Result<T, ParseError>,
-) -> Result<Vec<(i32, Vec<T>)>, ParseError> {
+) -> Result<Vec<Sourced<T>>, ParseError> {
     let elements = match data {
         Value::Array(elements) => elements,
         other => {
@@ -149,19 +159,30 @@ fn per_source<T>(
                     read(object(item, &at())?, data_source_id).map_err(|e| e.within(&at()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok((data_source_id, values))
+            // Only a name Thryve could have meant: a string, bounded like the ids.
+            let name = match element.get("dataSourceName") {
+                Some(Value::String(name)) if name.len() <= MAX_NAME_BYTES => Some(name.clone()),
+                _ => None,
+            };
+            Ok((data_source_id, name, values))
         })
         .collect()
 }
 
+/// One `data` element: its data source, `dataSourceName`, and its points.
+type Sourced<T> = (i32, Option<String>, Vec<T>);
+
+/// Longest `dataSourceName` kept; a longer one is left out (the values are kept).
+const MAX_NAME_BYTES: usize = 256;
+
 /// Each data source's values become one span listing their types, so a source may name at
 /// most [`MAX_DISTINCT_DATA_TYPES`], like a notification.
 fn types_within_cap<T>(
-    sources: Vec<(i32, Vec<T>)>,
+    sources: Vec<Sourced<T>>,
     list: &str,
     type_of: impl Fn(&T) -> i32,
-) -> Result<Vec<(i32, Vec<T>)>, ParseError> {
-    for (i, (_, values)) in sources.iter().enumerate() {
+) -> Result<Vec<Sourced<T>>, ParseError> {
+    for (i, (_, _, values)) in sources.iter().enumerate() {
         if values.len() <= MAX_DISTINCT_DATA_TYPES {
             continue;
         }
@@ -254,44 +275,48 @@ mod tests {
             {"startTimestamp": "2025-11-14T01:17:00Z", "endTimestamp": "2025-11-14T01:37:00Z", "timezoneOffset": 0, "dataTypeId": 2005, "value": "true"},
             {"startTimestamp": "2025-11-13T04:51:00Z", "endTimestamp": null, "timezoneOffset": -120, "dataTypeId": 1200, "value": 102},
             {"startTimestamp": "2025-11-13T04:51:00+00:00", "dataTypeId": 3000, "value": "61.5"}]}]);
-        let expected = Event::EpochPush(vec![SourceEpochValues {
-            data_source_id: 8,
-            values: vec![
-                EpochValue {
-                    data_source_id: 8,
-                    data_type_id: 2005,
-                    start: at(1763083020000),
-                    end: Some(at(1763084220000)),
-                    timezone_offset: Some(0),
-                    value: "true".into(),
-                },
-                EpochValue {
-                    data_source_id: 8,
-                    data_type_id: 1200,
-                    start: at(1763009460000),
-                    end: None,
-                    timezone_offset: Some(-120),
-                    value: "102".into(),
-                },
-                EpochValue {
-                    data_source_id: 8,
-                    data_type_id: 3000,
-                    start: at(1763009460000),
-                    end: None,
-                    timezone_offset: None,
-                    value: "61.5".into(),
-                },
-            ],
-        }]);
+        let expected = |name: Option<&str>| {
+            Event::EpochPush(vec![SourceEpochValues {
+                data_source_id: 8,
+                data_source_name: name.map(str::to_owned),
+                values: vec![
+                    EpochValue {
+                        data_source_id: 8,
+                        data_type_id: 2005,
+                        start: at(1763083020000),
+                        end: Some(at(1763084220000)),
+                        timezone_offset: Some(0),
+                        value: "true".into(),
+                    },
+                    EpochValue {
+                        data_source_id: 8,
+                        data_type_id: 1200,
+                        start: at(1763009460000),
+                        end: None,
+                        timezone_offset: Some(-120),
+                        value: "102".into(),
+                    },
+                    EpochValue {
+                        data_source_id: 8,
+                        data_type_id: 3000,
+                        start: at(1763009460000),
+                        end: None,
+                        timezone_offset: None,
+                        value: "61.5".into(),
+                    },
+                ],
+            }])
+        };
         for event_type in ["event.data.epoch.create", "event.data.epoch.update"] {
-            for (form, data) in [("unix", &unix), ("iso", &iso)] {
+            // Only the unix body names its source.
+            for (form, data, name) in [("unix", &unix, Some("Nokia")), ("iso", &iso, None)] {
                 let n = valid(&push(event_type, form, data.clone()));
                 assert_eq!(n.event_type, event_type);
                 assert_eq!(
                     (n.end_user_id.as_str(), n.end_user_alias.as_deref()),
                     ("u", Some("a"))
                 );
-                assert_eq!(n.event, expected, "{event_type} {form}");
+                assert_eq!(n.event, expected(name), "{event_type} {form}");
             }
         }
     }
@@ -311,6 +336,7 @@ mod tests {
         let expected = Event::DailyPush(vec![
             SourceDailyValues {
                 data_source_id: 8,
+                data_source_name: None,
                 values: vec![
                     DailyValue {
                         data_source_id: 8,
@@ -330,6 +356,7 @@ mod tests {
             },
             SourceDailyValues {
                 data_source_id: 1,
+                data_source_name: None,
                 values: vec![],
             },
         ]);

@@ -5,7 +5,10 @@ use std::io::Write;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use thryve_bridge::{config::Secret, http::hmac::Layout};
+use thryve_bridge::{
+    config::Secret,
+    http::hmac::{Layout, LayoutSetting},
+};
 
 use crate::helpers::{answer, spawn_app, spawn_app_with, test_config, TestApp, PASSWORD, USER};
 
@@ -47,6 +50,14 @@ fn zstd(data: &[u8]) -> Vec<u8> {
     zstd::encode_all(data, 3).unwrap()
 }
 
+/// A data push as Thryve puts it on the wire: base64 text of a zstd frame.
+fn thryve_wire(data: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .encode(zstd(data))
+        .into_bytes()
+}
+
 async fn post_encoded(app: &TestApp, encoding: &str, body: Vec<u8>) -> reqwest::Response {
     app.webhook()
         .basic_auth(USER, Some(PASSWORD))
@@ -85,7 +96,7 @@ fn data_push(event_type: &str, form: &str, value: &str) -> Value {
 }
 
 #[tokio::test]
-async fn data_pushes_of_each_type_zstd_or_gzip_are_stored_without_typed_columns() {
+async fn data_pushes_of_each_type_base64_zstd_or_gzip_are_stored_without_typed_columns() {
     let app = spawn_app().await;
     for event_type in [
         "event.data.epoch.create",
@@ -97,7 +108,7 @@ async fn data_pushes_of_each_type_zstd_or_gzip_are_stored_without_typed_columns(
             let body = data_push(event_type, form, &format!("{encoding}-{form}"));
             let bytes = body.to_string().into_bytes();
             let packed = if encoding == "zstd" {
-                zstd(&bytes)
+                thryve_wire(&bytes)
             } else {
                 gzip(&bytes)
             };
@@ -126,7 +137,7 @@ async fn a_data_push_with_a_bad_point_is_quarantined_naming_it() {
     let mut body = data_push("event.data.epoch.update", "unix", "v");
     body["data"][0]["epochData"][1]["value"] = json!(true);
     let (status, ack) =
-        answer(post_encoded(&app, "zstd", zstd(body.to_string().as_bytes())).await).await;
+        answer(post_encoded(&app, "zstd", thryve_wire(body.to_string().as_bytes())).await).await;
     assert_eq!(
         (status, ack["outcome"].as_str()),
         (200, Some("quarantined"))
@@ -257,7 +268,7 @@ async fn each_legacy_shape_is_stored_the_same_as_json_or_as_a_form() {
             "no part",
             with(json!({"createdAt": "2020-02-26T16:54:30Z"})),
             json!({"status": "quarantined", "error": "sourceUpdate: names none of \
-                   /v5/dailyDynamicValues, /v5/dynamicEpochValues, connectionStatus: nothing to do"}),
+                   /v5/dailyDynamicValues, /v5/dynamicEpochValues, updateType, connectionStatus: nothing to do"}),
         ),
     ];
     for (name, update, expected) in cases {
@@ -346,7 +357,7 @@ fn hmac_config(basic: bool, layout: Layout) -> thryve_bridge::config::ServeConfi
         config.webhook_basic_auth = None;
     }
     config.webhook_hmac_secret = Some(Secret::new(HMAC_SECRET));
-    config.webhook_hmac_layout = layout;
+    config.webhook_hmac_layout = LayoutSetting::Fixed(layout);
     config
 }
 
@@ -360,9 +371,9 @@ fn signed(app: &TestApp, body: &[u8], timestamp: &str, signature: &str) -> reqwe
 }
 
 #[tokio::test]
-async fn a_signed_zstd_delivery_is_accepted_with_the_signature_over_the_compressed_bytes() {
-    let app = spawn_app_with(hmac_config(false, Layout::BodyTimestamp)).await;
-    let body = zstd(
+async fn a_signed_push_is_accepted_with_the_default_layout_over_the_wire_bytes() {
+    let app = spawn_app_with(hmac_config(false, Layout::WIRE_THEN_TIMESTAMP)).await;
+    let body = thryve_wire(
         data_push("event.data.epoch.update", "unix", "true")
             .to_string()
             .as_bytes(),
@@ -376,9 +387,9 @@ async fn a_signed_zstd_delivery_is_accepted_with_the_signature_over_the_compress
         .unwrap();
     let (status, ack) = answer(response).await;
     assert_eq!((status, ack["outcome"].as_str()), (200, Some("stored")));
-    // A signature over the decompressed JSON is not what Thryve sends.
+    // A signature over the decompressed JSON is another layout (json+timestamp).
     let json = data_push("event.data.epoch.update", "unix", "false").to_string();
-    let packed = zstd(json.as_bytes());
+    let packed = thryve_wire(json.as_bytes());
     let over_json = signature(&[json.as_bytes(), ts.as_bytes()].concat());
     let response = signed(&app, &packed, &ts, &over_json)
         .header("content-encoding", "zstd")
@@ -391,7 +402,7 @@ async fn a_signed_zstd_delivery_is_accepted_with_the_signature_over_the_compress
 
 #[tokio::test]
 async fn the_configured_layout_is_the_one_checked() {
-    let app = spawn_app_with(hmac_config(false, Layout::TimestampDotBody)).await;
+    let app = spawn_app_with(hmac_config(false, "timestamp.body".parse().unwrap())).await;
     let body = data_push("event.data.daily.create", "unix", "59").to_string();
     let ts = now_ms().to_string();
     let dotted = signature(format!("{ts}.{body}").as_bytes());
@@ -410,7 +421,7 @@ async fn the_configured_layout_is_the_one_checked() {
 
 #[tokio::test]
 async fn bad_or_missing_hmac_gets_401_naming_the_problem_and_nothing_is_stored() {
-    let app = spawn_app_with(hmac_config(false, Layout::BodyTimestamp)).await;
+    let app = spawn_app_with(hmac_config(false, Layout::WIRE_THEN_TIMESTAMP)).await;
     let body = data_push("event.data.daily.update", "unix", "59").to_string();
     let body = body.as_bytes();
     let ts = now_ms().to_string();
@@ -470,7 +481,8 @@ async fn bad_or_missing_hmac_gets_401_naming_the_problem_and_nothing_is_stored()
             "s old, outside the 300 s window",
         ),
         (
-            // Refused on its signature before anything is inflated.
+            // Inflating stops at the limit; a body that does not decode can only have been
+            // signed over the wire bytes, and this one was not.
             "unsigned bomb",
             app.webhook()
                 .header("content-encoding", "zstd")
@@ -500,7 +512,7 @@ async fn bad_or_missing_hmac_gets_401_naming_the_problem_and_nothing_is_stored()
 
 #[tokio::test]
 async fn with_basic_and_hmac_configured_both_are_required() {
-    let app = spawn_app_with(hmac_config(true, Layout::BodyTimestamp)).await;
+    let app = spawn_app_with(hmac_config(true, Layout::WIRE_THEN_TIMESTAMP)).await;
     let body = data_push("event.data.daily.update", "unix", "59").to_string();
     let ts = now_ms().to_string();
     let good = signature(&[body.as_bytes(), ts.as_bytes()].concat());

@@ -9,7 +9,7 @@ use sqlx::{
 use thryve_bridge::{
     config::{RetentionConfig, Secret, ServeConfig},
     db,
-    http::hmac::Layout,
+    http::hmac::{HmacMode, Layout, LayoutSetting},
     server::Application,
 };
 use tokio::task::JoinHandle;
@@ -108,7 +108,8 @@ pub fn test_config() -> ServeConfig {
         ))),
         webhook_auth_header: None,
         webhook_hmac_secret: None,
-        webhook_hmac_layout: Layout::BodyTimestamp,
+        webhook_hmac_layout: LayoutSetting::Fixed(Layout::WIRE_THEN_TIMESTAMP),
+        webhook_hmac_mode: HmacMode::Enforce,
         webhook_hmac_window_secs: 300,
         webhook_allow_unauthenticated: false,
         max_body_bytes: 1024 * 1024,

@@ -20,7 +20,7 @@ use sqlx::postgres::PgPoolOptions;
 use thryve_bridge::{
     inbox::{self, NewDelivery},
     poller::{Poller, PollerConfig},
-    ranges::Consumer,
+    ranges::{ClaimMode, Consumer},
 };
 
 use crate::{helpers::TestDb, invariants::assert_guarantees};
@@ -48,6 +48,39 @@ fn notification(user: u8, source: u8, daily: bool, start: u8, len: u8, types: Ve
     }
 }
 
+/// A data push of a few values drawn from the same small domain (minutes or days from the
+/// base), as `create` or `update`: its values, and the times they cover, collide with
+/// notifications' spans and with each other.
+fn push(user: u8, source: u8, daily: bool, update: bool, points: Vec<(u8, u8, u8)>) -> Value {
+    let kind = if update { "update" } else { "create" };
+    let user = format!("user-{user}");
+    if daily {
+        let data: Vec<Value> = points
+            .iter()
+            .map(|(start, _, t)| json!({"day": BASE_MS + i64::from(*start) * 86_400_000,
+                                        "dataTypeId": 1000 + i32::from(*t), "value": format!("{start}{t}")}))
+            .collect();
+        json!({"endUserId": user, "timestampType": "unix", "type": format!("event.data.daily.{kind}"),
+               "data": [{"dataSourceId": source, "dailyData": data}]})
+    } else {
+        let minute = |m: u8| BASE_MS + i64::from(m) * 60_000;
+        let data: Vec<Value> = points
+            .iter()
+            .map(|(start, len, t)| {
+                let mut v = json!({"startTimestamp": minute(*start), "dataTypeId": 1000 + i32::from(*t),
+                                   "value": format!("{start}{len}{t}")});
+                // Length 0: an instant without endTimestamp.
+                if *len > 0 {
+                    v["endTimestamp"] = json!(minute(start.saturating_add(*len)));
+                }
+                v
+            })
+            .collect();
+        json!({"endUserId": user, "timestampType": "unix", "type": format!("event.data.epoch.{kind}"),
+               "data": [{"dataSourceId": source, "dataSourceName": "Source", "epochData": data}]})
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Notify(Value),
@@ -69,8 +102,17 @@ fn op() -> impl Strategy<Value = Op> {
         vec(0u8..4, 1..3),
     )
         .prop_map(|(u, s, d, start, len, types)| notification(u, s, d, start, len, types));
+    let pushed = (
+        0u8..2,
+        1u8..3,
+        any::<bool>(),
+        any::<bool>(),
+        vec((0u8..20, 0u8..4, 0u8..4), 1..5),
+    )
+        .prop_map(|(u, s, d, update, points)| push(u, s, d, update, points));
     prop_oneof![
         4 => body.prop_map(Op::Notify),
+        3 => pushed.prop_map(Op::Notify),
         1 => any::<usize>().prop_map(Op::Retry),
         3 => Just(Op::Poll),
         2 => (0u8..2, 1i32..3).prop_map(|(worker, max)| Op::Claim { worker, max }),
@@ -87,7 +129,8 @@ async fn store_one(db: &TestDb, body: &Value) {
 
 async fn run_case(db: &TestDb, ops: Vec<Op>) {
     sqlx::query(
-        "TRUNCATE thryve.inbox, thryve.dirty_ranges, thryve.source_connections RESTART IDENTITY",
+        "TRUNCATE thryve.inbox, thryve.dirty_ranges, thryve.source_connections, thryve.epoch_values,
+                  thryve.daily_values RESTART IDENTITY",
     )
     .execute(&db.pool)
     .await
@@ -100,10 +143,12 @@ async fn run_case(db: &TestDb, ops: Vec<Op>) {
             listen: false,
         },
     );
+    // w0 re-fetches, w1 recomputes (claims every range).
     let workers = [
         Consumer::new(db.pool.clone(), "w0"),
         Consumer::new(db.pool.clone(), "w1"),
     ];
+    let modes = [ClaimMode::Fetch, ClaimMode::All];
     let mut sent: Vec<Value> = Vec::new();
     // (worker index, range id) of claims believed held.
     let mut held: Vec<(usize, i64)> = Vec::new();
@@ -121,10 +166,14 @@ async fn run_case(db: &TestDb, ops: Vec<Op>) {
             Op::Claim { worker, max } => {
                 let w = usize::from(worker);
                 for range in workers[w]
-                    .claim(max, Duration::from_secs(600))
+                    .claim_for(modes[w], max, Duration::from_secs(600))
                     .await
                     .unwrap()
                 {
+                    assert!(
+                        range.needs_fetch || modes[w] == ClaimMode::All,
+                        "a fetching worker never gets a push-only range: {range:?}"
+                    );
                     held.retain(|(_, id)| *id != range.id);
                     held.push((w, range.id));
                 }
@@ -197,6 +246,24 @@ async fn pollers_and_consumers_in_parallel_keep_every_guarantee() {
             let user = format!("user-{}", r(100));
             let source = 1 + r(3) as i32;
             let types = vec![1000 + r(5) as i32, 1000 + r(5) as i32];
+            if i % 5 == 1 {
+                // A data push of a few values (instants and intervals) near each other.
+                let start = BASE_MS + r(100_000) as i64 * 60_000;
+                let data: Vec<Value> = (0..1 + r(4))
+                    .map(|k| {
+                        let at = start + r(180) as i64 * 60_000;
+                        let mut v = json!({"startTimestamp": at, "dataTypeId": types[k as usize % 2],
+                                           "value": format!("{i}.{k}")});
+                        if k % 2 == 1 {
+                            v["endTimestamp"] = json!(at + r(30) as i64 * 60_000);
+                        }
+                        v
+                    })
+                    .collect();
+                return json!({"endUserId": user, "timestampType": "unix",
+                              "type": if i % 2 == 0 { "event.data.epoch.update" } else { "event.data.epoch.create" },
+                              "data": [{"dataSourceId": source, "epochData": data}]});
+            }
             if i % 3 == 0 {
                 let start = r(400) as i64;
                 let day = |d: i64| (chrono::DateTime::from_timestamp_millis(BASE_MS).unwrap() + chrono::Duration::days(d)).date_naive().to_string();
@@ -273,13 +340,19 @@ async fn pollers_and_consumers_in_parallel_keep_every_guarantee() {
     let consumers: Vec<_> = (0..3)
         .map(|i| {
             let consumer = Consumer::new(pool.clone(), format!("worker-{i}"));
+            // One recomputing worker takes push-only ranges too; the others only re-fetch.
+            let mode = if i == 0 {
+                ClaimMode::All
+            } else {
+                ClaimMode::Fetch
+            };
             let done = pollers_done.clone();
             tokio::spawn(async move {
                 let mut handled = 0usize;
                 loop {
                     let finished = done.load(Ordering::SeqCst);
                     let claimed = consumer
-                        .claim(20, Duration::from_secs(600))
+                        .claim_for(mode, 20, Duration::from_secs(600))
                         .await
                         .expect("no claim error escapes");
                     if claimed.is_empty() {
@@ -291,6 +364,7 @@ async fn pollers_and_consumers_in_parallel_keep_every_guarantee() {
                     }
                     for range in claimed {
                         handled += 1;
+                        assert!(range.needs_fetch || mode == ClaimMode::All);
                         let ok = if range.id % 10 == 0 {
                             consumer
                                 .fail(range.id, "simulated", Duration::ZERO)

@@ -78,7 +78,7 @@ fn signed(secret: &str, body: &[u8]) -> HeaderMap {
     let timestamp = chrono::Utc::now().timestamp_millis().to_string();
     let signature = sign(
         secret.as_bytes(),
-        Layout::BodyTimestamp,
+        Layout::WIRE_THEN_TIMESTAMP,
         body,
         timestamp.as_bytes(),
     );
