@@ -31,7 +31,10 @@ use crate::{
     version,
     about = "Stores Thryve webhooks in Postgres and turns them into dirty ranges for your jobs",
     long_about = "Stores Thryve webhooks in Postgres and turns them into dirty ranges for your jobs.\n\
-                  Every setting is also read from the environment (a .env file is read first)."
+                  Every setting is also read from the environment (a .env file is read first).",
+    after_help = "Settings: `thryve-bridge serve --help` lists the server's; each subcommand's \
+                  --help lists its own. Every variable, with its default and meaning, is in \
+                  .env.example and the README's Configuration table."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -543,10 +546,21 @@ async fn healthcheck(url: &str) -> Result<(), String> {
         .map_err(|_| format!("{url}: no answer within 5 s"))?
         .map_err(|e| format!("{url}: {e}"))?;
     let status_line = response.lines().next().unwrap_or_default();
+    // The body says why (`/readyz` answers `{"error":"..."}`): print it, so the container's
+    // health log (`docker inspect`) shows the reason and not just a status.
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body.trim());
+    let body = &body[..body.floor_char_boundary(512)];
     if status_line.split_whitespace().nth(1) == Some("200") {
+        if !body.is_empty() {
+            println!("{body}");
+        }
         Ok(())
-    } else {
+    } else if body.is_empty() {
         Err(format!("{url}: {status_line}"))
+    } else {
+        Err(format!("{url}: {status_line}: {body}"))
     }
 }
 

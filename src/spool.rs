@@ -50,6 +50,9 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub received_at: DateTime<Utc>,
+    /// The delivery's W3C `traceparent` (absent in lines written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub body: Map<String, Value>,
 }
 
@@ -62,11 +65,24 @@ pub struct Record {
 /// assert_eq!(decode_segment(&line).records.len(), 1);
 /// ```
 pub fn encode_record(body: &str, received_at: DateTime<Utc>) -> Vec<u8> {
+    encode_traced_record(body, received_at, None)
+}
+
+/// [`encode_record`] with the delivery's `traceparent`, kept so the row gets it when loaded.
+pub fn encode_traced_record(
+    body: &str,
+    received_at: DateTime<Utc>,
+    traceparent: Option<&str>,
+) -> Vec<u8> {
     // `body` is JSON text (the delivery's canonical payload: compact, so without a newline);
     // it goes into the line as it is, not parsed and printed again.
-    let mut line = Vec::with_capacity(body.len() + 64);
+    let mut line = Vec::with_capacity(body.len() + 128);
     line.extend_from_slice(b"{\"received_at\":");
     serde_json::to_writer(&mut line, &received_at).expect("a timestamp always serialises");
+    if let Some(traceparent) = traceparent {
+        line.extend_from_slice(b",\"traceparent\":");
+        serde_json::to_writer(&mut line, traceparent).expect("a string always serialises");
+    }
     line.extend_from_slice(b",\"body\":");
     line.extend_from_slice(body.as_bytes());
     line.extend_from_slice(b"}\n");
@@ -142,7 +158,7 @@ pub struct SpoolMetrics {
 /// use thryve_bridge::spool::{Spool, SpoolMetrics};
 /// let (spool, _writer) = Spool::open("/var/lib/thryve-bridge/spool".as_ref(), SpoolMetrics::default())?;
 /// let body = serde_json::json!({"type": "x"});
-/// spool.append(&body.to_string(), chrono::Utc::now()).await?; // durable now
+/// spool.append(&body.to_string(), chrono::Utc::now(), None).await?; // durable now
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -262,10 +278,15 @@ impl Spool {
 
     /// Appends one delivery and returns once it is on disk (fsync'd); concurrent appends
     /// share one fsync.
-    pub async fn append(&self, body: &str, received_at: DateTime<Utc>) -> Result<(), AppendError> {
+    pub async fn append(
+        &self,
+        body: &str,
+        received_at: DateTime<Utc>,
+        traceparent: Option<&str>,
+    ) -> Result<(), AppendError> {
         let stopped = || AppendError(Arc::new(io::Error::other("the spool writer has stopped")));
         let (reply, answer) = oneshot::channel();
-        let line = encode_record(body, received_at);
+        let line = encode_traced_record(body, received_at, traceparent);
         self.queue
             .send(Append { line, reply })
             .await
@@ -652,6 +673,10 @@ impl SpoolLoader {
             });
             let earliest = group.delivery.received_at.min(Some(record.received_at));
             group.delivery.received_at = earliest;
+            // Lines are in arrival order: the row keeps the latest trace id, as live writes do.
+            if record.traceparent.is_some() {
+                group.delivery.traceparent.clone_from(&record.traceparent);
+            }
             group.lines.push(line);
         }
         let mut groups: Vec<Group> = groups.into_values().collect();
@@ -764,6 +789,16 @@ mod tests {
     }
 
     #[test]
+    fn a_traced_record_keeps_its_traceparent() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let line = encode_traced_record(&text(1), Utc::now(), Some(traceparent));
+        let decoded = decode_segment(&line);
+        let (record, _) = &decoded.records[0];
+        assert_eq!(record.traceparent.as_deref(), Some(traceparent));
+        assert_eq!(record.body, body(1));
+    }
+
+    #[test]
     fn records_round_trip_one_line_each() {
         let at = Utc::now();
         let bytes = [encode_record(&text(1), at), encode_record(&text(2), at)].concat();
@@ -775,10 +810,12 @@ mod tests {
             [
                 &Record {
                     received_at: at,
+                    traceparent: None,
                     body: body(1)
                 },
                 &Record {
                     received_at: at,
+                    traceparent: None,
                     body: body(2)
                 }
             ]

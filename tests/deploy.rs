@@ -68,7 +68,12 @@ fn compose_runs_postgres_and_the_bridge_the_way_the_binary_expects() {
     let compose = compose();
     let services = &compose["services"];
     let db = &services["db"];
-    let image = db["image"].as_str().unwrap();
+    // Fully qualified, so podman needs no short-name configuration to pull it.
+    let image = db["image"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("docker.io/library/")
+        .expect("a fully qualified image");
     assert!(
         image.starts_with("postgres:")
             && image["postgres:".len()..]
@@ -102,9 +107,19 @@ fn compose_runs_postgres_and_the_bridge_the_way_the_binary_expects() {
     );
     let bind = bridge["environment"]["BIND_ADDR"].as_str().unwrap();
     let port = bind.rsplit(':').next().unwrap();
+    // Plain HTTP with /metrics: loopback only. Thryve comes in through the `tls` profile.
+    assert_eq!(
+        bridge["ports"].as_vec().map(Vec::len),
+        Some(1),
+        "one published port"
+    );
     assert_eq!(
         bridge["ports"][0].as_str(),
-        Some(format!("{port}:{port}").as_str())
+        Some(format!("127.0.0.1:{port}:{port}").as_str())
+    );
+    assert!(
+        db["ports"].is_badvalue(),
+        "Postgres is not published (a local one may hold 5432)"
     );
     let health: Vec<&str> = bridge["healthcheck"]["test"]
         .as_vec()
@@ -130,6 +145,33 @@ fn compose_runs_postgres_and_the_bridge_the_way_the_binary_expects() {
             "compose sets {variable}, which nothing reads"
         );
     }
+
+    let proxy = &services["proxy"];
+    assert_eq!(proxy["profiles"][0].as_str(), Some("tls"));
+    assert!(proxy["image"].as_str().unwrap().contains("caddy:"));
+    assert_eq!(
+        proxy["depends_on"]["bridge"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    let caddyfile_mount = proxy["volumes"][0].as_str().unwrap();
+    let caddyfile = read(
+        caddyfile_mount
+            .split(':')
+            .next()
+            .unwrap()
+            .trim_start_matches("./"),
+    );
+    assert!(
+        caddyfile.contains("method POST")
+            && caddyfile.contains("path /webhooks/thryve")
+            && caddyfile.contains(&format!("reverse_proxy bridge:{port}")),
+        "the proxy passes on POST /webhooks/thryve alone: {caddyfile}"
+    );
+    assert_eq!(
+        caddyfile.matches("reverse_proxy").count(),
+        1,
+        "one route reaches the bridge"
+    );
 
     let tests = &services["tests"];
     assert_eq!(tests["profiles"][0].as_str(), Some("test"));
@@ -209,4 +251,72 @@ fn the_binary_starts_from_env_example_as_it_is_and_asks_for_a_credential() {
             && stderr.contains("no webhook credential configured"),
         "{stderr}"
     );
+}
+
+/// Answers one request with `response`, on a port of its own; returns the URL to probe.
+fn one_shot_server(response: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/readyz", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = stream.read(&mut request);
+        stream.write_all(response.as_bytes()).unwrap();
+    });
+    url
+}
+
+#[test]
+fn healthcheck_prints_the_reason_readyz_gave_and_no_colour() {
+    let url = one_shot_server(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\r\n\
+         {\"error\":\"migrations not applied: 20261201000030 missing\"}",
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_thryve-bridge"))
+        .args(["healthcheck", "--url", &url])
+        .env_clear()
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("503") && stderr.contains("migrations not applied: 20261201000030 missing"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr:?}"
+    );
+}
+
+#[test]
+fn help_says_where_every_setting_is_listed() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_thryve-bridge"))
+        .arg("--help")
+        .env_clear()
+        .output()
+        .expect("the binary runs");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    for pointer in ["serve --help", ".env.example", "README"] {
+        assert!(help.contains(pointer), "--help lacks {pointer}: {help}");
+    }
+    // And what it points to holds every setting: the server's, plus the health check's URL.
+    let mut listed = String::new();
+    for command in ["serve", "healthcheck"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_thryve-bridge"))
+            .args([command, "--help"])
+            .env_clear()
+            .output()
+            .expect("the binary runs");
+        listed.push_str(&String::from_utf8_lossy(&output.stdout));
+    }
+    for variable in variables_read() {
+        assert!(
+            listed.contains(&format!("env: {variable}")),
+            "serve --help and healthcheck --help lack {variable}"
+        );
+    }
 }

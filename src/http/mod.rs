@@ -7,6 +7,7 @@ mod error;
 mod health;
 pub mod hmac;
 pub mod listener;
+pub mod trace;
 mod webhook;
 
 use std::{sync::Arc, time::Duration};

@@ -18,7 +18,7 @@ use super::{
     delivery::signed_at,
     error::MaybeStored,
     hmac::{Check, Forms, HmacMode},
-    parse_content, ApiError, AppState,
+    parse_content, trace, ApiError, AppState,
 };
 use crate::{
     db::Failure,
@@ -59,7 +59,10 @@ pub async fn receive(
     body: Body,
 ) -> Result<Json<Ack>, ApiError> {
     let started = Instant::now();
-    let result = handle(&state, &headers, body, started).await;
+    // Thryve's trace id for this delivery, so an operator can quote it back to Thryve.
+    let traceparent = trace::traceparent(&headers);
+    let result = handle(&state, &headers, body, started, traceparent.clone()).await;
+    let traceparent = traceparent.as_deref().unwrap_or("");
     let elapsed = started.elapsed().as_secs_f64();
     let latency_ms = elapsed * 1000.0;
     let metrics = &state.metrics;
@@ -83,11 +86,12 @@ pub async fn receive(
                     outcome = receipt.outcome.as_str(),
                     event_type,
                     latency_ms,
+                    traceparent,
                     "delivery"
                 ),
                 // Acknowledged but not yet in the database: the database is out or slow.
                 Ack::Spooled { outcome } => {
-                    tracing::warn!(outcome, event_type, latency_ms, "delivery")
+                    tracing::warn!(outcome, event_type, latency_ms, traceparent, "delivery")
                 }
             }
         }
@@ -100,9 +104,9 @@ pub async fn receive(
                 })
                 .inc();
             if matches!(error, ApiError::Unavailable { .. }) {
-                tracing::warn!(status = error.status().as_u16(), %error, latency_ms, "delivery refused")
+                tracing::warn!(status = error.status().as_u16(), %error, latency_ms, traceparent, "delivery refused")
             } else {
-                tracing::info!(status = error.status().as_u16(), %error, latency_ms, "delivery rejected")
+                tracing::info!(status = error.status().as_u16(), %error, latency_ms, traceparent, "delivery rejected")
             }
         }
     }
@@ -114,6 +118,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
     started: Instant,
+    traceparent: Option<String>,
 ) -> Result<(Ack, Option<String>), ApiError> {
     let received_at = Utc::now();
     let limits = state.limits;
@@ -238,6 +243,7 @@ async fn handle(
     // within the window (see `signed_at`).
     delivery.signed_at =
         verified_at.or_else(|| signed_at(headers, received_at, limits.signing_window));
+    delivery.traceparent = traceparent;
     let event_type = delivery.event_type.clone();
     let unavailable = |reason: String, stored: MaybeStored| ApiError::Unavailable {
         reason,
@@ -253,7 +259,10 @@ async fn handle(
         None => deadline,
     };
     // The spool would need the body after the writer took the delivery.
-    let body = state.spool.as_ref().map(|_| delivery.payload.clone());
+    let body = state
+        .spool
+        .as_ref()
+        .map(|_| (delivery.payload.clone(), delivery.traceparent.clone()));
     let stored = tokio::time::timeout_at(wait_until.into(), state.writer.store(delivery)).await;
     let (reason, stored) = match stored {
         Ok(Ok(receipt)) => return Ok((Ack::Committed(receipt), event_type)),
@@ -285,10 +294,11 @@ async fn handle(
             MaybeStored::Maybe,
         ),
     };
-    let (Some(spool), Some(body)) = (&state.spool, body) else {
+    let (Some(spool), Some((body, traceparent))) = (&state.spool, body) else {
         return Err(unavailable(reason, stored));
     };
-    match tokio::time::timeout_at(deadline.into(), spool.append(&body, received_at)).await {
+    let append = spool.append(&body, received_at, traceparent.as_deref());
+    match tokio::time::timeout_at(deadline.into(), append).await {
         Ok(Ok(())) => Ok((
             Ack::Spooled {
                 outcome: Ack::SPOOLED,

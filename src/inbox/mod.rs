@@ -96,6 +96,8 @@ pub struct NewDelivery {
     /// When Thryve signed it (`x-hmac-timestamp` within the window), if known: the version
     /// of the values it carries.
     pub signed_at: Option<DateTime<Utc>>,
+    /// The delivery's W3C `traceparent`, if it sent a well-formed one.
+    pub traceparent: Option<String>,
 }
 
 impl NewDelivery {
@@ -143,6 +145,7 @@ impl NewDelivery {
             typed,
             received_at: None,
             signed_at: None,
+            traceparent: None,
         }
     }
 
@@ -255,6 +258,7 @@ pub async fn insert_batch(
     let mut event_times = Vec::with_capacity(batch.len());
     let mut received = Vec::with_capacity(batch.len());
     let mut signed = Vec::with_capacity(batch.len());
+    let mut traceparents = Vec::with_capacity(batch.len());
     for (d, count) in batch {
         fingerprints.push(d.fingerprint.to_vec());
         event_types.push(d.event_type.as_deref());
@@ -280,20 +284,22 @@ pub async fn insert_batch(
         event_times.push(d.typed.event_time);
         received.push(d.received_at);
         signed.push(d.signed_at);
+        traceparents.push(d.traceparent.as_deref());
     }
     sqlx::query_as::<_, InsertedRow>(
         r#"
         INSERT INTO thryve.inbox AS i (
             fingerprint, event_type, end_user_id, end_user_alias, payload, status, error,
             delivery_count, data_source_id, data_type_ids, start_time, end_time, start_day,
-            end_day, connected, event_time, first_received_at, last_received_at, signed_at)
+            end_day, connected, event_time, first_received_at, last_received_at, signed_at,
+            traceparent)
         SELECT f, et, u, a, p::jsonb, s, e, c, ds, dt::integer[], st, en, sd, ed, cn, ev,
-               coalesce(r, now()), coalesce(r, now()), sg
+               coalesce(r, now()), coalesce(r, now()), sg, tp
         FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                     $7::text[], $8::integer[], $9::integer[], $10::text[], $11::timestamptz[],
                     $12::timestamptz[], $13::date[], $14::date[], $15::boolean[],
-                    $16::timestamptz[], $17::timestamptz[], $18::timestamptz[])
-             AS t(f, et, u, a, p, s, e, c, ds, dt, st, en, sd, ed, cn, ev, r, sg)
+                    $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::text[])
+             AS t(f, et, u, a, p, s, e, c, ds, dt, st, en, sd, ed, cn, ev, r, sg, tp)
         ORDER BY f
         ON CONFLICT (fingerprint) DO UPDATE SET
             delivery_count   = i.delivery_count + EXCLUDED.delivery_count,
@@ -303,6 +309,10 @@ pub async fn insert_batch(
             -- The same content signed again (Thryve re-sends with a fresh signature) is not
             -- newer data: its version stays the earliest signing seen.
             signed_at        = least(i.signed_at, EXCLUDED.signed_at),
+            -- The latest delivery's trace id (a spooled one loaded late does not win).
+            traceparent      = CASE WHEN EXCLUDED.traceparent IS NOT NULL
+                                     AND EXCLUDED.last_received_at >= i.last_received_at
+                                    THEN EXCLUDED.traceparent ELSE i.traceparent END,
             -- Same fingerprint, same content: a blanked payload can be had back for free, and
             -- the poller needs it where the typed columns do not describe the event.
             payload          = CASE WHEN i.payload = 'null'::jsonb THEN EXCLUDED.payload
@@ -330,6 +340,7 @@ pub async fn insert_batch(
     .bind(event_times)
     .bind(received)
     .bind(signed)
+    .bind(traceparents)
     .fetch_all(executor)
     .await
 }
@@ -454,6 +465,8 @@ pub struct InboxSummary {
     pub end_day: Option<NaiveDate>,
     pub connected: Option<bool>,
     pub event_time: Option<DateTime<Utc>>,
+    /// W3C `traceparent` of the latest delivery of this content, to quote to Thryve.
+    pub traceparent: Option<String>,
 }
 
 /// A whole row of `thryve.inbox`.
@@ -469,7 +482,7 @@ pub struct InboxRow {
 const SUMMARY_COLUMNS: &str = "id, encode(fingerprint, 'hex') AS fingerprint, event_type,
     end_user_id, end_user_alias, status, error, delivery_count, first_received_at,
     last_received_at, processed_at, data_source_id, data_type_ids, start_time, end_time,
-    start_day, end_day, connected, event_time";
+    start_day, end_day, connected, event_time, traceparent";
 
 /// One row, payload included.
 pub async fn get(executor: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<InboxRow>> {
