@@ -137,6 +137,57 @@ pub async fn apply_daily(
     Ok(done.rows_affected())
 }
 
+/// The ordering version of values fetched from Thryve's data API now: the inbox's high-water
+/// mark, read before the call. It stands for the time of the fetch in the inbox-id ordering
+/// ([`upsert_sql`]): every push stored before the call is older than the fetch's answer (so
+/// the answer replaces it), every push stored after it is newer (so it wins).
+pub async fn fetch_version(executor: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('thryve.inbox', 'id')::regclass), 0)",
+    )
+    .fetch_one(executor)
+    .await
+}
+
+/// Writes values fetched from Thryve's data API for `end_user_id` with the rules of a push
+/// ([`apply_epoch`], [`apply_daily`]), as of `version` ([`fetch_version`]). One key given
+/// twice (a value overlapping two calls' spans comes back in both) is written once, the later
+/// copy winning. Returns the rows inserted or changed.
+pub async fn apply_fetched(
+    conn: &mut sqlx::PgConnection,
+    end_user_id: &str,
+    version: i64,
+    epoch: Vec<EpochValue>,
+    daily: Vec<DailyValue>,
+) -> sqlx::Result<u64> {
+    use chrono::Datelike;
+    let epoch: Vec<_> = last_per_key(epoch, |v| {
+        (v.data_source_id, v.data_type_id, v.start.timestamp_micros())
+    })
+    .into_iter()
+    .map(|v| (end_user_id.to_owned(), version, v))
+    .collect();
+    let daily: Vec<_> = last_per_key(daily, |v| {
+        (
+            v.data_source_id,
+            v.data_type_id,
+            v.day.num_days_from_ce().into(),
+        )
+    })
+    .into_iter()
+    .map(|v| (end_user_id.to_owned(), version, v))
+    .collect();
+    Ok(apply_epoch(&mut *conn, &epoch).await? + apply_daily(&mut *conn, &daily).await?)
+}
+
+fn last_per_key<V>(values: Vec<V>, key: impl Fn(&V) -> (i32, i32, i64)) -> Vec<V> {
+    let mut by_key = std::collections::BTreeMap::new();
+    for v in values {
+        by_key.insert(key(&v), v);
+    }
+    by_key.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// `SPOOL_DIR`: where deliveries go when the database cannot take them in time.
     pub spool: Option<Spool>,
+    /// On a fetcher instance: whether Thryve's 401 paused fetching (`/readyz` then says so).
+    pub fetcher: Option<Arc<crate::fetcher::FetcherStatus>>,
 }
 
 /// The router, apart from any listener, so tests can drive it in-process or over a socket.

@@ -192,6 +192,31 @@ impl Consumer {
             .await
     }
 
+    /// Fails a claimed range for good, with no retry (`thryve.abandon_dirty_range`): for an
+    /// answer that asking again cannot change. False if this worker no longer holds it.
+    pub async fn abandon(&self, range_id: i64, error: &str) -> sqlx::Result<bool> {
+        sqlx::query_scalar("SELECT thryve.abandon_dirty_range($1, $2, $3)")
+            .bind(range_id)
+            .bind(&self.worker)
+            .bind(error)
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// [`Consumer::complete`] on a connection of the caller's, so that the range's completion
+    /// commits with what the job wrote for it, or not at all.
+    pub async fn complete_in(
+        &self,
+        executor: impl PgExecutor<'_>,
+        range_id: i64,
+    ) -> sqlx::Result<bool> {
+        sqlx::query_scalar("SELECT thryve.complete_dirty_range($1, $2)")
+            .bind(range_id)
+            .bind(&self.worker)
+            .fetch_one(executor)
+            .await
+    }
+
     /// Keeps a long job's claim: the lease now ends `lease` from now. False if lost.
     pub async fn extend_lease(&self, range_id: i64, lease: Duration) -> sqlx::Result<bool> {
         sqlx::query_scalar(
@@ -204,6 +229,10 @@ impl Consumer {
         .await
     }
 }
+
+/// The channel on which the database NOTIFYs when a statement leaves pending ranges behind
+/// (migration 20261201000040): `LISTEN thryve_dirty_ranges` and claim when it fires.
+pub const CHANNEL: &str = "thryve_dirty_ranges";
 
 /// Ranges in `status` (any status if `None`), oldest first, at most `limit`.
 pub async fn list(
