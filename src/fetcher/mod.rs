@@ -471,3 +471,67 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+
+    fn range(types: &[i32]) -> DirtyRange {
+        let now: DateTime<Utc> = "2025-12-01T00:00:00Z".parse().unwrap();
+        DirtyRange {
+            id: 1,
+            end_user_id: "u".to_owned(),
+            data_source_id: 8,
+            granularity: "daily".to_owned(),
+            data_type_ids: types.to_vec(),
+            start_time: None,
+            end_time: None,
+            start_day: Some("2024-01-01".parse().unwrap()),
+            end_day: Some("2025-06-30".parse().unwrap()),
+            status: "claimed".to_owned(),
+            notification_count: 1,
+            first_dirtied_at: now,
+            last_dirtied_at: now,
+            claimed_by: None,
+            lease_expires_at: None,
+            attempts: 1,
+            last_error: None,
+            available_at: now,
+            completed_at: None,
+        }
+    }
+
+    fn field<'a>(call: &'a Call, key: &str) -> Option<&'a str> {
+        call.form
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn an_all_types_range_asks_without_value_types() {
+        for call in calls(&range(&[])) {
+            assert_eq!(field(&call, "valueTypes"), None);
+            assert_eq!(field(&call, "dataSources"), Some("8"));
+            assert_eq!(field(&call, "detailed"), Some("true"));
+        }
+        let typed = calls(&range(&[1000, 3000]));
+        assert_eq!(field(&typed[0], "valueTypes"), Some("1000,3000"));
+    }
+
+    #[test]
+    fn a_daily_span_over_a_year_is_split_into_contiguous_years() {
+        let calls = calls(&range(&[1000]));
+        let spans: Vec<(&str, &str)> = calls
+            .iter()
+            .map(|c| (field(c, "startDay").unwrap(), field(c, "endDay").unwrap()))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![("2024-01-01", "2024-12-30"), ("2024-12-31", "2025-06-30")]
+        );
+        assert!(calls.iter().all(|c| c.path == "/v5/dailyDynamicValues"));
+    }
+}
