@@ -39,3 +39,18 @@ RETURNS boolean LANGUAGE sql AS $$
         RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM failed)
 $$;
+
+-- One row per fetcher process (its FETCHER_WORKER name), refreshed every few seconds while
+-- it runs, for `thryve-bridge stats`: whether a 401 paused it, and what it has done since it
+-- started. A row whose seen_at stops moving is a fetcher that stopped.
+CREATE TABLE thryve.fetchers (
+    worker         text        PRIMARY KEY,
+    started_at     timestamptz NOT NULL,
+    seen_at        timestamptz NOT NULL,
+    paused_reason  text,
+    ranges_done    bigint      NOT NULL DEFAULT 0,
+    ranges_retried bigint      NOT NULL DEFAULT 0,
+    ranges_failed  bigint      NOT NULL DEFAULT 0,
+    values_written bigint      NOT NULL DEFAULT 0,
+    last_done_at   timestamptz
+);

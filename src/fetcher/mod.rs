@@ -8,13 +8,13 @@ pub use client::{CallError, ThryveClient};
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
 };
 
-use chrono::{NaiveDate, TimeDelta};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use sqlx::{postgres::PgListener, PgPool};
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -32,15 +32,71 @@ pub const MAX_EPOCH_SPAN: TimeDelta = TimeDelta::days(30);
 /// Most days of one daily call (a year, as Thryve's clients use).
 pub const MAX_DAILY_DAYS: i64 = 365;
 
-/// Whether fetching is paused by a 401, shared with `/readyz`.
+/// Whether fetching is paused by a 401 (shared with `/readyz`), and what this process has
+/// done since it started (written to `thryve.fetchers` for `stats`).
 #[derive(Debug, Default)]
 pub struct FetcherStatus {
     paused: AtomicBool,
     resume_at: Mutex<Option<Instant>>,
     reason: Mutex<Option<String>>,
+    done: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+    values_written: AtomicU64,
+    last_done_at: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl FetcherStatus {
+    fn count(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Done { values_written } => {
+                self.done.fetch_add(1, Ordering::Relaxed);
+                self.values_written
+                    .fetch_add(values_written, Ordering::Relaxed);
+                *self.last_done_at.lock().expect("not poisoned") = Some(Utc::now());
+            }
+            Outcome::Retry => {
+                self.retried.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Failed => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Lost => {}
+        }
+    }
+
+    /// Writes this process's row of `thryve.fetchers`.
+    async fn report(
+        &self,
+        pool: &PgPool,
+        worker: &str,
+        started_at: DateTime<Utc>,
+    ) -> sqlx::Result<()> {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
+        let last_done_at = *self.last_done_at.lock().expect("not poisoned");
+        sqlx::query(
+            "INSERT INTO thryve.fetchers AS f (worker, started_at, seen_at, paused_reason,
+                 ranges_done, ranges_retried, ranges_failed, values_written, last_done_at)
+             VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (worker) DO UPDATE SET started_at = EXCLUDED.started_at,
+                 seen_at = now(), paused_reason = EXCLUDED.paused_reason,
+                 ranges_done = EXCLUDED.ranges_done, ranges_retried = EXCLUDED.ranges_retried,
+                 ranges_failed = EXCLUDED.ranges_failed, values_written = EXCLUDED.values_written,
+                 last_done_at = EXCLUDED.last_done_at",
+        )
+        .bind(worker)
+        .bind(started_at)
+        .bind(self.paused())
+        .bind(n(&self.done))
+        .bind(n(&self.retried))
+        .bind(n(&self.failed))
+        .bind(n(&self.values_written))
+        .bind(last_done_at)
+        .execute(pool)
+        .await
+        .map(drop)
+    }
+
     /// Why fetching is paused (Thryve's 401), or `None` while it runs.
     pub fn paused(&self) -> Option<String> {
         if self.paused.load(Ordering::Relaxed) {
@@ -255,6 +311,10 @@ impl Fetcher {
         let wake = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
         tasks.spawn(listen(this.pool.clone(), wake.clone(), shutdown.clone()));
+        tasks.spawn(
+            this.clone()
+                .report_every(Duration::from_secs(5), shutdown.clone()),
+        );
         for i in 0..this.settings.concurrency {
             let consumer =
                 Consumer::new(this.pool.clone(), format!("{}-{i}", this.settings.worker));
@@ -267,6 +327,23 @@ impl Fetcher {
         );
         while tasks.join_next().await.is_some() {}
         tracing::info!("fetcher stopped");
+    }
+
+    async fn report_every(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let started_at = Utc::now();
+        loop {
+            if let Err(error) = self
+                .status
+                .report(&self.pool, &self.settings.worker, started_at)
+                .await
+            {
+                tracing::debug!(%error, "fetcher: status row not written");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
     }
 
     async fn work(
@@ -310,6 +387,7 @@ impl Fetcher {
             return Ok(None);
         };
         let outcome = self.fetch(consumer, &range, shutdown).await?;
+        self.status.count(outcome);
         self.metrics
             .fetcher_ranges
             .get_or_create(&FetchOutcomeLabels {

@@ -128,6 +128,46 @@ pub async fn merge_spans(executor: impl PgExecutor<'_>, spans: &[MergedSpan]) ->
     .await
 }
 
+/// What [`enqueue_refetch`] asks for: every listed (user, source), each granularity, one span
+/// from `since` (00:00 UTC) to `until`, of `data_type_ids` (empty: all types).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refetch {
+    pub targets: Vec<(String, i32)>,
+    pub granularities: Vec<Granularity>,
+    pub since: NaiveDate,
+    pub until: DateTime<Utc>,
+    pub data_type_ids: Vec<i32>,
+}
+
+/// Enqueues re-fetch work (recovery after lost webhooks) through the same merge as
+/// notifications, so it joins pending work of the same keys: a second run while the first's
+/// ranges wait adds nothing new. Returns the spans merged.
+pub async fn enqueue_refetch(
+    executor: impl PgExecutor<'_>,
+    refetch: &Refetch,
+) -> sqlx::Result<i32> {
+    let start = refetch.since.and_time(chrono::NaiveTime::MIN).and_utc();
+    let spans: Vec<MergedSpan> = refetch
+        .targets
+        .iter()
+        .flat_map(|(user, source)| {
+            refetch.granularities.iter().map(move |g| MergedSpan {
+                end_user_id: user.clone(),
+                data_source_id: *source,
+                data_type_ids: refetch.data_type_ids.clone(),
+                extent: match g {
+                    Granularity::Epoch => Extent::Epoch(start, refetch.until.max(start)),
+                    Granularity::Daily => {
+                        Extent::Daily(refetch.since, refetch.until.date_naive().max(refetch.since))
+                    }
+                },
+                notification_count: 0,
+            })
+        })
+        .collect();
+    merge_spans(executor, &spans).await
+}
+
 /// A downstream worker's handle on the dirty ranges: claim, then complete or fail each.
 ///
 /// ```no_run

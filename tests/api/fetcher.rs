@@ -854,3 +854,109 @@ async fn a_crash_between_the_call_and_the_commit_refetches_and_writes_nothing_ha
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(all_ranges(&db).await[0].status, "done");
 }
+
+#[tokio::test]
+async fn ranges_dirty_enqueues_each_connected_source_once_however_often_it_runs() {
+    use crate::cli::{bridge, json_out};
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO thryve.source_connections (end_user_id, data_source_id, connected, changed_at)
+         VALUES ('c1', 8, true, now()), ('c2', 8, true, now()), ('c2', 1, true, now()),
+                ('gone', 8, false, now())",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let args = ["ranges", "dirty", "--days", "3", "--types", "3000,1000"];
+    for _ in 0..2 {
+        let out = json_out(&bridge(&db.url(), &args, &[]));
+        assert_eq!(out["targets"], 3, "{out}");
+        assert_eq!(out["spans_merged"], 6);
+    }
+    let pending = ranges::list(&db.pool, Some("pending"), 100).await.unwrap();
+    assert_eq!(
+        pending.len(),
+        6,
+        "three pairs, epoch and daily, once: {pending:?}"
+    );
+    let since = Utc::now().date_naive() - TimeDelta::days(3);
+    for range in &pending {
+        assert_ne!(range.end_user_id, "gone");
+        assert_eq!(range.data_type_ids, vec![1000, 3000]);
+        assert_eq!(range.notification_count, 0, "no notification asked for it");
+        match range.granularity.as_str() {
+            "epoch" => assert_eq!(
+                range.start_time.unwrap(),
+                since.and_hms_opt(0, 0, 0).unwrap().and_utc()
+            ),
+            _ => assert_eq!(range.start_day.unwrap(), since),
+        }
+    }
+    // One pair by name, connected or not, and only epoch.
+    let out = json_out(&bridge(
+        &db.url(),
+        &[
+            "ranges",
+            "dirty",
+            "--since",
+            "2025-11-01",
+            "--user",
+            "gone",
+            "--source",
+            "8",
+            "--granularity",
+            "epoch",
+            "--types",
+            "1000",
+        ],
+        &[],
+    ));
+    assert_eq!(out["targets"], 1);
+    let gone: Vec<DirtyRange> = ranges::list(&db.pool, Some("pending"), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.end_user_id == "gone")
+        .collect();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].start_time.unwrap(), at("2025-11-01T00:00:00Z"));
+    // Neither --days nor --since: refused.
+    assert!(!bridge(&db.url(), &["ranges", "dirty"], &[])
+        .status
+        .success());
+}
+
+#[tokio::test]
+async fn stats_shows_each_fetcher_and_what_it_did() {
+    let fake = FakeThryve::start(|_, _| Reply::ok(answer("s", &[]))).await;
+    let mut config = test_config();
+    config.fetcher = FetcherConfig {
+        fetcher_interval_ms: 50,
+        ..self::config(&fake)
+    };
+    let app = spawn_app_with(config).await;
+    add(
+        &app.db,
+        "s",
+        8,
+        &[3000],
+        Extent::Epoch(at("2025-12-01T00:00:00Z"), at("2025-12-01T01:00:00Z")),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = thryve_bridge::stats::collect(&app.db.pool).await.unwrap();
+        if let Some(f) = stats.fetchers.first().filter(|f| f.ranges_done == 1) {
+            assert_eq!(f.worker, "test-fetcher");
+            assert_eq!(f.paused_reason, None);
+            assert!(f.last_done_age_secs.is_some());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            stats.fetchers
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
