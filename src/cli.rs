@@ -21,6 +21,7 @@ use crate::{
     inbox::{self, Status},
     ranges::{self, ClaimMode, Consumer},
     server::Application,
+    sources,
     spool::{self, Spool, SpoolLoader, SpoolMetrics},
     stats, telemetry, users,
 };
@@ -198,6 +199,30 @@ pub enum RangesCommand {
         #[arg(long, default_value_t = 300)]
         lease_secs: u64,
     },
+    /// Enqueue re-fetch work for recent days (recovery after Thryve disabled the webhook or
+    /// deliveries were lost): for every connected (user, source) in source_connections, or the
+    /// given ones, one span per granularity from --since (or --days ago) to now, merged with
+    /// pending work like a notification, so running it twice adds nothing. Safe from cron.
+    Dirty {
+        /// Span start: this many days before today (UTC), from 00:00 UTC.
+        #[arg(long, conflicts_with = "since", required_unless_present = "since")]
+        days: Option<u32>,
+        /// Span start: this day (YYYY-MM-DD), from 00:00 UTC.
+        #[arg(long)]
+        since: Option<chrono::NaiveDate>,
+        /// Only this end user (with --source: that pair, connected or not).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this data source id (with --user: that pair, connected or not).
+        #[arg(long)]
+        source: Option<i32>,
+        /// Which kind of range: epoch, daily or both.
+        #[arg(long, value_enum, default_value_t = GranularityArg::Both)]
+        granularity: GranularityArg,
+        /// Only these data type ids (comma-separated); none: all types.
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<i32>,
+    },
     /// List ranges, oldest first.
     List {
         /// pending, claimed, done or failed (all when absent).
@@ -206,6 +231,13 @@ pub enum RangesCommand {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GranularityArg {
+    Epoch,
+    Daily,
+    Both,
 }
 
 /// `serve`'s settings when no subcommand is given: read from the environment alone.
@@ -491,6 +523,56 @@ async fn ranges_command(command: RangesCommand, pool: PgPool) -> Result<(), Stri
                 .await
                 .map_err(db_error)?;
             held(range_id, "extended", ok)
+        }
+        RangesCommand::Dirty {
+            days,
+            since,
+            user,
+            source,
+            granularity,
+            types,
+        } => {
+            let until = chrono::Utc::now();
+            let since = match (since, days) {
+                (Some(since), _) => since,
+                (None, Some(days)) => until.date_naive() - chrono::TimeDelta::days(days.into()),
+                (None, None) => return Err("give --days N or --since YYYY-MM-DD".to_owned()),
+            };
+            let targets = match (user, source) {
+                (Some(user), Some(source)) => vec![(user, source)],
+                (user, source) => sources::connected(&pool, user.as_deref(), source)
+                    .await
+                    .map_err(db_error)?,
+            };
+            let granularities = match granularity {
+                GranularityArg::Epoch => vec![ranges::Granularity::Epoch],
+                GranularityArg::Daily => vec![ranges::Granularity::Daily],
+                GranularityArg::Both => {
+                    vec![ranges::Granularity::Epoch, ranges::Granularity::Daily]
+                }
+            };
+            let mut data_type_ids = types;
+            data_type_ids.sort_unstable();
+            data_type_ids.dedup();
+            let refetch = ranges::Refetch {
+                targets,
+                granularities,
+                since,
+                until,
+                data_type_ids,
+            };
+            let spans = ranges::enqueue_refetch(&pool, &refetch)
+                .await
+                .map_err(db_error)?;
+            print_json(&serde_json::json!({
+                "since": refetch.since,
+                "until": refetch.until,
+                "targets": refetch.targets.len(),
+                "granularities": refetch.granularities.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+                "data_type_ids": refetch.data_type_ids,
+                "spans_merged": spans,
+            }));
+            Ok(())
         }
         RangesCommand::List { status, limit } => {
             let ranges = ranges::list(&pool, status.as_deref(), limit)

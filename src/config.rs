@@ -205,6 +205,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub retention: RetentionConfig,
+
+    #[command(flatten)]
+    pub fetcher: FetcherConfig,
 }
 
 impl ServeConfig {
@@ -259,6 +262,144 @@ impl RetentionConfig {
             return Err(ConfigError::new(
                 "HOUSEKEEPING_BATCH",
                 "must be at least 1 (default 1000)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The built-in fetcher: claims dirty ranges, calls Thryve's data API for each and writes the
+/// values into `thryve.epoch_values` / `thryve.daily_values`.
+#[derive(Debug, Clone, Args)]
+pub struct FetcherConfig {
+    /// Run the fetcher in this process (needs the four THRYVE_API_*/THRYVE_APP_* credentials).
+    #[arg(long, env = "FETCHER_ENABLED", value_parser = BoolishValueParser::new(), default_value = "false")]
+    pub fetcher_enabled: bool,
+
+    /// Thryve's data API host (`https://api-qa.thryve.de` for QA).
+    #[arg(long, env = "THRYVE_API_URL", default_value = "https://api.thryve.de")]
+    pub thryve_api_url: String,
+
+    /// The partner's API user: `Authorization: Basic` with THRYVE_API_PASSWORD.
+    #[arg(
+        long,
+        env = "THRYVE_API_USER",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub thryve_api_user: String,
+
+    #[arg(long, env = "THRYVE_API_PASSWORD", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse_optional_secret)]
+    pub thryve_api_password: std::option::Option<Secret>,
+
+    /// The app's id (authID): `AppAuthorization: Basic` with THRYVE_APP_SECRET.
+    #[arg(
+        long,
+        env = "THRYVE_APP_ID",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub thryve_app_id: String,
+
+    #[arg(long, env = "THRYVE_APP_SECRET", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse_optional_secret)]
+    pub thryve_app_secret: std::option::Option<Secret>,
+
+    /// Most calls to Thryve in flight at once from this process.
+    #[arg(long, env = "FETCHER_CONCURRENCY", default_value_t = 4)]
+    pub fetcher_concurrency: usize,
+
+    /// Most calls to Thryve started per second by this process; 0 = no cap.
+    #[arg(long, env = "FETCHER_RATE_PER_SEC", default_value_t = 5.0)]
+    pub fetcher_rate_per_sec: f64,
+
+    /// A call with no complete answer within this many ms counts as a timeout (retried).
+    #[arg(long, env = "FETCHER_TIMEOUT_MS", default_value_t = 60_000)]
+    pub fetcher_timeout_ms: u64,
+
+    /// Largest answer read, in bytes; a larger one fails the range's attempt.
+    #[arg(long, env = "FETCHER_MAX_RESPONSE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub fetcher_max_response_bytes: usize,
+
+    /// Tries of one call on 429, 5xx, timeouts and connection errors before the range's
+    /// attempt fails (and the range is retried later, up to range_max_attempts).
+    #[arg(long, env = "FETCHER_MAX_TRIES", default_value_t = 5)]
+    pub fetcher_max_tries: u32,
+
+    /// First backoff between tries, in ms; doubled per try, with full jitter, up to
+    /// FETCHER_BACKOFF_MAX_MS. A `Retry-After` from Thryve overrides it.
+    #[arg(long, env = "FETCHER_BACKOFF_MS", default_value_t = 1_000)]
+    pub fetcher_backoff_ms: u64,
+
+    #[arg(long, env = "FETCHER_BACKOFF_MAX_MS", default_value_t = 60_000)]
+    pub fetcher_backoff_max_ms: u64,
+
+    /// Lease of a claimed range, in seconds; renewed before each call of a long range.
+    #[arg(long, env = "FETCHER_LEASE_SECS", default_value_t = 300)]
+    pub fetcher_lease_secs: u64,
+
+    /// Longest pause between claims when no NOTIFY arrives, in ms.
+    #[arg(long, env = "FETCHER_INTERVAL_MS", default_value_t = 5_000)]
+    pub fetcher_interval_ms: u64,
+
+    /// After a 401, all fetching pauses this long before one call tries the credentials again.
+    #[arg(long, env = "FETCHER_AUTH_PAUSE_SECS", default_value_t = 60)]
+    pub fetcher_auth_pause_secs: u64,
+
+    /// This process's name in `claimed_by`; empty: `fetcher-<host>-<random>`.
+    #[arg(
+        long,
+        env = "FETCHER_WORKER",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub fetcher_worker: String,
+}
+
+impl FetcherConfig {
+    /// Checks the settings a running fetcher needs; nothing when it is off.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.fetcher_enabled {
+            return Ok(());
+        }
+        let missing = [
+            ("THRYVE_API_USER", self.thryve_api_user.is_empty()),
+            ("THRYVE_API_PASSWORD", self.thryve_api_password.is_none()),
+            ("THRYVE_APP_ID", self.thryve_app_id.is_empty()),
+            ("THRYVE_APP_SECRET", self.thryve_app_secret.is_none()),
+        ];
+        if let Some((name, _)) = missing.iter().find(|(_, missing)| *missing) {
+            return Err(ConfigError::new(
+                name,
+                "must be set when FETCHER_ENABLED=true (Thryve's data API needs both credentials)",
+            ));
+        }
+        if !(self.thryve_api_url.starts_with("http://")
+            || self.thryve_api_url.starts_with("https://"))
+        {
+            return Err(ConfigError::new(
+                "THRYVE_API_URL",
+                "must start with https:// (or http://)",
+            ));
+        }
+        if self.fetcher_concurrency == 0 {
+            return Err(ConfigError::new(
+                "FETCHER_CONCURRENCY",
+                "must be at least 1 (default 4)",
+            ));
+        }
+        if !(self.fetcher_rate_per_sec >= 0.0 && self.fetcher_rate_per_sec.is_finite()) {
+            return Err(ConfigError::new(
+                "FETCHER_RATE_PER_SEC",
+                "must be 0 (no cap) or more",
+            ));
+        }
+        if self.fetcher_max_tries == 0
+            || self.fetcher_timeout_ms == 0
+            || self.fetcher_lease_secs == 0
+        {
+            return Err(ConfigError::new(
+                "FETCHER_MAX_TRIES",
+                "FETCHER_MAX_TRIES, FETCHER_TIMEOUT_MS and FETCHER_LEASE_SECS must be at least 1",
             ));
         }
         Ok(())

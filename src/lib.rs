@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod fetcher;
 pub mod housekeeping;
 pub mod http;
 pub mod inbox;

@@ -659,3 +659,159 @@ pub async fn drain_benchmark(
 fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
+
+/// What [`fetch_benchmark`] measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct FetchReport {
+    pub ranges: usize,
+    pub concurrency: usize,
+    /// FETCHER_RATE_PER_SEC of the run (0: no cap).
+    pub rate_cap_per_sec: f64,
+    pub values_per_call: usize,
+    pub seconds: f64,
+    pub ranges_per_sec: f64,
+    pub calls: usize,
+    /// Most calls the fake API received in any one-second window.
+    pub max_calls_in_any_second: usize,
+    pub values_written: i64,
+}
+
+/// Times the built-in fetcher over `ranges` pending epoch ranges (one user each, one call
+/// each) against an in-process fake of Thryve's data API that answers at once with
+/// `values_per_call` values, with `concurrency` loops and a rate cap of `rate` calls/s (0:
+/// none). Writes to the database at `pool`: use a scratch one.
+pub async fn fetch_benchmark(
+    pool: &PgPool,
+    ranges: usize,
+    concurrency: usize,
+    rate: f64,
+    values_per_call: usize,
+) -> Result<FetchReport, String> {
+    use crate::{
+        config::{FetcherConfig, Secret},
+        fetcher::{Fetcher, FetcherSettings, ThryveClient},
+        metrics::Metrics,
+        ranges::{merge_spans, Extent, MergedSpan},
+    };
+    use axum::{routing::post, Router};
+    use std::sync::{Arc, Mutex};
+
+    let items: Vec<Value> = (0..values_per_call)
+        .map(|i| {
+            json!({"startTimestampUnix": 1_764_547_200_000_i64 + i as i64 * 60_000,
+                   "endTimestamp": "null", "dynamicValueType": 3000, "value": (60 + i % 40).to_string(),
+                   "valueType": "LONG", "details": {"timezoneOffset": 60}})
+        })
+        .collect();
+    let body = json!([{"authenticationToken": "bench", "partnerUserID": "bench",
+                       "dataSources": [{"dataSource": 8, "data": items}]}])
+    .to_string();
+    let calls: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let app = Router::new().fallback(post({
+        let calls = calls.clone();
+        move || {
+            calls.lock().expect("not poisoned").push(Instant::now());
+            let body = body.clone();
+            async move { ([("content-type", "application/json")], body) }
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let start = chrono::DateTime::from_timestamp_millis(1_764_547_200_000).expect("a valid time");
+    let spans: Vec<MergedSpan> = (0..ranges)
+        .map(|i| MergedSpan {
+            end_user_id: format!("bench-{run}-{i}"),
+            data_source_id: 8,
+            data_type_ids: vec![3000],
+            extent: Extent::Epoch(start, start + chrono::TimeDelta::hours(1)),
+            notification_count: 1,
+            needs_fetch: true,
+        })
+        .collect();
+    for chunk in spans.chunks(1000) {
+        merge_spans(pool, chunk).await.map_err(|e| e.to_string())?;
+    }
+    let config = FetcherConfig {
+        fetcher_enabled: true,
+        thryve_api_url: format!("http://{addr}"),
+        thryve_api_user: "bench".to_owned(),
+        thryve_api_password: Some(Secret::new("bench")),
+        thryve_app_id: "bench".to_owned(),
+        thryve_app_secret: Some(Secret::new("bench")),
+        fetcher_concurrency: concurrency,
+        fetcher_rate_per_sec: rate,
+        fetcher_timeout_ms: 30_000,
+        fetcher_max_response_bytes: 64 * 1024 * 1024,
+        fetcher_max_tries: 3,
+        fetcher_backoff_ms: 100,
+        fetcher_backoff_max_ms: 1_000,
+        fetcher_lease_secs: 300,
+        fetcher_interval_ms: 100,
+        fetcher_auth_pause_secs: 60,
+        fetcher_worker: format!("bench-{run}"),
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    let metrics = Arc::new(Metrics::new());
+    let fetcher = Fetcher::new(
+        pool.clone(),
+        ThryveClient::new(&config, metrics.clone()).map_err(|e| e.to_string())?,
+        FetcherSettings::from_config(&config),
+        metrics,
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(fetcher.run(shutdown.clone()));
+    let pattern = format!("bench-{run}-%");
+    let done = loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM thryve.dirty_ranges WHERE end_user_id LIKE $1 AND status = 'done'",
+        )
+        .bind(&pattern)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        if done as usize >= ranges {
+            break started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    shutdown.cancel();
+    let _ = task.await;
+    server.abort();
+    let values_written: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM thryve.epoch_values WHERE end_user_id LIKE $1")
+            .bind(&pattern)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+    let calls = calls.lock().expect("not poisoned").clone();
+    let max_calls_in_any_second = calls
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            calls[i..]
+                .iter()
+                .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    Ok(FetchReport {
+        ranges,
+        concurrency,
+        rate_cap_per_sec: rate,
+        values_per_call,
+        seconds: done.as_secs_f64(),
+        ranges_per_sec: ranges as f64 / done.as_secs_f64(),
+        calls: calls.len(),
+        max_calls_in_any_second,
+        values_written,
+    })
+}

@@ -34,6 +34,26 @@ pub struct FormLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchCallLabels {
+    /// dynamicEpochValues or dailyDynamicValues.
+    pub endpoint: &'static str,
+    /// The HTTP status (`200`, `429`, ...), or timeout, connect_error, too_large.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchOutcomeLabels {
+    /// done (values committed with the completion), retry (attempt failed, range back to
+    /// pending later), failed (403/400: no retry), lost (claim lost before the commit).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     pub status: String,
 }
@@ -62,6 +82,11 @@ pub struct Metrics {
     pub spool_set_aside: Gauge,
     pub spool_load_errors: Counter,
     pub bodies_refused: Counter,
+    pub fetcher_calls: Family<FetchCallLabels, Counter>,
+    pub fetcher_call_seconds: Family<EndpointLabels, Histogram>,
+    pub fetcher_values_written: Counter,
+    pub fetcher_ranges: Family<FetchOutcomeLabels, Counter>,
+    pub fetcher_paused: Gauge,
 }
 
 impl Default for Metrics {
@@ -205,6 +230,39 @@ impl Metrics {
             "Requests answered 503 at once because the bodies already held filled BODY_BUDGET_BYTES",
             bodies_refused.clone(),
         );
+        let fetcher_calls = Family::<FetchCallLabels, Counter>::default();
+        registry.register(
+            "fetcher_calls",
+            "Calls to Thryve's data API by endpoint and answer (HTTP status, timeout, connect_error, too_large)",
+            fetcher_calls.clone(),
+        );
+        let fetcher_call_seconds =
+            Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+            });
+        registry.register(
+            "fetcher_call_duration_seconds",
+            "Time per call to Thryve's data API, request to last byte",
+            fetcher_call_seconds.clone(),
+        );
+        let fetcher_values_written = Counter::default();
+        registry.register(
+            "fetcher_values_written",
+            "Value rows the fetcher inserted or changed",
+            fetcher_values_written.clone(),
+        );
+        let fetcher_ranges = Family::<FetchOutcomeLabels, Counter>::default();
+        registry.register(
+            "fetcher_ranges",
+            "Ranges the fetcher handled, by outcome (done, retry, failed, lost)",
+            fetcher_ranges.clone(),
+        );
+        let fetcher_paused = Gauge::default();
+        registry.register(
+            "fetcher_paused",
+            "1 while fetching is paused because Thryve answered 401 (credentials wrong)",
+            fetcher_paused.clone(),
+        );
         Self {
             registry,
             deliveries,
@@ -228,6 +286,11 @@ impl Metrics {
             spool_set_aside,
             spool_load_errors,
             bodies_refused,
+            fetcher_calls,
+            fetcher_call_seconds,
+            fetcher_values_written,
+            fetcher_ranges,
+            fetcher_paused,
         }
     }
 

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{ConfigError, ServeConfig},
     db,
+    fetcher::{Fetcher, FetcherSettings, ThryveClient},
     housekeeping::Housekeeping,
     http::{
         self,
@@ -52,6 +53,7 @@ pub struct Application {
     writers: Vec<JoinHandle<()>>,
     poller: Option<Poller>,
     housekeeping: Option<Housekeeping>,
+    fetcher: Option<Fetcher>,
     wake: watch::Receiver<u64>,
     notify: Option<PgPool>,
     listener_options: ListenerOptions,
@@ -113,6 +115,7 @@ impl Application {
             .into());
         }
         config.retention.validate()?;
+        config.fetcher.validate()?;
         if config.housekeeping_interval_secs == 0 {
             return Err(ConfigError::new(
                 "HOUSEKEEPING_INTERVAL_SECS",
@@ -196,6 +199,16 @@ impl Application {
                 Duration::from_secs(config.housekeeping_interval_secs),
             )
         });
+        let fetcher = match config.fetcher.fetcher_enabled {
+            true => Some(Fetcher::new(
+                pool.clone(),
+                ThryveClient::new(&config.fetcher, metrics.clone())
+                    .map_err(|e| ConfigError::new("THRYVE_API_URL", e.to_string()))?,
+                FetcherSettings::from_config(&config.fetcher),
+                metrics.clone(),
+            )),
+            false => None,
+        };
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             bind_addr = %listener.local_addr().map_err(StartError::Serve)?,
@@ -213,6 +226,8 @@ impl Application {
             poll_interval_ms = config.poll_interval_ms,
             poll_notify = config.poll_notify,
             housekeeping = config.housekeeping_enabled,
+            fetcher = config.fetcher.fetcher_enabled,
+            thryve_api_url = config.fetcher.fetcher_enabled.then_some(config.fetcher.thryve_api_url.as_str()),
             inbox_retention_secs = config.retention.inbox_retention.as_secs(),
             range_retention_secs = config.retention.range_retention.as_secs(),
             payload_retention_secs = config.retention.payload_retention.map(|d| d.as_secs()),
@@ -240,6 +255,7 @@ impl Application {
             parse_slots: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, usize::from),
             )),
+            fetcher: fetcher.as_ref().map(Fetcher::status),
         };
         Ok(Self {
             listener,
@@ -247,6 +263,7 @@ impl Application {
             writers,
             poller,
             housekeeping,
+            fetcher,
             wake,
             notify: (config.poll_notify && config.receiver_enabled).then_some(pool),
             listener_options,
@@ -262,7 +279,8 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests
     /// finish (each still commits before its answer), waits for the inbox writers to drain
-    /// and for the poller, housekeeping and the spool loader to finish their batches.
+    /// and for the poller, housekeeping, the fetcher and the spool loader to finish their
+    /// batches (the fetcher abandons calls under way: their ranges' leases lapse).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let Self {
             listener,
@@ -270,6 +288,7 @@ impl Application {
             writers,
             poller,
             housekeeping,
+            fetcher,
             wake,
             notify,
             listener_options,
@@ -280,6 +299,7 @@ impl Application {
             spool_loader.map(|l| tokio::spawn(l.run(wake.clone(), shutdown.clone())));
         let poller = poller.map(|p| tokio::spawn(p.run(wake.clone(), shutdown.clone())));
         let housekeeping = housekeeping.map(|h| tokio::spawn(h.run(shutdown.clone())));
+        let fetcher = fetcher.map(|f| tokio::spawn(f.run(shutdown.clone())));
         let notifier = notify.map(|pool| tokio::spawn(notify_loop(pool, wake, shutdown.clone())));
         let router = http::app(state);
         let grace = listener_options.shutdown_timeout;
@@ -297,6 +317,7 @@ impl Application {
             for task in poller
                 .into_iter()
                 .chain(housekeeping)
+                .chain(fetcher)
                 .chain(notifier)
                 .chain(spool_loader)
             {

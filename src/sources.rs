@@ -4,6 +4,24 @@ use sqlx::PgExecutor;
 
 use crate::thryve::ConnectionChange;
 
+/// The connected (user, source) pairs, optionally of one user and/or one source, in order.
+pub async fn connected(
+    executor: impl PgExecutor<'_>,
+    end_user_id: Option<&str>,
+    data_source_id: Option<i32>,
+) -> sqlx::Result<Vec<(String, i32)>> {
+    sqlx::query_as(
+        "SELECT end_user_id, data_source_id FROM thryve.source_connections
+         WHERE connected AND ($1::text IS NULL OR end_user_id = $1)
+           AND ($2::integer IS NULL OR data_source_id = $2)
+         ORDER BY 1, 2",
+    )
+    .bind(end_user_id)
+    .bind(data_source_id)
+    .fetch_all(executor)
+    .await
+}
+
 /// Upserts connection states. `changes` holds at most one entry per (user, source); an entry
 /// older than (or as old as) the stored state changes nothing, since events arrive out of order.
 pub async fn apply(

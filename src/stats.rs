@@ -34,6 +34,8 @@ pub struct Estimate {
 ///   have no index on time that would not slow their writes.
 /// - `oldest_pending_inbox_age_secs`: how long the oldest pending inbox row has waited for the
 ///   poller; `oldest_pending_range_age_secs`: for a worker.
+/// - `fetchers`: each fetcher process, from its own reports (`thryve.fetchers`): paused or
+///   not, ranges done/retried/failed and values written since it started.
 /// - `seconds_since_last_delivery`: since the newest `last_received_at` of any inbox row, so an
 ///   operator notices when Thryve silently stops sending (`null` when the inbox is empty).
 ///
@@ -59,6 +61,24 @@ pub struct Stats {
     pub oldest_pending_inbox_age_secs: Option<f64>,
     pub oldest_pending_range_age_secs: Option<f64>,
     pub seconds_since_last_delivery: Option<f64>,
+    /// Each fetcher process (`thryve.fetchers`), by worker name.
+    pub fetchers: Vec<FetcherFigures>,
+}
+
+/// One fetcher process as it last reported itself (every 5 s while it runs).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct FetcherFigures {
+    pub worker: String,
+    /// Seconds since its last report: more than a few means it stopped.
+    pub seen_age_secs: f64,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Why fetching is paused (Thryve's 401), `null` while it runs.
+    pub paused_reason: Option<String>,
+    pub ranges_done: i64,
+    pub ranges_retried: i64,
+    pub ranges_failed: i64,
+    pub values_written: i64,
+    pub last_done_age_secs: Option<f64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -89,8 +109,8 @@ fn per_status(table: &str, time_column: &str, statuses: &[&str]) -> String {
         .collect()
 }
 
-/// Reads every figure in one statement.
-pub async fn collect(executor: impl PgExecutor<'_>) -> sqlx::Result<Stats> {
+/// Reads every figure: one statement over the tables, one over `thryve.fetchers`.
+pub async fn collect(executor: impl PgExecutor<'_> + Copy) -> sqlx::Result<Stats> {
     let mut sql = per_status(
         "inbox",
         "last_received_at",
@@ -131,6 +151,14 @@ pub async fn collect(executor: impl PgExecutor<'_>) -> sqlx::Result<Stats> {
             _ => {}
         }
     }
+    stats.fetchers = sqlx::query_as(
+        "SELECT worker, extract(epoch FROM now() - seen_at)::float8 AS seen_age_secs, started_at,
+                paused_reason, ranges_done, ranges_retried, ranges_failed, values_written,
+                extract(epoch FROM now() - last_done_at)::float8 AS last_done_age_secs
+         FROM thryve.fetchers ORDER BY worker",
+    )
+    .fetch_all(executor)
+    .await?;
     stats.oldest_pending_inbox_age_secs =
         stats.inbox.get("pending").and_then(|f| f.oldest_age_secs);
     stats.oldest_pending_range_age_secs = stats

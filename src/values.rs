@@ -262,6 +262,80 @@ pub async fn apply_source_names(
     Ok(done.rows_affected())
 }
 
+/// The ordering version of values fetched from Thryve's data API now: the inbox's high-water
+/// mark, read before the call. It stands for the time of the fetch in the inbox-id ordering
+/// ([`upsert_sql`]): every push stored before the call is older than the fetch's answer (so
+/// the answer replaces it), every push stored after it is newer (so it wins).
+pub async fn fetch_version(executor: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('thryve.inbox', 'id')::regclass), 0)",
+    )
+    .fetch_one(executor)
+    .await
+}
+
+/// Writes values fetched from Thryve's data API for `end_user_id` with the rules of a push
+/// ([`apply_epoch`], [`apply_daily`]), as of the call: `version` ([`fetch_version`]) orders it
+/// among deliveries of the same version time, `version_at` is when the call started. Fetched
+/// values are written like a `create`: Thryve answers with its current data, where a 1-minute
+/// point and an aggregate of one start are both current, so none replaces a value of another
+/// end. One key given twice (a value overlapping two calls' spans comes back in both) is
+/// written once, the later copy winning. Returns the rows inserted or changed.
+pub async fn apply_fetched(
+    conn: &mut sqlx::PgConnection,
+    end_user_id: &str,
+    version: i64,
+    version_at: DateTime<Utc>,
+    epoch: Vec<EpochValue>,
+    daily: Vec<DailyValue>,
+) -> sqlx::Result<u64> {
+    use chrono::Datelike;
+    let versioned = |value| Versioned {
+        end_user_id: end_user_id.to_owned(),
+        inbox_id: version,
+        version_at,
+        update: false,
+        value,
+    };
+    let epoch: Vec<_> = last_per_key(epoch, |v| {
+        (
+            v.data_source_id,
+            v.data_type_id,
+            v.start.timestamp_micros(),
+            v.end.unwrap_or(v.start).timestamp_micros(),
+        )
+    })
+    .into_iter()
+    .map(versioned)
+    .collect();
+    let daily: Vec<_> = last_per_key(daily, |v| {
+        (
+            v.data_source_id,
+            v.data_type_id,
+            i64::from(v.day.num_days_from_ce()),
+            0,
+        )
+    })
+    .into_iter()
+    .map(|value| Versioned {
+        end_user_id: end_user_id.to_owned(),
+        inbox_id: version,
+        version_at,
+        update: false,
+        value,
+    })
+    .collect();
+    Ok(apply_epoch(&mut *conn, &epoch).await? + apply_daily(&mut *conn, &daily).await?)
+}
+
+fn last_per_key<V>(values: Vec<V>, key: impl Fn(&V) -> (i32, i32, i64, i64)) -> Vec<V> {
+    let mut by_key = std::collections::BTreeMap::new();
+    for v in values {
+        by_key.insert(key(&v), v);
+    }
+    by_key.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

@@ -57,6 +57,19 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         users: u32,
     },
+    /// Time the built-in fetcher over N pending ranges against an in-process fake of Thryve's
+    /// data API (writes to DATABASE_URL: use a scratch database).
+    Fetch {
+        #[arg(long, default_value_t = 2000)]
+        ranges: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Calls per second cap (FETCHER_RATE_PER_SEC); 0 = no cap.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 24)]
+        values_per_call: usize,
+    },
 }
 
 #[tokio::main]
@@ -124,6 +137,18 @@ async fn main() -> ExitCode {
                 let report = loadgen::drain_benchmark(&db, rows, pollers, batch_size, users)
                     .await
                     .map_err(|e| e.to_string())?;
+                serde_json::to_value(report).map_err(|e| e.to_string())
+            }
+            Command::Fetch {
+                ranges,
+                concurrency,
+                rate,
+                values_per_call,
+            } => {
+                let db = pool().await?;
+                let report =
+                    loadgen::fetch_benchmark(&db, ranges, concurrency, rate, values_per_call)
+                        .await?;
                 serde_json::to_value(report).map_err(|e| e.to_string())
             }
         }

@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers), `/readyz` (the database answers and is migrated) and
+//! `/healthz` (the process answers), `/readyz` (the database answers and is migrated, and on
+//! a fetcher instance fetching is not paused by Thryve's 401) and
 //! `/metrics` (Prometheus text).
 
 use axum::{
@@ -18,6 +19,12 @@ pub async fn live() -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    if let Some(reason) = state.fetcher.as_ref().and_then(|f| f.paused()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": format!("fetcher paused: {reason}") })),
+        );
+    }
     let check = tokio::time::timeout(state.limits.ack_deadline, db::readiness(&state.pool)).await;
     match check {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({ "status": "ready" }))),

@@ -71,6 +71,8 @@ pub struct AppState {
     pub body_budget: Arc<Semaphore>,
     /// One permit per core: large bodies parsed at once, off the async workers.
     pub parse_slots: Arc<Semaphore>,
+    /// On a fetcher instance: whether Thryve's 401 paused fetching (`/readyz` then says so).
+    pub fetcher: Option<Arc<crate::fetcher::FetcherStatus>>,
 }
 
 /// The router, apart from any listener, so tests can drive it in-process or over a socket.

@@ -191,6 +191,47 @@ impl ClaimMode {
     }
 }
 
+/// What [`enqueue_refetch`] asks for: every listed (user, source), each granularity, one span
+/// from `since` (00:00 UTC) to `until`, of `data_type_ids` (empty: all types).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refetch {
+    pub targets: Vec<(String, i32)>,
+    pub granularities: Vec<Granularity>,
+    pub since: NaiveDate,
+    pub until: DateTime<Utc>,
+    pub data_type_ids: Vec<i32>,
+}
+
+/// Enqueues re-fetch work (recovery after lost webhooks) through the same merge as
+/// notifications, so it joins pending work of the same keys: a second run while the first's
+/// ranges wait adds nothing new. Returns the spans merged.
+pub async fn enqueue_refetch(
+    executor: impl PgExecutor<'_>,
+    refetch: &Refetch,
+) -> sqlx::Result<i32> {
+    let start = refetch.since.and_time(chrono::NaiveTime::MIN).and_utc();
+    let spans: Vec<MergedSpan> = refetch
+        .targets
+        .iter()
+        .flat_map(|(user, source)| {
+            refetch.granularities.iter().map(move |g| MergedSpan {
+                end_user_id: user.clone(),
+                data_source_id: *source,
+                data_type_ids: refetch.data_type_ids.clone(),
+                extent: match g {
+                    Granularity::Epoch => Extent::Epoch(start, refetch.until.max(start)),
+                    Granularity::Daily => {
+                        Extent::Daily(refetch.since, refetch.until.date_naive().max(refetch.since))
+                    }
+                },
+                notification_count: 0,
+                needs_fetch: true,
+            })
+        })
+        .collect();
+    merge_spans(executor, &spans).await
+}
+
 /// A downstream worker's handle on the dirty ranges: claim, then complete or fail each.
 ///
 /// ```no_run
@@ -330,6 +371,32 @@ impl Consumer {
             .await
     }
 
+    /// Fails a claimed range for good, with no retry (`thryve.abandon_dirty_range`): for an
+    /// answer that asking again cannot change. False if this worker no longer holds it.
+    pub async fn abandon(&self, range_id: i64, error: &str) -> sqlx::Result<bool> {
+        sqlx::query_scalar("SELECT thryve.abandon_dirty_range($1, $2, $3)")
+            .bind(range_id)
+            .bind(&self.worker)
+            .bind(error)
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// [`Consumer::complete_claimed`] on a connection of the caller's, so that the range's
+    /// completion commits with what the job wrote for it, or not at all.
+    pub async fn complete_in(
+        &self,
+        executor: impl PgExecutor<'_>,
+        range: &DirtyRange,
+    ) -> sqlx::Result<bool> {
+        sqlx::query_scalar("SELECT thryve.complete_dirty_range($1, $2, $3)")
+            .bind(range.id)
+            .bind(&self.worker)
+            .bind(range.claim_token)
+            .fetch_one(executor)
+            .await
+    }
+
     /// Keeps a long job's claim: the lease now ends `lease` from now. False if lost.
     pub async fn extend_lease(&self, range_id: i64, lease: Duration) -> sqlx::Result<bool> {
         sqlx::query_scalar(
@@ -342,6 +409,10 @@ impl Consumer {
         .await
     }
 }
+
+/// The channel on which the database NOTIFYs when a statement leaves pending ranges behind
+/// (migration 20261201000040): `LISTEN thryve_dirty_ranges` and claim when it fires.
+pub const CHANNEL: &str = "thryve_dirty_ranges";
 
 /// Ranges in `status` (any status if `None`), oldest first, at most `limit`.
 pub async fn list(

@@ -1,5 +1,6 @@
 //! Thryve's webhook payloads: JSON in, a typed notification or a typed reason out. Pure: no I/O, no clock.
 
+pub mod api;
 mod canonical;
 mod effects;
 mod legacy;

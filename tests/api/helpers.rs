@@ -7,7 +7,7 @@ use sqlx::{
     ConnectOptions, Connection, PgConnection, PgPool,
 };
 use thryve_bridge::{
-    config::{RetentionConfig, Secret, ServeConfig},
+    config::{FetcherConfig, RetentionConfig, Secret, ServeConfig},
     db,
     http::hmac::{HmacMode, Layout, LayoutSetting},
     server::Application,
@@ -134,6 +134,31 @@ pub fn test_config() -> ServeConfig {
         spool_dir: None,
         spool_margin_ms: 250,
         retention: test_retention(),
+        fetcher: test_fetcher_config(),
+    }
+}
+
+/// The fetcher's settings in tests: off, with credentials a fake Thryve checks, no rate cap
+/// and short waits; a test turns it on and points THRYVE_API_URL at its fake.
+pub fn test_fetcher_config() -> FetcherConfig {
+    FetcherConfig {
+        fetcher_enabled: false,
+        thryve_api_url: "http://127.0.0.1:9".to_owned(),
+        thryve_api_user: "partner".to_owned(),
+        thryve_api_password: Some(Secret::new("partner-pw")),
+        thryve_app_id: "app-id".to_owned(),
+        thryve_app_secret: Some(Secret::new("app-secret")),
+        fetcher_concurrency: 2,
+        fetcher_rate_per_sec: 0.0,
+        fetcher_timeout_ms: 5_000,
+        fetcher_max_response_bytes: 1024 * 1024,
+        fetcher_max_tries: 3,
+        fetcher_backoff_ms: 10,
+        fetcher_backoff_max_ms: 100,
+        fetcher_lease_secs: 60,
+        fetcher_interval_ms: 200,
+        fetcher_auth_pause_secs: 60,
+        fetcher_worker: "test-fetcher".to_owned(),
     }
 }
 

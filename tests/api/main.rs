@@ -1,6 +1,8 @@
 //! Black-box tests: the real server on a random port, a fresh Postgres database per test.
 
 mod cli;
+mod fake_thryve;
+mod fetcher;
 mod formats;
 mod helpers;
 mod invariants;
