@@ -712,7 +712,8 @@ async fn a_poller_that_dies_mid_batch_leaves_its_rows_pending_for_the_next() {
         .fetch_one(&mut doomed)
         .await
         .unwrap();
-    sqlx::query("SELECT pg_terminate_backend($1)")
+    // With a timeout it returns once the backend is gone (its locks with it), not when signalled.
+    sqlx::query("SELECT pg_terminate_backend($1, 10000)")
         .bind(pid)
         .execute(&db.pool)
         .await
