@@ -526,7 +526,16 @@ async fn fetched_values_equal_to_pushed_ones_are_the_same_rows() {
     poller(&db).drain().await.unwrap();
     let pushed = epoch_rows(&db).await;
     assert_eq!(pushed.len(), 2);
-    // The push left a range; the fetcher re-fetches it and Thryve answers the same data.
+    // The push left a push-only range (no fetch needed); a notification of the same span
+    // makes it one to fetch, and Thryve answers the same data.
+    add(
+        &db,
+        "pu",
+        8,
+        &[3000, 1000],
+        Extent::Epoch(at("2025-11-14T01:17:00Z"), at("2025-11-14T01:40:00Z")),
+    )
+    .await;
     let fake = FakeThryve::start(|_, _| {
         Reply::ok(answer(
             "pu",
