@@ -405,6 +405,15 @@ impl Fetcher {
         shutdown: &CancellationToken,
     ) -> sqlx::Result<Outcome> {
         let version = values::fetch_version(&self.pool).await?;
+        // Retries and backoffs can outlast a lease: keep it while the range is worked on.
+        let keeper = CancellationToken::new();
+        let _stop_keeper = keeper.clone().drop_guard();
+        tokio::spawn(keep_lease(
+            consumer.clone(),
+            range.id,
+            self.settings.lease,
+            keeper,
+        ));
         let mut epoch: Vec<EpochValue> = Vec::new();
         let mut daily: Vec<DailyValue> = Vec::new();
         for (i, call) in calls(range).into_iter().enumerate() {
@@ -515,6 +524,21 @@ impl Fetcher {
         } else {
             Outcome::Lost
         })
+    }
+}
+
+/// Extends `range_id`'s lease every third of it until `stop`, or until the claim is lost.
+async fn keep_lease(consumer: Consumer, range_id: i64, lease: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(lease / 3) => {}
+            _ = stop.cancelled() => return,
+        }
+        match consumer.extend_lease(range_id, lease).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => tracing::debug!(%error, range_id, "fetcher: lease not extended"),
+        }
     }
 }
 
