@@ -333,7 +333,8 @@ pub struct FetcherConfig {
     #[arg(long, env = "FETCHER_BACKOFF_MAX_MS", default_value_t = 60_000)]
     pub fetcher_backoff_max_ms: u64,
 
-    /// Lease of a claimed range, in seconds; renewed before each call of a long range.
+    /// Lease of a claimed range, in seconds; extended every third of it while the range is
+    /// worked on, so a dead fetcher's ranges are claimable again this long after it died.
     #[arg(long, env = "FETCHER_LEASE_SECS", default_value_t = 300)]
     pub fetcher_lease_secs: u64,
 

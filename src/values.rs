@@ -117,7 +117,10 @@ pub async fn apply_epoch(
              end_time = EXCLUDED.end_time, timezone_offset = EXCLUDED.timezone_offset,
              value = EXCLUDED.value, value_numeric = EXCLUDED.value_numeric,
              inbox_id = EXCLUDED.inbox_id, version_at = EXCLUDED.version_at, updated_at = now()
-         WHERE (EXCLUDED.version_at, EXCLUDED.inbox_id) > (t.version_at, t.inbox_id)"
+         WHERE (EXCLUDED.version_at, EXCLUDED.inbox_id) > (t.version_at, t.inbox_id)
+           -- The same data again (a re-fetch of what a push stored) rewrites nothing.
+           AND (t.value, t.end_time, t.timezone_offset)
+               IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.end_time, EXCLUDED.timezone_offset)"
     );
     let mut written = 0;
     for round in epoch_rounds(values) {
@@ -197,7 +200,8 @@ pub async fn apply_daily(
              timezone_offset = EXCLUDED.timezone_offset, value = EXCLUDED.value,
              value_numeric = EXCLUDED.value_numeric, inbox_id = EXCLUDED.inbox_id,
              version_at = EXCLUDED.version_at, updated_at = now()
-         WHERE (EXCLUDED.version_at, EXCLUDED.inbox_id) > (t.version_at, t.inbox_id)"
+         WHERE (EXCLUDED.version_at, EXCLUDED.inbox_id) > (t.version_at, t.inbox_id)
+           AND (t.value, t.timezone_offset) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.timezone_offset)"
     ))
     .bind(
         kept.iter()

@@ -406,6 +406,15 @@ impl Fetcher {
     ) -> sqlx::Result<Outcome> {
         let version = values::fetch_version(&self.pool).await?;
         let version_at = chrono::Utc::now();
+        // Retries and backoffs can outlast a lease: keep it while the range is worked on.
+        let keeper = CancellationToken::new();
+        let _stop_keeper = keeper.clone().drop_guard();
+        tokio::spawn(keep_lease(
+            consumer.clone(),
+            range.clone(),
+            self.settings.lease,
+            keeper,
+        ));
         let mut epoch: Vec<EpochValue> = Vec::new();
         let mut daily: Vec<DailyValue> = Vec::new();
         for (i, call) in calls(range).into_iter().enumerate() {
@@ -436,9 +445,15 @@ impl Fetcher {
             }
         }
         let mut tx = self.pool.begin().await?;
-        let values_written =
-            values::apply_fetched(&mut tx, &range.end_user_id, version, version_at, epoch, daily)
-                .await?;
+        let values_written = values::apply_fetched(
+            &mut tx,
+            &range.end_user_id,
+            version,
+            version_at,
+            epoch,
+            daily,
+        )
+        .await?;
         if !consumer.complete_in(&mut *tx, range).await? {
             tx.rollback().await?;
             tracing::warn!(
@@ -517,6 +532,28 @@ impl Fetcher {
         } else {
             Outcome::Lost
         })
+    }
+}
+
+/// Extends `range_id`'s lease every third of it until `stop`, or until the claim is lost.
+async fn keep_lease(
+    consumer: Consumer,
+    range: DirtyRange,
+    lease: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(lease / 3) => {}
+            _ = stop.cancelled() => return,
+        }
+        match consumer.extend_claimed(&range, lease).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::debug!(%error, range_id = range.id, "fetcher: lease not extended")
+            }
+        }
     }
 }
 
