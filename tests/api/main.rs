@@ -15,6 +15,7 @@ mod proxy;
 mod pushes;
 mod receiver;
 mod reliability;
+mod schema;
 mod server;
 mod trace;
 mod wire;
