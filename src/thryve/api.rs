@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use super::{
     notification::{day, instant, json_kind, object, positive_i32, short, ParseError},
+    push::value_text,
     DailyValue, EpochValue,
 };
 
@@ -162,19 +163,6 @@ fn timezone_offset(item: &Map<String, Value>) -> Result<Option<i32>, ParseError>
                 format!("expected a 32-bit integer, got {}", short(value)),
             )
         })
-}
-
-/// The API sends values as strings; a bare number means its text, as in a push.
-fn value_text(value: Option<&Value>) -> Result<String, ParseError> {
-    match value {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Number(n)) => Ok(n.to_string()),
-        Some(other) => Err(ParseError::new(
-            "value",
-            format!("expected a string or a number, got {}", json_kind(other)),
-        )),
-        None => Err(ParseError::new("value", "missing")),
-    }
 }
 
 #[cfg(test)]

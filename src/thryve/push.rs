@@ -218,8 +218,9 @@ fn timezone_offset(value: Option<&Value>) -> Result<Option<i32>, ParseError> {
     }
 }
 
-/// Thryve sends values as strings; a sender that writes a bare number means its text.
-fn value_text(value: Option<&Value>) -> Result<String, ParseError> {
+/// Thryve sends values as strings (in pushes and in the data API's answers); a sender that
+/// writes a bare number means its text.
+pub(super) fn value_text(value: Option<&Value>) -> Result<String, ParseError> {
     match value {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Number(n)) => Ok(n.to_string()),

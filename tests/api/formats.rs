@@ -1,7 +1,5 @@
 //! The other delivery formats: compressed data pushes, legacy `sourceUpdate` (JSON and form), HMAC-signed deliveries.
 
-use std::io::Write;
-
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -10,7 +8,10 @@ use thryve_bridge::{
     http::hmac::{Layout, LayoutSetting},
 };
 
-use crate::helpers::{answer, spawn_app, spawn_app_with, test_config, TestApp, PASSWORD, USER};
+use crate::helpers::{
+    answer, gzip, spawn_app, spawn_app_with, test_config, thryve_wire, zstd, TestApp, PASSWORD,
+    USER,
+};
 
 const HMAC_SECRET: &str = "thryve-hmac-secret";
 
@@ -38,24 +39,6 @@ async fn stored_row(app: &TestApp, inbox_id: &Value) -> Value {
     .fetch_one(&app.db.pool)
     .await
     .unwrap()
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-fn zstd(data: &[u8]) -> Vec<u8> {
-    zstd::encode_all(data, 3).unwrap()
-}
-
-/// A data push as Thryve puts it on the wire: base64 text of a zstd frame.
-fn thryve_wire(data: &[u8]) -> Vec<u8> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .encode(zstd(data))
-        .into_bytes()
 }
 
 async fn post_encoded(app: &TestApp, encoding: &str, body: Vec<u8>) -> reqwest::Response {

@@ -280,3 +280,27 @@ pub fn epoch_notification(
         "data": {"startTimestamp": start_ms, "endTimestamp": end_ms, "dataSourceId": 8, "dataTypeIds": types}
     })
 }
+
+/// `data` as a zstd frame.
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).unwrap()
+}
+
+/// `data` as a gzip member.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// Standard base64 with padding, as Thryve writes it.
+pub fn base64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// A data push as Thryve puts it on the wire: base64 text of a zstd frame.
+pub fn thryve_wire(json: &[u8]) -> Vec<u8> {
+    base64(&zstd(json)).into_bytes()
+}

@@ -2,12 +2,8 @@
 //! other plausible form), signatures over any form of the body in `enforce` and `report` mode,
 //! the older legacy trigger, and `hmac check` on a captured delivery.
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
-use base64::{engine::general_purpose::STANDARD, Engine as _};
 use serde_json::{json, Value};
 use thryve_bridge::{
     config::Secret,
@@ -18,7 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     cli::{bridge, json_out},
-    helpers::{answer, spawn_app, spawn_app_with, test_config, TestApp, PASSWORD, USER},
+    helpers::{
+        answer, base64, gzip, spawn_app, spawn_app_with, test_config, zstd, TestApp, PASSWORD, USER,
+    },
     poller::{poller, store},
 };
 
@@ -28,20 +26,6 @@ fn corpus(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/corpus")
         .join(name)
-}
-
-fn zstd(data: &[u8]) -> Vec<u8> {
-    zstd::encode_all(data, 3).unwrap()
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-fn base64(data: &[u8]) -> String {
-    STANDARD.encode(data)
 }
 
 /// A data push of `values` epoch values (as the real ones: instants and 1-minute points).

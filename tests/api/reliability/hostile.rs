@@ -6,7 +6,7 @@
 //! `server::a_body_that_trickles_in_past_the_deadline_gets_408_and_nothing_is_stored`.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     net::SocketAddr,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -20,8 +20,8 @@ use tokio::{
 };
 
 use crate::helpers::{
-    answer, epoch_notification, spawn_app, spawn_app_with, test_config, TestApp, TestDb, PASSWORD,
-    USER,
+    answer, epoch_notification, gzip, spawn_app, spawn_app_with, test_config, zstd, TestApp,
+    TestDb, PASSWORD, USER,
 };
 
 const SQL: &str = "'; DROP TABLE thryve.inbox; --";
@@ -53,16 +53,6 @@ async fn inbox_count(app: &TestApp) -> i64 {
 
 fn nested(depth: usize) -> String {
     format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
-}
-
-fn zstd(data: &[u8]) -> Vec<u8> {
-    zstd::encode_all(data, 3).unwrap()
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
 }
 
 fn form(field: &str) -> Vec<u8> {
