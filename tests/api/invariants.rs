@@ -4,15 +4,16 @@
 use sqlx::PgPool;
 
 /// Guarantee 3: every (user, source, type, span) named by a processed notification lies inside
-/// a range that was dirtied (so pending) at or after the notification was processed. Returns
-/// the offending inbox ids.
+/// a range that was dirtied (so pending) at or after the notification was processed; a range
+/// of no named types covers every type. Returns the offending inbox ids.
 pub async fn uncovered(pool: &PgPool) -> Vec<i64> {
     sqlx::query_scalar(
         "SELECT DISTINCT i.id FROM thryve.inbox i CROSS JOIN LATERAL unnest(i.data_type_ids) t(type_id)
          WHERE i.status = 'processed' AND i.data_type_ids IS NOT NULL AND NOT EXISTS (
              SELECT 1 FROM thryve.dirty_ranges r
              WHERE r.end_user_id = i.end_user_id AND r.data_source_id = i.data_source_id
-               AND t.type_id = ANY (r.data_type_ids) AND r.last_dirtied_at >= i.processed_at
+               AND (cardinality(r.data_type_ids) = 0 OR t.type_id = ANY (r.data_type_ids))
+               AND r.last_dirtied_at >= i.processed_at
                AND (  (i.start_time IS NOT NULL AND r.granularity = 'epoch'
                        AND r.start_time <= i.start_time AND r.end_time >= i.end_time)
                    OR (i.start_day IS NOT NULL AND r.granularity = 'daily'
