@@ -9,6 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{config::RetentionConfig, inbox, ranges};
 
+/// Rest between full batches, as a multiple of the batch's own duration.
+const PACE: u32 = 9;
+
 /// What one pass deleted or blanked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PassReport {
@@ -106,11 +109,21 @@ impl Housekeeping {
     {
         let mut total = 0;
         while !shutdown.is_cancelled() {
+            let started = std::time::Instant::now();
             let done = batch().await?;
             total += done;
             // A short batch means nothing eligible is left; an empty one too, whatever the size.
             if done == 0 || (done as i64) < self.retention.housekeeping_batch {
                 break;
+            }
+            // Retention is background work: between full batches it rests for PACE times as
+            // long as the batch took, so a backlog (10 million expired rows after an outage,
+            // or retention just shortened) is worked off at a tenth of one connection's time
+            // instead of competing with ingest, still far faster than rows expire.
+            // bench/growth measured ingest at 0.73x while deleting back to back.
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(started.elapsed() * PACE) => {}
             }
         }
         Ok(total)

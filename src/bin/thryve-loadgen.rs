@@ -17,8 +17,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// POST the mix; print throughput and latency as JSON; optionally verify against the database.
+    /// POST the mix; print throughput, latency and the load generator's own CPU and memory as
+    /// JSON; optionally verify against the database.
     Send {
+        /// One URL, or several comma-separated (workers spread over them round-robin).
         #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/thryve")]
         url: String,
         /// user:password
@@ -37,6 +39,9 @@ enum Command {
         users: u32,
         #[arg(long, default_value_t = 0.05)]
         retry_share: f64,
+        /// Share of pushes sent again byte for byte 80 ms later, as real traffic shows.
+        #[arg(long, default_value_t = 0.25)]
+        twin_share: f64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Measure 200-to-processed lag (needs DATABASE_URL).
@@ -95,6 +100,7 @@ async fn main() -> ExitCode {
                 rate,
                 users,
                 retry_share,
+                twin_share,
                 seed,
                 lag,
                 verify,
@@ -114,6 +120,7 @@ async fn main() -> ExitCode {
                     rate,
                     users,
                     retry_share,
+                    twin_share,
                     seed,
                     lag_pool: if lag { db.clone() } else { None },
                 };

@@ -21,6 +21,7 @@ async fn every_acknowledged_delivery_of_the_mix_is_stored_and_covered() {
         rate: None,
         users: 50,
         retry_share: 0.05,
+        twin_share: 0.25,
         seed: 3,
         lag_pool: Some(app.db.pool.clone()),
     })

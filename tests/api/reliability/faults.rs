@@ -206,6 +206,7 @@ async fn database_connections_killed_twice_under_load_lose_no_acknowledged_deliv
         rate: None,
         users: 50,
         retry_share: 0.05,
+        twin_share: 0.25,
         seed: 11,
         lag_pool: None,
     };
@@ -247,7 +248,7 @@ async fn database_connections_killed_twice_under_load_lose_no_acknowledged_deliv
     // Thryve retries what was refused; each retry is taken, new or already there.
     let mut all = run.sent.clone();
     for s in &refused {
-        let (status, ack) = answer(app.post_json(&s.body).await).await;
+        let (status, ack) = answer(app.post_json(&s.body.json()).await).await;
         assert_eq!(status, 200, "{ack}");
         assert!(
             matches!(ack["outcome"].as_str(), Some("stored" | "duplicate")),

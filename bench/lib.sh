@@ -1,0 +1,144 @@
+# Shared by bench/run, bench/growth and bench/scale-out: databases, the bridge's processes,
+# pgbench anchors. Sourced, not run.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ADMIN_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+CONNECTIONS="${CONNECTIONS:-32}"
+PHASE="${SECONDS_PER_PHASE:-15}"
+PORT="${BENCH_PORT:-18181}"
+TARGET="${CARGO_TARGET_DIR:-target}"
+BIN="$TARGET/release/thryve-bridge"
+LOADGEN="$TARGET/release/thryve-loadgen"
+WORK="$TARGET/bench"
+OUT_DIR=bench/results
+mkdir -p "$OUT_DIR" "$WORK"
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+log() { printf '== %s\n' "$*" >&2; }
+db_url() { echo "${ADMIN_URL%/*}/$1"; }
+machine() {
+    echo "$(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/Mem:/ {print $2}') GiB, load $(cut -d' ' -f1-3 /proc/loadavg), $(uname -r), Postgres $(psql -At -d "$ADMIN_URL" -c 'show server_version' | cut -d' ' -f1)"
+}
+
+build() {
+    log "building release binaries"
+    cargo build --release --locked --bins -q
+}
+
+fresh_db() { # $1 = database name
+    psql -q -d "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null
+    DATABASE_URL="$(db_url "$1")" "$BIN" migrate >/dev/null
+    checkpoint
+}
+
+# Every phase starts right after a checkpoint, so none pays for another's dirty pages or
+# gets a cheaper stretch without full-page writes: the phases stay comparable.
+checkpoint() { psql -q -d "$ADMIN_URL" -c "CHECKPOINT" >/dev/null; }
+
+drop_db() { psql -q -d "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null 2>&1 || true; }
+
+declare -a BRIDGE_PIDS=()
+# start_bridge DB PORT [VAR=value ...]: one bridge process, default deployment unless the
+# variables say otherwise; waits until it is ready.
+start_bridge() {
+    local db=$1 port=$2
+    shift 2
+    env DATABASE_URL="$(db_url "$db")" BIND_ADDR="127.0.0.1:$port" WEBHOOK_BASIC_AUTH="bench:bench" \
+        RUST_LOG=warn DATABASE_MAX_CONNECTIONS=16 "$@" "$BIN" serve &
+    BRIDGE_PIDS+=($!)
+    for _ in $(seq 1 100); do
+        "$BIN" healthcheck --url "http://127.0.0.1:$port/readyz" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "bridge did not become ready" >&2
+    exit 1
+}
+
+# Stops every bridge started; prints the largest peak RSS among them, in kB.
+stop_bridges() {
+    local max=0 pid rss
+    for pid in "${BRIDGE_PIDS[@]}"; do
+        rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        [ "${rss:-0}" -gt "$max" ] && max=$rss
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${BRIDGE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    BRIDGE_PIDS=()
+    echo "$max"
+}
+
+kill_bridges() { for pid in "${BRIDGE_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+
+send() { # send PORT(S) EXTRA-ARGS...: the load generator against one or more local bridges
+    local urls="" p
+    for p in ${1//,/ }; do urls="${urls:+$urls,}http://127.0.0.1:$p/webhooks/thryve"; done
+    shift
+    "$LOADGEN" send --url "$urls" --basic-auth bench:bench --concurrency "$CONNECTIONS" --seconds "$PHASE" "$@"
+}
+
+pgbench_tps() { # pgbench_tps DB CLIENTS SCRIPT
+    pgbench -n -c "$2" -j 2 -T "$PHASE" -f "$3" "$(db_url "$1")" 2>/dev/null | awk '/^tps = / {print $3; exit}'
+}
+
+# (A) one INSERT ... ON CONFLICT per transaction, a typical notification row.
+anchor_a() { # DB -> tx/s (= rows/s)
+    cat > "$WORK/insert.sql" <<'SQL'
+\set u random(1, 2000)
+INSERT INTO thryve.inbox (fingerprint, event_type, end_user_id, payload, status,
+    data_source_id, data_type_ids, start_time, end_time)
+VALUES (sha256(convert_to(random()::text || clock_timestamp()::text, 'UTF8')),
+    'notification.data.epoch.createupdate', 'user-' || :u,
+    ('{"data":{"dataSourceId":8,"dataTypeIds":[1000,3000],"endTimestamp":1763973450000,"startTimestamp":1763973390000},"endUserId":"user-' || :u || '","timestampType":"unix","type":"notification.data.epoch.createupdate"}')::jsonb,
+    'pending', 8, '{1000,3000}', '2025-11-24 08:36:30+00', '2025-11-24 08:37:30+00')
+ON CONFLICT (fingerprint) DO UPDATE SET delivery_count = thryve.inbox.delivery_count + 1;
+SQL
+    pgbench_tps "$1" "$CONNECTIONS" "$WORK/insert.sql"
+}
+
+# (B) the same rows, 128 per statement (the receiver's largest group commit): rows/s.
+anchor_b() { # DB -> rows/s
+    cat > "$WORK/insert128.sql" <<'SQL'
+\set u random(1, 2000)
+INSERT INTO thryve.inbox (fingerprint, event_type, end_user_id, payload, status,
+    data_source_id, data_type_ids, start_time, end_time)
+SELECT sha256(convert_to(random()::text || clock_timestamp()::text || g, 'UTF8')),
+    'notification.data.epoch.createupdate', 'user-' || (:u + g),
+    ('{"data":{"dataSourceId":8,"dataTypeIds":[1000,3000],"endTimestamp":1763973450000,"startTimestamp":1763973390000},"endUserId":"user-' || (:u + g) || '","timestampType":"unix","type":"notification.data.epoch.createupdate"}')::jsonb,
+    'pending', 8, '{1000,3000}', '2025-11-24 08:36:30+00', '2025-11-24 08:37:30+00'
+FROM generate_series(1, 128) g
+ON CONFLICT (fingerprint) DO UPDATE SET delivery_count = thryve.inbox.delivery_count + 1;
+SQL
+    jq -n "$(pgbench_tps "$1" "$CONNECTIONS" "$WORK/insert128.sql") * 128"
+}
+
+# (C) batched upserts into thryve.epoch_values, 1,000 values per statement (a poller batch's
+# worth), consecutive minutes of one user and source as pushes carry them: values/s.
+VALUE_BATCH="${VALUE_BATCH:-1000}"
+VALUE_CLIENTS="${VALUE_CLIENTS:-4}"
+anchor_c() { # DB -> values/s
+    # The conflict target is the table's primary key as migrated, whatever its columns.
+    local key
+    key=$(psql -At -d "$(db_url "$1")" -c "
+        SELECT string_agg(a.attname, ', ' ORDER BY k.ord)
+        FROM pg_constraint c, unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a
+        WHERE c.conrelid = 'thryve.epoch_values'::regclass AND c.contype = 'p'
+          AND a.attrelid = c.conrelid AND a.attnum = k.attnum")
+    cat > "$WORK/values.sql" <<SQL
+\\set u random(1, 2000)
+\\set s random(1, 14)
+\\set m random(0, 43200)
+INSERT INTO thryve.epoch_values AS t (end_user_id, data_source_id, data_type_id, start_time,
+    end_time, timezone_offset, value, value_numeric, inbox_id)
+SELECT 'user-' || :u, :s, 1000 + g % 2, at, at + interval '1 minute', 60, v::text, v, 1
+FROM generate_series(1, $VALUE_BATCH) g,
+     LATERAL (SELECT timestamptz '2025-10-25 00:00+00' + (:m + g) * interval '1 minute' AS at,
+                     (random() * 130)::int AS v) x
+ORDER BY 1, 2, 3, 4
+ON CONFLICT ($key) DO UPDATE SET
+    end_time = EXCLUDED.end_time, value = EXCLUDED.value, value_numeric = EXCLUDED.value_numeric,
+    inbox_id = EXCLUDED.inbox_id, updated_at = now()
+WHERE (t.end_time, t.value) IS DISTINCT FROM (EXCLUDED.end_time, EXCLUDED.value);
+SQL
+    jq -n "$(pgbench_tps "$1" "$VALUE_CLIENTS" "$WORK/values.sql") * $VALUE_BATCH"
+}

@@ -1,0 +1,16 @@
+def f: . * 100 | round / 100;
+def n: floor;
+def ok(c): if c then "met" else "MISSED" end;
+"machine                 \(.machine)",
+"run                     \(.at), commit \(.commit), \(.seconds_per_phase) s per phase, \(.connections) connections",
+"(A) pgbench 1-row       \(.anchors.a_insert_rows_per_s | n) rows/s (inbox INSERT ... ON CONFLICT + COMMIT)",
+"(B) pgbench 128-row     \(.anchors.b_insert128_rows_per_s | n) rows/s (128-row statements)",
+"(C) pgbench upserts     \(.anchors.c_value_upserts_per_s | n) values/s (\(.anchors.c_batch)-value epoch_values upserts, \(.anchors.c_clients) clients)",
+"ingest (poller on)      \(.ingest.rate_per_s | n) deliveries/s = \(.ratios.ingest_over_a | f)x (A) [>= 2.0: \(ok(.ratios.ingest_over_a >= 2))], \(.ratios.ingest_over_b | f)x (B) [>= 0.4: \(ok(.ratios.ingest_over_b >= 0.4))]",
+"                        ack p50 \(.ingest.p50_ms) ms, p99 \(.ingest.p99_ms) ms, max \(.ingest.max_ms) ms; \(.ingest.values_per_s | n) values/s offered; statuses \(.ingest.statuses | tostring)",
+"drain (1 poller)        \(.drain.rows_per_s | n) inbox rows/s = \(.ratios.drain_over_ingest | f)x peak ingest [>= 1.5: \(ok(.ratios.drain_over_ingest >= 1.5))] (\(.drain.rows) rows, batch \(.drain.batch_size))",
+"values written          \(.drain.values_per_s | n) values/s = \(.ratios.values_over_c | f)x (C) [>= 0.5: \(ok(.ratios.values_over_c >= 0.5))] (\(.drain.values) values)",
+"half peak, poller on    \(.half_peak.rate_per_s | n)/s; ack p99 \(.half_peak.p99_ms) ms [< 25: \(ok(.half_peak.p99_ms < 25))]; lag p50 \(.half_peak.lag_p50_ms) ms, p99 \(.half_peak.lag_p99_ms) ms [< 250: \(ok((.half_peak.lag_p99_ms // 1e9) < 250))]",
+"    verification        \(.half_peak.verification | tostring)",
+"bridge peak RSS         \(.bridge_peak_rss_mb | n) MB [< 100: \(ok(.bridge_peak_rss_mb < 100))]",
+"load generator          at peak \(.ingest.loadgen_cpu_cores | f) cores, \(.ingest.loadgen_peak_rss_mb | n) MB peak RSS; at half peak \(.half_peak.loadgen_cpu_cores | f) cores [< 0.25: \(ok(.ingest.loadgen_cpu_cores < 0.25))]"
