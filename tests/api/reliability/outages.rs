@@ -13,15 +13,12 @@ use std::{
 
 use serde_json::{json, Value};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
-use thryve_bridge::{
-    config::ServeConfig,
-    poller::{Poller, PollerConfig, MAX_ROW_TIMEOUTS},
-    server::{Application, StartError},
-};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use thryve_bridge::poller::{Poller, PollerConfig, MAX_ROW_TIMEOUTS};
 
-use super::faults::{wait_until, Bridge};
+use super::{
+    faults::{wait_until, Bridge},
+    spool::Server,
+};
 use crate::{
     helpers::{admin_url, epoch_notification, test_config, TestDb, PASSWORD, USER},
     poller::store,
@@ -114,33 +111,6 @@ async fn admin(sql: &str) {
     let mut conn = PgConnection::connect(&admin_url()).await.unwrap();
     sqlx::query(sql).execute(&mut conn).await.unwrap();
     conn.close().await.ok();
-}
-
-/// The real server in this process, connecting as the test's role.
-struct Server {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), StartError>>,
-}
-
-impl Server {
-    async fn start(config: &ServeConfig, url: &str) -> Self {
-        let pool = thryve_bridge::db::pool(url, 4, config.ack_deadline()).unwrap();
-        let app = Application::build(config, pool).await.expect("app builds");
-        let addr = app.local_addr();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        Self {
-            addr,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().expect("server stops cleanly");
-    }
 }
 
 /// Status, `Retry-After` and JSON body of one delivery.

@@ -121,15 +121,16 @@ fn spool_config(dir: &Path) -> ServeConfig {
     config
 }
 
-/// The real server in this process, stopped and started again by the test.
-struct Server {
-    addr: SocketAddr,
+/// The real server in this process, stopped and started again by the test (also the outage
+/// tests', connecting as a role of their own).
+pub(super) struct Server {
+    pub(super) addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), StartError>>,
 }
 
 impl Server {
-    async fn start(config: &ServeConfig, url: &str) -> Self {
+    pub(super) async fn start(config: &ServeConfig, url: &str) -> Self {
         let pool = thryve_bridge::db::pool(url, 4, config.ack_deadline()).unwrap();
         let app = Application::build(config, pool).await.expect("app builds");
         let addr = app.local_addr();
@@ -142,7 +143,7 @@ impl Server {
         }
     }
 
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.unwrap().expect("server stops cleanly");
     }
