@@ -600,15 +600,7 @@ async fn a_401_pauses_all_fetching_and_readyz_says_so() {
         body["error"].as_str().unwrap().contains("fetcher paused"),
         "{body}"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("thryve_bridge_fetcher_paused 1"),
         "{metrics}"
@@ -684,15 +676,7 @@ async fn the_whole_loop_notification_range_call_values_done() {
             "66".to_owned()
         )]
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"thryve_bridge_fetcher_ranges_total{outcome="done"} 1"#),
         "{metrics}"

@@ -242,6 +242,18 @@ impl TestApp {
             .status()
     }
 
+    /// The text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request completes")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
     pub fn webhook(&self) -> reqwest::RequestBuilder {
         self.client.post(self.url("/webhooks/thryve"))
     }

@@ -128,15 +128,7 @@ async fn a_data_push_is_stored_in_every_form_and_one_content_is_one_row() {
         .await
         .unwrap();
     assert_eq!(count, 3);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("thryve_bridge_body_forms_total{form=\"base64\"} 6"),
         "{metrics}"
@@ -296,17 +288,6 @@ impl Push {
     }
 }
 
-async fn metrics(app: &TestApp) -> String {
-    app.client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn enforce_accepts_each_layout_over_its_form_and_refuses_the_others() {
     for layout in Layout::ALL {
@@ -330,7 +311,7 @@ async fn enforce_accepts_each_layout_over_its_form_and_refuses_the_others() {
         );
         let (status, error) = wire_push("other").send(&app, other).await;
         assert_eq!(status, 401, "{layout}: {error}");
-        let m = metrics(&app).await;
+        let m = app.metrics().await;
         let matched = format!(
             "thryve_bridge_hmac_checks_total{{result=\"matched\",layout=\"{layout}\",mode=\"enforce\"}} 1"
         );
@@ -378,7 +359,7 @@ async fn enforce_refuses_wrong_missing_and_stale_signatures_over_base64_pushes()
     assert_eq!(inbox_count(&app).await, 0);
     let (status, _) = push.send(&app, frame_ts).await;
     assert_eq!(status, 200);
-    let m = metrics(&app).await;
+    let m = app.metrics().await;
     for result in ["mismatched", "missing", "outside_window", "matched"] {
         assert!(m.contains(&format!("result=\"{result}\"")), "{result}: {m}");
     }
@@ -413,7 +394,7 @@ async fn report_stores_every_delivery_and_counts_the_layout_each_matched() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(inbox_count(&app).await, 24);
-    let m = metrics(&app).await;
+    let m = app.metrics().await;
     assert!(
         m.contains(
             "hmac_checks_total{result=\"matched\",layout=\"wire+timestamp\",mode=\"report\"} 1"
