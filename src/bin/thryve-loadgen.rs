@@ -83,9 +83,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let pool = || async {
         let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL: not set".to_owned())?;
+        let options =
+            thryve_bridge::db::connect_options(&url).map_err(|e| format!("DATABASE_URL: {e}"))?;
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(8)
-            .connect(&url)
+            .connect_with(options)
             .await
             .map_err(|e| format!("DATABASE_URL: {e}"))
     };
