@@ -16,12 +16,48 @@ use sqlx::{PgConnection, PgExecutor};
 
 use crate::thryve::{DailyValue, EpochValue};
 
-/// `value` as a number where it is one; the pattern bounds the exponent and the length bounds
-/// the digits (numeric holds 131,072 before the point and 16,383 after), so that no string
-/// can make the numeric cast fail and with it the poller's whole batch.
-const NUMERIC: &str = r"CASE WHEN length(v.value) <= 1000
-    AND v.value ~ '^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?\s*$'
-    THEN v.value::numeric END";
+/// `value` as numeric text where it is a number, else `None` (stored as a null
+/// `value_numeric`). Decided here so that no string can make the database's numeric cast fail
+/// (and with it the poller's whole batch): an optional sign, digits with at most one point, an
+/// exponent of at most three digits, blanks around, at most 1,000 characters (numeric holds
+/// 131,072 digits before the point and 16,383 after; its exponent is bounded by 1,000).
+pub fn numeric_text(value: &str) -> Option<&str> {
+    // The blanks numeric's input skips: C's isspace.
+    let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    if value.len() > 1000 {
+        return None;
+    }
+    let bytes = value.as_bytes();
+    let start = bytes.iter().position(|b| !blank(b))?;
+    let end = bytes.iter().rposition(|b| !blank(b))? + 1;
+    let mut rest = &bytes[start..end];
+    if let [b'+' | b'-', tail @ ..] = rest {
+        rest = tail;
+    }
+    let digits = |s: &[u8]| s.iter().take_while(|b| b.is_ascii_digit()).count();
+    let whole = digits(rest);
+    rest = &rest[whole..];
+    let mut fraction = 0;
+    if let [b'.', tail @ ..] = rest {
+        fraction = digits(tail);
+        rest = &tail[fraction..];
+    }
+    if whole == 0 && fraction == 0 {
+        return None;
+    }
+    if let [b'e' | b'E', tail @ ..] = rest {
+        let tail = match tail {
+            [b'+' | b'-', t @ ..] => t,
+            t => t,
+        };
+        let exponent = digits(tail);
+        if !(1..=3).contains(&exponent) {
+            return None;
+        }
+        rest = &tail[exponent..];
+    }
+    rest.is_empty().then_some(value)
+}
 
 /// A pushed value as it is written: whose, from which delivery, at which version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,89 +115,81 @@ fn epoch_rounds(values: &[Versioned<EpochValue>]) -> Vec<Vec<&Versioned<EpochVal
     rounds
 }
 
+fn epoch_key(v: &Versioned<EpochValue>) -> (&str, i32, i32, DateTime<Utc>, DateTime<Utc>) {
+    let e = &v.value;
+    let end = e.end.unwrap_or(e.start);
+    (
+        v.end_user_id.as_str(),
+        e.data_source_id,
+        e.data_type_id,
+        e.start,
+        end,
+    )
+}
+
 /// Upserts epoch values (see the module's key and version rules); returns rows written.
 pub async fn apply_epoch(
     conn: &mut PgConnection,
     values: &[Versioned<EpochValue>],
 ) -> sqlx::Result<u64> {
-    let sql = format!(
-        "WITH v AS (
-             SELECT *, coalesce(et, st) AS ek
-             FROM unnest($1::text[], $2::integer[], $3::integer[], $4::integer[], $5::text[],
-                         $6::bigint[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[],
-                         $10::boolean[])
-                  AS v(u, ds, dt, tz, value, inbox_id, version_at, st, et, moves)),
-         -- The stored value each one would replace: the same key, or for an update whose end
-         -- matches none, the value of its start with the latest end.
-         target AS (
-             SELECT v.*, t.end_key AS t_end, t.version_at AS t_version, t.inbox_id AS t_inbox
-             FROM v LEFT JOIN LATERAL (
-                 SELECT e.end_key, e.version_at, e.inbox_id FROM thryve.epoch_values e
-                 WHERE e.end_user_id = v.u AND e.data_source_id = v.ds AND e.data_type_id = v.dt
-                   AND e.start_time = v.st AND (e.end_key = v.ek OR v.moves)
-                 ORDER BY e.end_key = v.ek DESC, e.end_key DESC
-                 LIMIT 1) t ON true),
-         winners AS (
-             SELECT * FROM target
-             WHERE t_end IS NULL OR (version_at, inbox_id) > (t_version, t_inbox)),
-         moved AS (
-             DELETE FROM thryve.epoch_values e USING winners w
-             WHERE w.t_end <> w.ek AND e.end_user_id = w.u AND e.data_source_id = w.ds
-               AND e.data_type_id = w.dt AND e.start_time = w.st AND e.end_key = w.t_end)
-         INSERT INTO thryve.epoch_values AS t (end_user_id, data_source_id, data_type_id,
-             start_time, end_time, timezone_offset, value, value_numeric, inbox_id, version_at)
-         SELECT v.u, v.ds, v.dt, v.st, v.et, v.tz, v.value, {NUMERIC}, v.inbox_id, v.version_at
-         FROM winners v
-         ORDER BY v.u, v.ds, v.dt, v.st, v.ek
-         ON CONFLICT (end_user_id, data_source_id, data_type_id, start_time, end_key) DO UPDATE SET
-             end_time = EXCLUDED.end_time, timezone_offset = EXCLUDED.timezone_offset,
-             value = EXCLUDED.value, value_numeric = EXCLUDED.value_numeric,
-             inbox_id = EXCLUDED.inbox_id, version_at = EXCLUDED.version_at, updated_at = now()
-         WHERE (EXCLUDED.version_at, EXCLUDED.inbox_id) > (t.version_at, t.inbox_id)
-           -- The same data again (a re-fetch of what a push stored) rewrites nothing.
-           AND (t.value, t.end_time, t.timezone_offset)
-               IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.end_time, EXCLUDED.timezone_offset)"
-    );
     let mut written = 0;
-    for round in epoch_rounds(values) {
-        let done = sqlx::query(&sql)
-            .bind(
-                round
-                    .iter()
-                    .map(|v| v.end_user_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                round
-                    .iter()
-                    .map(|v| v.value.data_source_id)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                round
-                    .iter()
-                    .map(|v| v.value.data_type_id)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                round
-                    .iter()
-                    .map(|v| v.value.timezone_offset)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                round
-                    .iter()
-                    .map(|v| v.value.value.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(round.iter().map(|v| v.inbox_id).collect::<Vec<_>>())
-            .bind(round.iter().map(|v| v.version_at).collect::<Vec<_>>())
-            .bind(round.iter().map(|v| v.value.start).collect::<Vec<_>>())
-            .bind(round.iter().map(|v| v.value.end).collect::<Vec<_>>())
-            .bind(round.iter().map(|v| v.update).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+    for mut round in epoch_rounds(values) {
+        // In key order, as the index is written: sorted here rather than by the database,
+        // whose core is the scarcer one.
+        round.sort_unstable_by(|a, b| epoch_key(a).cmp(&epoch_key(b)));
+        let done = sqlx::query(
+            "WITH v AS (
+                 SELECT *, coalesce(et, st) AS ek
+                 FROM unnest($1::text[], $2::integer[], $3::integer[], $4::integer[], $5::text[],
+                             $6::text[], $7::bigint[], $8::timestamptz[], $9::timestamptz[],
+                             $10::timestamptz[], $11::boolean[])
+                      AS v(u, ds, dt, tz, value, num, inbox_id, version_at, st, et, moves)),
+             -- The stored value an update would replace: the same key, or where its end matches
+             -- none, the value of its start with the latest end. A create replaces only its
+             -- own key, which the conflict clause below finds: it looks for nothing here (the
+             -- filter on v.moves runs once per value, before the index is read).
+             target AS (
+                 SELECT v.*, t.end_key AS t_end, t.version_at AS t_version, t.inbox_id AS t_inbox
+                 FROM v LEFT JOIN LATERAL (
+                     SELECT e.end_key, e.version_at, e.inbox_id FROM thryve.epoch_values e
+                     WHERE v.moves AND e.end_user_id = v.u AND e.data_source_id = v.ds
+                       AND e.data_type_id = v.dt AND e.start_time = v.st
+                     ORDER BY e.end_key = v.ek DESC, e.end_key DESC
+                     LIMIT 1) t ON true),
+             winners AS (
+                 SELECT * FROM target
+                 WHERE t_end IS NULL OR (version_at, inbox_id) > (t_version, t_inbox)),
+             moved AS (
+                 DELETE FROM thryve.epoch_values e USING winners w
+                 WHERE w.t_end <> w.ek AND e.end_user_id = w.u AND e.data_source_id = w.ds
+                   AND e.data_type_id = w.dt AND e.start_time = w.st AND e.end_key = w.t_end)
+             INSERT INTO thryve.epoch_values AS t (end_user_id, data_source_id, data_type_id,
+                 start_time, end_time, timezone_offset, value, value_numeric, inbox_id, version_at)
+             SELECT v.u, v.ds, v.dt, v.st, v.et, v.tz, v.value, v.num::numeric, v.inbox_id,
+                    v.version_at
+             FROM winners v
+             ON CONFLICT (end_user_id, data_source_id, data_type_id, start_time, end_key) DO UPDATE SET
+                 end_time = EXCLUDED.end_time, timezone_offset = EXCLUDED.timezone_offset,
+                 value = EXCLUDED.value, value_numeric = EXCLUDED.value_numeric,
+                 inbox_id = EXCLUDED.inbox_id, version_at = EXCLUDED.version_at, updated_at = now()
+             WHERE (EXCLUDED.version_at, EXCLUDED.inbox_id) > (t.version_at, t.inbox_id)
+               -- The same data again (a re-fetch of what a push stored) rewrites nothing.
+               AND (t.value, t.end_time, t.timezone_offset)
+                   IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.end_time, EXCLUDED.timezone_offset)",
+        )
+        .bind(round.iter().map(|v| v.end_user_id.as_str()).collect::<Vec<_>>())
+        .bind(round.iter().map(|v| v.value.data_source_id).collect::<Vec<_>>())
+        .bind(round.iter().map(|v| v.value.data_type_id).collect::<Vec<_>>())
+        .bind(round.iter().map(|v| v.value.timezone_offset).collect::<Vec<_>>())
+        .bind(round.iter().map(|v| v.value.value.as_str()).collect::<Vec<_>>())
+        .bind(round.iter().map(|v| numeric_text(&v.value.value)).collect::<Vec<_>>())
+        .bind(round.iter().map(|v| v.inbox_id).collect::<Vec<_>>())
+        .bind(round.iter().map(|v| v.version_at).collect::<Vec<_>>())
+        .bind(round.iter().map(|v| v.value.start).collect::<Vec<_>>())
+        .bind(round.iter().map(|v| v.value.end).collect::<Vec<_>>())
+        .bind(round.iter().map(|v| v.update).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
         written += done.rows_affected();
     }
     Ok(written)
@@ -187,47 +215,29 @@ pub async fn apply_daily(
     if newest.is_empty() {
         return Ok(0);
     }
-    let kept: Vec<&Versioned<DailyValue>> = newest.into_values().collect();
-    let done = sqlx::query(&format!(
+    let mut kept: Vec<_> = newest.into_iter().collect();
+    kept.sort_unstable_by_key(|(key, _)| *key);
+    let kept: Vec<&Versioned<DailyValue>> = kept.into_iter().map(|(_, v)| v).collect();
+    let done = sqlx::query(
         "INSERT INTO thryve.daily_values AS t (end_user_id, data_source_id, data_type_id, day,
              timezone_offset, value, value_numeric, inbox_id, version_at)
-         SELECT v.u, v.ds, v.dt, v.day, v.tz, v.value, {NUMERIC}, v.inbox_id, v.version_at
+         SELECT v.u, v.ds, v.dt, v.day, v.tz, v.value, v.num::numeric, v.inbox_id, v.version_at
          FROM unnest($1::text[], $2::integer[], $3::integer[], $4::integer[], $5::text[],
-                     $6::bigint[], $7::timestamptz[], $8::date[])
-              AS v(u, ds, dt, tz, value, inbox_id, version_at, day)
-         ORDER BY v.u, v.ds, v.dt, v.day
+                     $6::text[], $7::bigint[], $8::timestamptz[], $9::date[])
+              AS v(u, ds, dt, tz, value, num, inbox_id, version_at, day)
          ON CONFLICT (end_user_id, data_source_id, data_type_id, day) DO UPDATE SET
              timezone_offset = EXCLUDED.timezone_offset, value = EXCLUDED.value,
              value_numeric = EXCLUDED.value_numeric, inbox_id = EXCLUDED.inbox_id,
              version_at = EXCLUDED.version_at, updated_at = now()
          WHERE (EXCLUDED.version_at, EXCLUDED.inbox_id) > (t.version_at, t.inbox_id)
-           AND (t.value, t.timezone_offset) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.timezone_offset)"
-    ))
-    .bind(
-        kept.iter()
-            .map(|v| v.end_user_id.as_str())
-            .collect::<Vec<_>>(),
+           AND (t.value, t.timezone_offset) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.timezone_offset)",
     )
-    .bind(
-        kept.iter()
-            .map(|v| v.value.data_source_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        kept.iter()
-            .map(|v| v.value.data_type_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        kept.iter()
-            .map(|v| v.value.timezone_offset)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        kept.iter()
-            .map(|v| v.value.value.as_str())
-            .collect::<Vec<_>>(),
-    )
+    .bind(kept.iter().map(|v| v.end_user_id.as_str()).collect::<Vec<_>>())
+    .bind(kept.iter().map(|v| v.value.data_source_id).collect::<Vec<_>>())
+    .bind(kept.iter().map(|v| v.value.data_type_id).collect::<Vec<_>>())
+    .bind(kept.iter().map(|v| v.value.timezone_offset).collect::<Vec<_>>())
+    .bind(kept.iter().map(|v| v.value.value.as_str()).collect::<Vec<_>>())
+    .bind(kept.iter().map(|v| numeric_text(&v.value.value)).collect::<Vec<_>>())
     .bind(kept.iter().map(|v| v.inbox_id).collect::<Vec<_>>())
     .bind(kept.iter().map(|v| v.version_at).collect::<Vec<_>>())
     .bind(kept.iter().map(|v| v.value.day).collect::<Vec<_>>())
@@ -361,6 +371,36 @@ mod tests {
                 timezone_offset: None,
                 value: inbox_id.to_string(),
             },
+        }
+    }
+
+    #[test]
+    fn numeric_text_takes_what_the_numeric_cast_takes_and_nothing_else() {
+        for n in [
+            "59", "-1.5", "+.5", "5.", " 7 ", "1e3", "2.5E-300", "\t12\n", "0012",
+        ] {
+            assert_eq!(numeric_text(n), Some(n), "{n:?}");
+        }
+        let long = "9".repeat(1001);
+        for n in [
+            "true",
+            "",
+            " ",
+            ".",
+            "-",
+            "1e",
+            "1e1000",
+            "1.2.3",
+            "1 2",
+            "0x10",
+            "NaN",
+            "Infinity",
+            "\u{a0}5",
+            "5\u{2003}",
+            "1_000",
+            long.as_str(),
+        ] {
+            assert_eq!(numeric_text(n), None, "{n:?}");
         }
     }
 
