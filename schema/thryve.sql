@@ -82,7 +82,7 @@ CREATE TABLE thryve.inbox (
     event_type text,
     end_user_id text,
     end_user_alias text,
-    payload jsonb NOT NULL,
+    payload jsonb COMPRESSION lz4 NOT NULL,
     status text NOT NULL DEFAULT 'pending'::text,
     error text,
     delivery_count integer NOT NULL DEFAULT 1,

@@ -23,7 +23,9 @@ async fn describe(pool: &PgPool) -> String {
         (
             "tables",
             "SELECT format(E'CREATE TABLE thryve.%I (\\n%s\\n);', c.relname,
-                    string_agg(format('    %I %s%s%s', a.attname, format_type(a.atttypid, a.atttypmod),
+                    string_agg(format('    %I %s%s%s%s', a.attname, format_type(a.atttypid, a.atttypmod),
+                                      CASE a.attcompression WHEN 'l' THEN ' COMPRESSION lz4'
+                                                            WHEN 'p' THEN ' COMPRESSION pglz' ELSE '' END,
                                       CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END,
                                       coalesce(' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid), '')),
                                E',\\n' ORDER BY a.attnum))
