@@ -81,8 +81,68 @@ pgbench_tps() { # pgbench_tps DB CLIENTS SCRIPT
     pgbench -n -c "$2" -j 2 -T "$PHASE" -f "$3" "$(db_url "$1")" 2>/dev/null | awk '/^tps = / {print $3; exit}'
 }
 
-# (A) one INSERT ... ON CONFLICT per transaction, a typical notification row.
-anchor_a() { # DB -> tx/s (= rows/s)
+# The real mix's inbox rows as the receiver writes them (decoded body as jsonb, typed
+# columns), made once per run by the load generator's fill: what anchors (A) and (B) insert,
+# so that a bridge figure and its anchor write the same rows (90% pushes of ~5 KB JSON).
+MIX_ROWS="${MIX_ROWS:-4000}"
+mix_rows() { # -> $WORK/mix-rows.copy
+    local db="thryve_bench_rows_$$"
+    fresh_db "$db"
+    DATABASE_URL="$(db_url "$db")" "$LOADGEN" drain --rows "$MIX_ROWS" --pollers 1 --batch-size 500 >/dev/null
+    psql -q -d "$(db_url "$db")" -c "COPY (SELECT row_number() OVER (ORDER BY id), event_type,
+        end_user_id, end_user_alias, payload::text, data_source_id, data_type_ids, start_time,
+        end_time, start_day, end_day, connected, event_time FROM thryve.inbox) TO STDOUT" \
+        > "$WORK/mix-rows.copy"
+    drop_db "$db"
+}
+
+load_mix_rows() { # DB: public.bench_rows from mix_rows' file; prints how many
+    psql -q -d "$(db_url "$1")" -c "CREATE TABLE public.bench_rows (n bigint PRIMARY KEY,
+        event_type text, end_user_id text, end_user_alias text, payload text, data_source_id int,
+        data_type_ids int[], start_time timestamptz, end_time timestamptz, start_day date,
+        end_day date, connected boolean, event_time timestamptz)"
+    psql -q -d "$(db_url "$1")" -c "COPY public.bench_rows FROM STDIN" < "$WORK/mix-rows.copy"
+    psql -q -d "$(db_url "$1")" -c "ANALYZE public.bench_rows"
+    psql -At -d "$(db_url "$1")" -c "SELECT count(*) FROM public.bench_rows"
+}
+
+# One mix row (or ROWS consecutive ones) inserted as the receiver does: body text cast to
+# jsonb, a fresh fingerprint.
+mix_insert_sql() { # ROWS COUNT
+    cat <<SQL
+\\set r random(1, $(( $2 - $1 + 1 )))
+INSERT INTO thryve.inbox (fingerprint, event_type, end_user_id, end_user_alias, payload, status,
+    data_source_id, data_type_ids, start_time, end_time, start_day, end_day, connected, event_time)
+SELECT sha256(convert_to(random()::text || clock_timestamp()::text || n, 'UTF8')), event_type,
+    end_user_id, end_user_alias, payload::jsonb, 'pending', data_source_id, data_type_ids,
+    start_time, end_time, start_day, end_day, connected, event_time
+FROM public.bench_rows WHERE n BETWEEN :r AND :r + $(( $1 - 1 ))
+ORDER BY 1
+ON CONFLICT (fingerprint) DO UPDATE SET delivery_count = thryve.inbox.delivery_count + 1;
+SQL
+}
+
+# (A) one mix row per INSERT ... ON CONFLICT and transaction: rows/s.
+anchor_a() { # DB (fresh) -> rows/s
+    local count
+    count=$(load_mix_rows "$1")
+    checkpoint
+    mix_insert_sql 1 "$count" > "$WORK/insert-mix.sql"
+    pgbench_tps "$1" "$CONNECTIONS" "$WORK/insert-mix.sql"
+}
+
+# (B) 128 mix rows per statement (the receiver's largest group commit): rows/s.
+anchor_b() { # DB (fresh) -> rows/s
+    local count
+    count=$(load_mix_rows "$1")
+    checkpoint
+    mix_insert_sql 128 "$count" > "$WORK/insert128-mix.sql"
+    jq -n "$(pgbench_tps "$1" "$CONNECTIONS" "$WORK/insert128-mix.sql") * 128"
+}
+
+# (A0) the first anchors, kept for comparison with earlier results: a notification row
+# (~300 bytes) per INSERT ... ON CONFLICT and transaction.
+anchor_a0() { # DB -> tx/s (= rows/s)
     cat > "$WORK/insert.sql" <<'SQL'
 \set u random(1, 2000)
 INSERT INTO thryve.inbox (fingerprint, event_type, end_user_id, payload, status,
@@ -96,8 +156,8 @@ SQL
     pgbench_tps "$1" "$CONNECTIONS" "$WORK/insert.sql"
 }
 
-# (B) the same rows, 128 per statement (the receiver's largest group commit): rows/s.
-anchor_b() { # DB -> rows/s
+# (B0) the same notification rows, 128 per statement: rows/s.
+anchor_b0() { # DB -> rows/s
     cat > "$WORK/insert128.sql" <<'SQL'
 \set u random(1, 2000)
 INSERT INTO thryve.inbox (fingerprint, event_type, end_user_id, payload, status,
