@@ -7,6 +7,17 @@ use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgExecutor, PgPool};
 /// The files under `migrations/`, embedded; `sqlx migrate run` applies the same files.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// The channel receivers NOTIFY after commits and pollers LISTEN on. Here, beside the pool,
+/// because both sides (`inbox`, `server` and `poller`) use it and neither imports the other.
+pub const INBOX_CHANNEL: &str = "thryve_inbox";
+
+/// An `int[]` literal (`{1,2,3}`), to bind a list inside a text array (`unnest` of arrays of
+/// arrays); used by `inbox` and `ranges` alike.
+pub(crate) fn int_array_literal(ids: &[i32]) -> String {
+    let inner: Vec<String> = ids.iter().map(i32::to_string).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
 /// A pool that connects on first use, so the server starts (and reports not ready) while the
 /// database is down, and recovers by itself when it returns.
 pub fn pool(

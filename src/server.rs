@@ -18,12 +18,13 @@ use crate::{
     http::{
         self,
         auth::Authenticator,
+        hmac::HmacVerifier,
         listener::{self, ListenerOptions},
         AppState, Limits,
     },
     inbox::InboxWriter,
     metrics::Metrics,
-    poller::{self, Poller, PollerConfig},
+    poller::{Poller, PollerConfig},
     spool::{Spool, SpoolLoader, SpoolMetrics},
 };
 
@@ -66,7 +67,7 @@ impl Application {
         let auth = Authenticator::from_config(
             config.webhook_basic_auth.as_ref(),
             config.webhook_auth_header.as_ref(),
-            config.hmac_verifier()?,
+            HmacVerifier::from_config(config)?,
             config.webhook_allow_unauthenticated,
         )?;
         if config.max_body_bytes == 0 {
@@ -352,7 +353,7 @@ async fn notify_loop(
         }
         committed.borrow_and_update();
         if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(poller::CHANNEL)
+            .bind(db::INBOX_CHANNEL)
             .execute(&pool)
             .await
         {

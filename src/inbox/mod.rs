@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sqlx::{Connection, PgConnection, PgExecutor};
 
 use crate::{
-    poller,
+    db::{self, int_array_literal},
     thryve::{self, ConnectionChange, DaySpan, Event, InstantSpan, Parsed},
 };
 
@@ -345,11 +345,6 @@ pub async fn insert_batch(
     .await
 }
 
-pub(crate) fn int_array_literal(ids: &[i32]) -> String {
-    let inner: Vec<String> = ids.iter().map(i32::to_string).collect();
-    format!("{{{}}}", inner.join(","))
-}
-
 /// A pending row as the poller sees it: the typed columns, and the payload only where the
 /// typed columns do not describe the whole event (`data_source_id` is null).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -625,7 +620,7 @@ pub async fn replay(
     if !report.pending.is_empty() {
         // Delivered at commit, so pollers in every process start on the rows at once.
         sqlx::query("SELECT pg_notify($1, '')")
-            .bind(poller::CHANNEL)
+            .bind(db::INBOX_CHANNEL)
             .execute(&mut *tx)
             .await?;
     }

@@ -139,7 +139,7 @@ pub async fn merge_spans(executor: impl PgExecutor<'_>, spans: &[MergedSpan]) ->
         users.push(s.end_user_id.as_str());
         sources.push(s.data_source_id);
         granularities.push(s.granularity().as_str());
-        types.push(crate::inbox::int_array_literal(&s.data_type_ids));
+        types.push(crate::db::int_array_literal(&s.data_type_ids));
         let (st, et, sd, ed) = match s.extent {
             Extent::Epoch(a, b) => (Some(a), Some(b), None, None),
             Extent::Daily(a, b) => (None, None, Some(a), Some(b)),

@@ -4,7 +4,9 @@ use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{builder::BoolishValueParser, Args, ValueEnum};
 
-use crate::http::hmac::{HmacMode, HmacVerifier, LayoutSetting};
+pub mod hmac;
+
+use hmac::{HmacMode, LayoutSetting};
 
 /// A credential or secret: printed as `[redacted]` by `Debug` and `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -213,21 +215,6 @@ pub struct ServeConfig {
 impl ServeConfig {
     pub fn ack_deadline(&self) -> Duration {
         Duration::from_millis(self.ack_deadline_ms)
-    }
-
-    /// The signature check, when `WEBHOOK_HMAC_SECRET` is set.
-    pub fn hmac_verifier(&self) -> Result<Option<HmacVerifier>, ConfigError> {
-        self.webhook_hmac_secret
-            .clone()
-            .map(|secret| {
-                HmacVerifier::new(
-                    secret,
-                    self.webhook_hmac_layout,
-                    self.webhook_hmac_mode,
-                    self.webhook_hmac_window_secs,
-                )
-            })
-            .transpose()
     }
 }
 
