@@ -11,12 +11,15 @@ use chrono::{DateTime, TimeZone, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::{ConfigError, Secret, ServeConfig};
+use crate::config::{self, ConfigError, Secret, ServeConfig};
 
 pub const SIGNATURE_HEADER: &str = "x-hmac-signature";
 pub const TIMESTAMP_HEADER: &str = "x-hmac-timestamp";
 
-pub use crate::config::hmac::{HmacMode, Join, Layout, LayoutSetting, Signed};
+pub use crate::config::{
+    hmac::{HmacMode, Join, Layout, LayoutSetting, Signed},
+    secret_list,
+};
 
 /// Why a signature was refused; every case is a 401 whose body says which.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -178,7 +181,7 @@ pub struct HmacVerifier {
 const HINT_INTERVAL_SECS: i64 = 60;
 
 impl HmacVerifier {
-    /// From `WEBHOOK_HMAC_SECRET` (several comma-separated while rotating: a signature by
+    /// From `WEBHOOK_HMAC_SECRET` (checked by [`config::hmac_secrets`]; several comma-separated while rotating: a signature by
     /// any of them is accepted), `WEBHOOK_HMAC_LAYOUT`, `WEBHOOK_HMAC_MODE` and
     /// `WEBHOOK_HMAC_WINDOW_SECS`.
     pub fn new(
@@ -187,19 +190,7 @@ impl HmacVerifier {
         mode: HmacMode,
         window_secs: u64,
     ) -> Result<Self, ConfigError> {
-        let secrets: Vec<Secret> = secret_list(secret.expose()).map(Secret::new).collect();
-        if secrets.is_empty() {
-            return Err(ConfigError::new(
-                "WEBHOOK_HMAC_SECRET",
-                "is empty; unset it, or set it to the secret shown in Thryve's dashboard",
-            ));
-        }
-        if window_secs == 0 {
-            return Err(ConfigError::new(
-                "WEBHOOK_HMAC_WINDOW_SECS",
-                "must be at least 1 (default 300)",
-            ));
-        }
+        let secrets = config::hmac_secrets(&secret, window_secs)?;
         Ok(Self {
             secrets,
             setting,
@@ -399,11 +390,6 @@ impl HmacVerifier {
         }
         found
     }
-}
-
-/// The secrets of a `WEBHOOK_HMAC_SECRET` value: comma-separated, blanks around each ignored.
-pub fn secret_list(list: &str) -> impl Iterator<Item = &str> {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// A signature header's one value: a second copy would leave it unclear which one counts.
