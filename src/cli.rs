@@ -19,7 +19,7 @@ use crate::{
     housekeeping::Housekeeping,
     http::hmac,
     inbox::{self, Status},
-    ranges::{self, ClaimMode, Consumer},
+    ranges::{self, ClaimMode, Consumer, RangeStatus},
     server::Application,
     sources,
     spool::{self, Spool, SpoolLoader, SpoolMetrics},
@@ -226,8 +226,8 @@ pub enum RangesCommand {
     /// List ranges, oldest first.
     List {
         /// pending, claimed, done or failed (all when absent).
-        #[arg(long)]
-        status: Option<String>,
+        #[arg(long, value_enum)]
+        status: Option<RangeStatus>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
@@ -575,9 +575,7 @@ async fn ranges_command(command: RangesCommand, pool: PgPool) -> Result<(), Stri
             Ok(())
         }
         RangesCommand::List { status, limit } => {
-            let ranges = ranges::list(&pool, status.as_deref(), limit)
-                .await
-                .map_err(db_error)?;
+            let ranges = ranges::list(&pool, status, limit).await.map_err(db_error)?;
             print_json(&ranges);
             Ok(())
         }

@@ -26,18 +26,15 @@ pub enum Status {
     Ignored,
 }
 
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Processed => "processed",
-            Status::Quarantined => "quarantined",
-            Status::Ignored => "ignored",
-        }
-    }
-}
+db::text_enum!(Status {
+    Pending => "pending",
+    Processed => "processed",
+    Quarantined => "quarantined",
+    Ignored => "ignored",
+});
 
-/// What the receiver tells Thryve about one delivery.
+/// What the receiver tells Thryve about one delivery (the `outcome` of a 200, and of the
+/// deliveries metric).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
@@ -45,6 +42,8 @@ pub enum Outcome {
     Duplicate,
     Quarantined,
     Ignored,
+    /// Held in the outage spool, not yet in the inbox (no row yet); never a [`Receipt`]'s.
+    Spooled,
 }
 
 impl Outcome {
@@ -54,6 +53,7 @@ impl Outcome {
             Outcome::Duplicate => "duplicate",
             Outcome::Quarantined => "quarantined",
             Outcome::Ignored => "ignored",
+            Outcome::Spooled => "spooled",
         }
     }
 }
@@ -446,7 +446,7 @@ pub struct InboxSummary {
     pub event_type: Option<String>,
     pub end_user_id: Option<String>,
     pub end_user_alias: Option<String>,
-    pub status: String,
+    pub status: Status,
     pub error: Option<String>,
     pub delivery_count: i32,
     pub first_received_at: DateTime<Utc>,
