@@ -239,66 +239,72 @@ impl ServeConfig {
             !basic.is_empty() || !headers.is_empty() || hmac.is_some(),
             self.webhook_allow_unauthenticated,
         )?;
-        if self.max_body_bytes == 0 {
-            return Err(ConfigError::new("MAX_BODY_BYTES", "must be at least 1"));
-        }
-        if self.poll_batch_size < 1 {
-            return Err(ConfigError::new(
-                "POLL_BATCH_SIZE",
-                "must be at least 1 (default 500)",
-            ));
-        }
-        if self.ingest_batch_max == 0 || self.ingest_writers == 0 {
-            return Err(ConfigError::new(
-                "INGEST_WRITERS",
-                "INGEST_WRITERS and INGEST_BATCH_MAX must be at least 1",
-            ));
-        }
-        if self.body_budget_bytes < self.max_body_bytes {
-            return Err(ConfigError::new(
-                "BODY_BUDGET_BYTES",
-                format!(
-                    "must be at least MAX_BODY_BYTES ({}), or a largest body could never be taken (default 33554432)",
-                    self.max_body_bytes
-                ),
-            ));
-        }
-        if self.max_connections == 0 {
-            return Err(ConfigError::new(
-                "MAX_CONNECTIONS",
-                "must be at least 1 (default 1024)",
-            ));
-        }
-        if self.ack_deadline_ms == 0 {
-            return Err(ConfigError::new(
-                "ACK_DEADLINE_MS",
-                "must be at least 1 (default 1500)",
-            ));
-        }
-        if self.spool_dir.is_some() && self.spool_margin_ms >= self.ack_deadline_ms {
-            return Err(ConfigError::new(
-                "SPOOL_MARGIN_MS",
-                format!(
-                    "must be less than ACK_DEADLINE_MS ({}), or nothing would wait for the database (default 250)",
-                    self.ack_deadline_ms
-                ),
-            ));
-        }
+        require(
+            self.max_body_bytes >= 1,
+            "MAX_BODY_BYTES",
+            "must be at least 1",
+        )?;
+        require(
+            self.poll_batch_size >= 1,
+            "POLL_BATCH_SIZE",
+            "must be at least 1 (default 500)",
+        )?;
+        require(
+            self.ingest_batch_max >= 1 && self.ingest_writers >= 1,
+            "INGEST_WRITERS",
+            "INGEST_WRITERS and INGEST_BATCH_MAX must be at least 1",
+        )?;
+        require(
+            self.body_budget_bytes >= self.max_body_bytes,
+            "BODY_BUDGET_BYTES",
+            format!(
+                "must be at least MAX_BODY_BYTES ({}), or a largest body could never be taken (default 33554432)",
+                self.max_body_bytes
+            ),
+        )?;
+        require(
+            self.max_connections >= 1,
+            "MAX_CONNECTIONS",
+            "must be at least 1 (default 1024)",
+        )?;
+        require(
+            self.ack_deadline_ms >= 1,
+            "ACK_DEADLINE_MS",
+            "must be at least 1 (default 1500)",
+        )?;
+        require(
+            self.spool_dir.is_none() || self.spool_margin_ms < self.ack_deadline_ms,
+            "SPOOL_MARGIN_MS",
+            format!(
+                "must be less than ACK_DEADLINE_MS ({}), or nothing would wait for the database (default 250)",
+                self.ack_deadline_ms
+            ),
+        )?;
         self.retention.validate()?;
         self.fetcher.validate()?;
-        if self.housekeeping_interval_secs == 0 {
-            return Err(ConfigError::new(
-                "HOUSEKEEPING_INTERVAL_SECS",
-                "must be at least 1 (default 60)",
-            ));
-        }
-        if self.tls_cert_path.is_some() != self.tls_key_path.is_some() {
-            return Err(ConfigError::new(
-                "TLS_CERT_PATH",
-                "TLS_CERT_PATH and TLS_KEY_PATH must be set together (or neither, behind a TLS proxy)",
-            ));
-        }
+        require(
+            self.housekeeping_interval_secs >= 1,
+            "HOUSEKEEPING_INTERVAL_SECS",
+            "must be at least 1 (default 60)",
+        )?;
+        require(
+            self.tls_cert_path.is_some() == self.tls_key_path.is_some(),
+            "TLS_CERT_PATH",
+            "TLS_CERT_PATH and TLS_KEY_PATH must be set together (or neither, behind a TLS proxy)",
+        )
+    }
+}
+
+/// `Ok` when `ok`, else the error that names `variable` and says what is wrong.
+fn require(
+    ok: bool,
+    variable: &'static str,
+    problem: impl Into<String>,
+) -> Result<(), ConfigError> {
+    if ok {
         Ok(())
+    } else {
+        Err(ConfigError::new(variable, problem))
     }
 }
 
@@ -413,13 +419,11 @@ pub struct RetentionConfig {
 
 impl RetentionConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.housekeeping_batch < 1 {
-            return Err(ConfigError::new(
-                "HOUSEKEEPING_BATCH",
-                "must be at least 1 (default 1000)",
-            ));
-        }
-        Ok(())
+        require(
+            self.housekeeping_batch >= 1,
+            "HOUSEKEEPING_BATCH",
+            "must be at least 1 (default 1000)",
+        )
     }
 }
 
@@ -529,36 +533,29 @@ impl FetcherConfig {
                 "must be set when FETCHER_ENABLED=true (Thryve's data API needs both credentials)",
             ));
         }
-        if !(self.thryve_api_url.starts_with("http://")
-            || self.thryve_api_url.starts_with("https://"))
-        {
-            return Err(ConfigError::new(
-                "THRYVE_API_URL",
-                "must start with https:// (or http://)",
-            ));
-        }
-        if self.fetcher_concurrency == 0 {
-            return Err(ConfigError::new(
-                "FETCHER_CONCURRENCY",
-                "must be at least 1 (default 4)",
-            ));
-        }
-        if !(self.fetcher_rate_per_sec >= 0.0 && self.fetcher_rate_per_sec.is_finite()) {
-            return Err(ConfigError::new(
-                "FETCHER_RATE_PER_SEC",
-                "must be 0 (no cap) or more",
-            ));
-        }
-        if self.fetcher_max_tries == 0
-            || self.fetcher_timeout_ms == 0
-            || self.fetcher_lease_secs == 0
-        {
-            return Err(ConfigError::new(
-                "FETCHER_MAX_TRIES",
-                "FETCHER_MAX_TRIES, FETCHER_TIMEOUT_MS and FETCHER_LEASE_SECS must be at least 1",
-            ));
-        }
-        Ok(())
+        require(
+            self.thryve_api_url.starts_with("http://")
+                || self.thryve_api_url.starts_with("https://"),
+            "THRYVE_API_URL",
+            "must start with https:// (or http://)",
+        )?;
+        require(
+            self.fetcher_concurrency >= 1,
+            "FETCHER_CONCURRENCY",
+            "must be at least 1 (default 4)",
+        )?;
+        require(
+            self.fetcher_rate_per_sec >= 0.0 && self.fetcher_rate_per_sec.is_finite(),
+            "FETCHER_RATE_PER_SEC",
+            "must be 0 (no cap) or more",
+        )?;
+        require(
+            self.fetcher_max_tries >= 1
+                && self.fetcher_timeout_ms >= 1
+                && self.fetcher_lease_secs >= 1,
+            "FETCHER_MAX_TRIES",
+            "FETCHER_MAX_TRIES, FETCHER_TIMEOUT_MS and FETCHER_LEASE_SECS must be at least 1",
+        )
     }
 }
 
