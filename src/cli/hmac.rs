@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use clap::Subcommand;
 
-use super::CliError;
+use super::common::CliError;
 use crate::{
     config::Secret,
     http::{self, hmac},
@@ -66,18 +66,12 @@ async fn check(
 ) -> Result<(), CliError> {
     let raw = tokio::fs::read(body)
         .await
-        .map_err(|source| CliError::File {
-            what: format!("--body {}", body.display()),
-            source,
-        })?;
+        .map_err(CliError::file(format!("--body {}", body.display())))?;
     let mut lines = Vec::new();
     if let Some(file) = headers_file {
         let text = tokio::fs::read_to_string(file)
             .await
-            .map_err(|source| CliError::File {
-                what: format!("--headers {}", file.display()),
-                source,
-            })?;
+            .map_err(CliError::file(format!("--headers {}", file.display())))?;
         lines.extend(text.lines().map(str::to_owned));
     }
     lines.extend(header_lines.iter().cloned());

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
 
-use super::{operator_pool, print_json, CliError};
+use super::common::{operator_pool, print_json, CliError};
 use crate::{
     config::{DatabaseConfig, RetentionConfig},
     housekeeping::Housekeeping,

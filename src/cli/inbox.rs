@@ -3,7 +3,7 @@
 use clap::{Subcommand, ValueEnum};
 use sqlx::PgPool;
 
-use super::{print_json, CliError};
+use super::common::{print_json, CliError};
 use crate::inbox::{self, Status};
 
 #[derive(Debug, Subcommand)]

@@ -1,8 +1,10 @@
 //! The `thryve-bridge` command line: `serve` (the default), `migrate`, `healthcheck`, `hmac
 //! check`, and the operator commands, which print JSON. Each command group is a file owning
-//! its subcommand enum and its handler; every handler fails with one [`CliError`], printed as
-//! `error: ...` on stderr with exit code 1.
+//! its subcommand enum and its handler; every handler fails with one [`CliError`] (in
+//! `common.rs`, with the pool and the JSON printer every command uses), printed as `error: ...`
+//! on stderr with exit code 1.
 
+mod common;
 mod hmac;
 mod housekeeping;
 mod inbox;
@@ -11,13 +13,13 @@ mod serve;
 mod spool;
 mod users;
 
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use serde::Serialize;
-use sqlx::PgPool;
 
+use self::common::{operator_pool, print_json};
 pub use self::{
+    common::CliError,
     hmac::HmacCommand,
     housekeeping::HousekeepingCommand,
     inbox::{HeldStatus, InboxCommand},
@@ -26,9 +28,7 @@ pub use self::{
     users::UsersCommand,
 };
 use crate::{
-    config::{ConfigError, DatabaseConfig, ServeConfig},
-    db,
-    server::StartError,
+    config::{DatabaseConfig, ServeConfig},
     stats, telemetry,
 };
 
@@ -135,49 +135,4 @@ async fn run(command: Command, database: &DatabaseConfig) -> Result<(), CliError
         Command::Housekeeping(command) => housekeeping::run(command, database).await,
         Command::Spool(command) => spool::run(command, database).await,
     }
-}
-
-/// Why a command failed; its `Display` is the line after `error: `.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// A setting that is missing or makes no sense.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// `DATABASE_URL` could not make a pool.
-    #[error("DATABASE_URL: {0}")]
-    Pool(sqlx::Error),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("migrate: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// `serve` could not start, or stopped with an error.
-    #[error(transparent)]
-    Start(#[from] StartError),
-    /// A file or directory the command was given, and what reading it said.
-    #[error("{what}: {source}")]
-    File {
-        what: String,
-        source: std::io::Error,
-    },
-    /// Anything else, already worded: a refusal, a row not found, a failed probe.
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl From<&str> for CliError {
-    fn from(message: &str) -> Self {
-        CliError::Failed(message.to_owned())
-    }
-}
-
-/// A small pool for a one-shot command.
-fn operator_pool(database: &DatabaseConfig) -> Result<PgPool, CliError> {
-    db::pool(database.url()?, 2, Duration::from_secs(30)).map_err(CliError::Pool)
-}
-
-fn print_json(value: &impl Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string(value).expect("operator output serialises")
-    );
 }

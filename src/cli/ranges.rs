@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Subcommand, ValueEnum};
 use sqlx::PgPool;
 
-use super::{print_json, CliError};
+use super::common::{print_json, CliError};
 use crate::{
     ranges::{self, ClaimMode, Consumer, RangeStatus},
     sources,

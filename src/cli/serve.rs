@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::CliError;
+use super::common::CliError;
 use crate::{
     config::{DatabaseConfig, ServeConfig},
     db,

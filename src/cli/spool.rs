@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{operator_pool, print_json, CliError};
+use super::common::{operator_pool, print_json, CliError};
 use crate::{
     config::DatabaseConfig,
     spool::{self, Spool, SpoolLoader, SpoolMetrics},
@@ -36,7 +36,7 @@ pub enum SpoolCommand {
 pub(super) async fn run(command: SpoolCommand, database: &DatabaseConfig) -> Result<(), CliError> {
     match command {
         SpoolCommand::List { dir } => {
-            let listed = spool::list_set_aside(&dir).map_err(|e| spool_dir(&dir, e))?;
+            let listed = spool::list_set_aside(&dir).map_err(spool_dir(&dir))?;
             print_json(&listed);
             Ok(())
         }
@@ -44,11 +44,8 @@ pub(super) async fn run(command: SpoolCommand, database: &DatabaseConfig) -> Res
     }
 }
 
-fn spool_dir(dir: &Path, source: std::io::Error) -> CliError {
-    CliError::File {
-        what: format!("SPOOL_DIR: {}", dir.display()),
-        source,
-    }
+fn spool_dir(dir: &Path) -> impl FnOnce(std::io::Error) -> CliError {
+    CliError::file(format!("SPOOL_DIR: {}", dir.display()))
 }
 
 /// Requeues the set-aside records and loads everything the spool holds, as the server's loader
@@ -57,7 +54,7 @@ async fn reload(dir: &Path, pool: PgPool) -> Result<(), CliError> {
     let metrics = SpoolMetrics::default();
     let (spool, writer) = Spool::open(dir, metrics.clone())
         .map_err(|e| CliError::Failed(format!("SPOOL_DIR: {e}")))?;
-    let requeued = spool.requeue_set_aside().map_err(|e| spool_dir(dir, e))?;
+    let requeued = spool.requeue_set_aside().map_err(spool_dir(dir))?;
     let loader = SpoolLoader::new(spool, pool, Arc::new(watch::channel(0).0));
     let loaded = loader.load_all(&CancellationToken::new()).await;
     drop(loader);

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use sqlx::PgPool;
 
-use super::{print_json, CliError};
+use super::common::{print_json, CliError};
 use crate::users;
 
 #[derive(Debug, Subcommand)]

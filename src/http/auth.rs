@@ -7,8 +7,8 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use super::{
+    headers::{single_header, RepeatedHeader},
     hmac::{Check, Forms, HmacVerifier},
-    single_header, RepeatedHeader,
 };
 use crate::config::{self, ConfigError, Secret};
 

@@ -394,7 +394,7 @@ impl HmacVerifier {
 
 /// A signature header's one value: a second copy would leave it unclear which one counts.
 fn single<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a HeaderValue, HmacError> {
-    super::single_header(headers, name)
+    super::headers::single_header(headers, name)
         .map_err(|_| HmacError::RepeatedHeader(name))?
         .ok_or(HmacError::MissingHeader(name))
 }
