@@ -11,6 +11,86 @@ use sqlx::{
 /// The files under `migrations/`, embedded; `sqlx migrate run` applies the same files.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// The channel receivers NOTIFY after commits and pollers LISTEN on. Here, beside the pool,
+/// because both sides (`inbox`, `server` and `poller`) use it and neither imports the other.
+pub const INBOX_CHANNEL: &str = "thryve_inbox";
+
+/// An `int[]` literal (`{1,2,3}`), to bind a list inside a text array (`unnest` of arrays of
+/// arrays); used by `inbox` and `ranges` alike.
+pub(crate) fn int_array_literal(ids: &[i32]) -> String {
+    let inner: Vec<String> = ids.iter().map(i32::to_string).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// For an enum stored in a `text` column: `as_str` (the column's values), `Display`, comparison
+/// with a `&str`, and sqlx's `Type`, `Encode` and `Decode` as Postgres `text` (a value the enum
+/// does not know fails the decode). The enum itself, with its derives, stays where it is used.
+macro_rules! text_enum {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The value in the database's `text` column (and in JSON output).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text,)+
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $ty {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl ::sqlx::Type<::sqlx::Postgres> for $ty {
+            fn type_info() -> ::sqlx::postgres::PgTypeInfo {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &::sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl ::sqlx::postgres::PgHasArrayType for $ty {
+            fn array_type_info() -> ::sqlx::postgres::PgTypeInfo {
+                <&str as ::sqlx::postgres::PgHasArrayType>::array_type_info()
+            }
+        }
+
+        impl<'q> ::sqlx::Encode<'q, ::sqlx::Postgres> for $ty {
+            fn encode_by_ref(
+                &self,
+                buf: &mut ::sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<::sqlx::encode::IsNull, ::sqlx::error::BoxDynError> {
+                <&str as ::sqlx::Encode<'q, ::sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+
+        impl<'r> ::sqlx::Decode<'r, ::sqlx::Postgres> for $ty {
+            fn decode(
+                value: ::sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, ::sqlx::error::BoxDynError> {
+                match <&str as ::sqlx::Decode<'r, ::sqlx::Postgres>>::decode(value)? {
+                    $($text => Ok($ty::$variant),)+
+                    other => Err(format!(
+                        "{other:?} is no {} (expected one of {})",
+                        stringify!($ty),
+                        [$($text),+].join(", ")
+                    )
+                    .into()),
+                }
+            }
+        }
+    };
+}
+pub(crate) use text_enum;
+
 /// A pool that connects on first use, so the server starts (and reports not ready) while the
 /// database is down, and recovers by itself when it returns.
 pub fn pool(

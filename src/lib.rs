@@ -14,7 +14,6 @@ pub mod fetcher;
 pub mod housekeeping;
 pub mod http;
 pub mod inbox;
-pub mod loadgen;
 pub mod metrics;
 pub mod poller;
 pub mod ranges;

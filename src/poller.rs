@@ -23,9 +23,6 @@ use crate::{
     values::{self, Versioned},
 };
 
-/// The channel receivers NOTIFY after commits and pollers LISTEN on.
-pub const CHANNEL: &str = "thryve_inbox";
-
 /// How the poller runs.
 #[derive(Debug, Clone, Copy)]
 pub struct PollerConfig {
@@ -145,7 +142,7 @@ impl Poller {
 
     async fn listen(&self) -> Option<PgListener> {
         let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
-        listener.listen(CHANNEL).await.ok()?;
+        listener.listen(db::INBOX_CHANNEL).await.ok()?;
         Some(listener)
     }
 

@@ -18,12 +18,13 @@ use crate::{
     http::{
         self,
         auth::Authenticator,
+        hmac::HmacVerifier,
         listener::{self, ListenerOptions},
         AppState, Limits,
     },
     inbox::InboxWriter,
     metrics::Metrics,
-    poller::{self, Poller, PollerConfig},
+    poller::{Poller, PollerConfig},
     spool::{Spool, SpoolLoader, SpoolMetrics},
 };
 
@@ -61,78 +62,23 @@ pub struct Application {
 }
 
 impl Application {
-    /// Checks the configuration, optionally migrates, and binds the listener.
+    /// Checks the configuration ([`ServeConfig::validate`]), optionally migrates, and binds
+    /// the listener.
     pub async fn build(config: &ServeConfig, pool: PgPool) -> Result<Self, StartError> {
+        config.validate()?;
+        // The settings are checked: what follows fails only on the disk, the network or the
+        // database (TLS files, the pool's size, the spool directory).
         let auth = Authenticator::from_config(
             config.webhook_basic_auth.as_ref(),
             config.webhook_auth_header.as_ref(),
-            config.hmac_verifier()?,
+            HmacVerifier::from_config(config)?,
             config.webhook_allow_unauthenticated,
         )?;
-        if config.max_body_bytes == 0 {
-            return Err(ConfigError::new("MAX_BODY_BYTES", "must be at least 1").into());
-        }
-        if config.poll_batch_size < 1 {
-            return Err(
-                ConfigError::new("POLL_BATCH_SIZE", "must be at least 1 (default 500)").into(),
-            );
-        }
-        if config.ingest_batch_max == 0 || config.ingest_writers == 0 {
-            return Err(ConfigError::new(
-                "INGEST_WRITERS",
-                "INGEST_WRITERS and INGEST_BATCH_MAX must be at least 1",
-            )
-            .into());
-        }
-        if config.body_budget_bytes < config.max_body_bytes {
-            return Err(ConfigError::new(
-                "BODY_BUDGET_BYTES",
-                format!(
-                    "must be at least MAX_BODY_BYTES ({}), or a largest body could never be taken (default 33554432)",
-                    config.max_body_bytes
-                ),
-            )
-            .into());
-        }
-        if config.max_connections == 0 {
-            return Err(
-                ConfigError::new("MAX_CONNECTIONS", "must be at least 1 (default 1024)").into(),
-            );
-        }
-        if config.ack_deadline_ms == 0 {
-            return Err(
-                ConfigError::new("ACK_DEADLINE_MS", "must be at least 1 (default 1500)").into(),
-            );
-        }
-        if config.spool_dir.is_some() && config.spool_margin_ms >= config.ack_deadline_ms {
-            return Err(ConfigError::new(
-                "SPOOL_MARGIN_MS",
-                format!(
-                    "must be less than ACK_DEADLINE_MS ({}), or nothing would wait for the database (default 250)",
-                    config.ack_deadline_ms
-                ),
-            )
-            .into());
-        }
-        config.retention.validate()?;
-        config.fetcher.validate()?;
-        if config.housekeeping_interval_secs == 0 {
-            return Err(ConfigError::new(
-                "HOUSEKEEPING_INTERVAL_SECS",
-                "must be at least 1 (default 60)",
-            )
-            .into());
-        }
         let tls = match (&config.tls_cert_path, &config.tls_key_path) {
-            (Some(cert), Some(key)) => Some(listener::tls_acceptor(cert, key).map_err(StartError::Tls)?),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::new(
-                    "TLS_CERT_PATH",
-                    "TLS_CERT_PATH and TLS_KEY_PATH must be set together (or neither, behind a TLS proxy)",
-                )
-                .into())
+            (Some(cert), Some(key)) => {
+                Some(listener::tls_acceptor(cert, key).map_err(StartError::Tls)?)
             }
+            _ => None,
         };
         let metrics = Arc::new(Metrics::new());
         let listener_options = ListenerOptions {
@@ -352,7 +298,7 @@ async fn notify_loop(
         }
         committed.borrow_and_update();
         if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(poller::CHANNEL)
+            .bind(db::INBOX_CHANNEL)
             .execute(&pool)
             .await
         {

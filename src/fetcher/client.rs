@@ -185,28 +185,28 @@ impl ThryveClient {
             .observe(started.elapsed().as_secs_f64());
         let status = match &outcome {
             Ok((status, _)) => status.as_u16().to_string(),
-            Err(label) => (*label).to_owned(),
+            Err(failure) => failure.label().to_owned(),
         };
         self.metrics
             .fetcher_calls
             .get_or_create(&FetchCallLabels { endpoint, status })
             .inc();
         match outcome {
-            Err("too_large") => Try::Stop(CallError::TooLarge(self.max_bytes)),
-            Err(label) => Try::Again(Transient {
-                reason: label.replace('_', " "),
+            Err(NoAnswer::TooLarge) => Try::Stop(CallError::TooLarge(self.max_bytes)),
+            Err(failure) => Try::Again(Transient {
+                reason: failure.label().replace('_', " "),
                 retry_after: None,
             }),
             Ok((status, answer)) => classify(status, answer),
         }
     }
 
-    /// One POST; the answer's status and body, or a label for what went wrong on the way.
+    /// One POST; the answer's status and body, or what went wrong on the way.
     async fn send(
         &self,
         path: &str,
         form: &[(&'static str, String)],
-    ) -> Result<(StatusCode, Answer), &'static str> {
+    ) -> Result<(StatusCode, Answer), NoAnswer> {
         let mut response = self
             .http
             .post(format!("{}{path}", self.base))
@@ -215,7 +215,7 @@ impl ThryveClient {
             .form(form)
             .send()
             .await
-            .map_err(label)?;
+            .map_err(NoAnswer::of)?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -227,12 +227,12 @@ impl ThryveClient {
             .content_length()
             .is_some_and(|n| n > self.max_bytes as u64)
         {
-            return Err("too_large");
+            return Err(NoAnswer::TooLarge);
         }
         let mut body = bytes::BytesMut::new();
-        while let Some(chunk) = response.chunk().await.map_err(label)? {
+        while let Some(chunk) = response.chunk().await.map_err(NoAnswer::of)? {
             if body.len() + chunk.len() > self.max_bytes {
-                return Err("too_large");
+                return Err(NoAnswer::TooLarge);
             }
             body.extend_from_slice(&chunk);
         }
@@ -251,11 +251,30 @@ struct Answer {
     retry_after: Option<Duration>,
 }
 
-fn label(error: reqwest::Error) -> &'static str {
-    if error.is_timeout() {
-        "timeout"
-    } else {
-        "connect_error"
+/// Why a call got no complete answer: the `status` label of the calls metric, and whether
+/// trying again can help (not for an answer over the size limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoAnswer {
+    Timeout,
+    ConnectError,
+    TooLarge,
+}
+
+impl NoAnswer {
+    fn of(error: reqwest::Error) -> Self {
+        if error.is_timeout() {
+            NoAnswer::Timeout
+        } else {
+            NoAnswer::ConnectError
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            NoAnswer::Timeout => "timeout",
+            NoAnswer::ConnectError => "connect_error",
+            NoAnswer::TooLarge => "too_large",
+        }
     }
 }
 

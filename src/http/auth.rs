@@ -7,10 +7,10 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use super::{
+    headers::{single_header, RepeatedHeader},
     hmac::{Check, Forms, HmacVerifier},
-    single_header, RepeatedHeader,
 };
-use crate::config::{ConfigError, Secret};
+use crate::config::{self, ConfigError, Secret};
 
 /// The credentials a delivery must present: any one of the static credentials (if any is
 /// configured) and, if a secret is configured, a valid HMAC signature as well.
@@ -26,7 +26,8 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Builds the checker from `WEBHOOK_BASIC_AUTH` / `WEBHOOK_AUTH_HEADER` and the HMAC
-    /// settings; refuses a configuration with none of them unless `allow_unauthenticated`.
+    /// settings, with the checks of [`config`]: refuses a malformed entry, and a configuration
+    /// with no credential unless `allow_unauthenticated`.
     pub fn from_config(
         basic: Option<&Secret>,
         header: Option<&Secret>,
@@ -41,14 +42,10 @@ impl Authenticator {
             Some(list) => parse_headers(list.expose())?,
             None => Vec::new(),
         };
-        if basic.is_empty() && headers.is_empty() && hmac.is_none() && !allow_unauthenticated {
-            return Err(ConfigError::new(
-                "WEBHOOK_BASIC_AUTH",
-                "no webhook credential configured; set WEBHOOK_BASIC_AUTH=user:password (or \
-                 WEBHOOK_AUTH_HEADER='Header-Name: value', or WEBHOOK_HMAC_SECRET), or \
-                 WEBHOOK_ALLOW_UNAUTHENTICATED=true to accept anyone",
-            ));
-        }
+        config::require_credential(
+            !basic.is_empty() || !headers.is_empty() || hmac.is_some(),
+            allow_unauthenticated,
+        )?;
         Ok(Self {
             basic,
             headers,
@@ -169,48 +166,17 @@ fn basic_credentials(header: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn parse_basic(list: &str) -> Result<Vec<[u8; 32]>, ConfigError> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .enumerate()
-        .map(|(i, entry)| match entry.split_once(':') {
-            Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(digest(entry.as_bytes())),
-            _ => Err(ConfigError::new(
-                "WEBHOOK_BASIC_AUTH",
-                format!(
-                    "entry {} is not user:password (both non-empty); expected user:password[,user2:password2]",
-                    i + 1
-                ),
-            )),
-        })
-        .collect()
+    Ok(config::basic_credentials(list)?
+        .into_iter()
+        .map(|entry| digest(entry.as_bytes()))
+        .collect())
 }
 
 fn parse_headers(list: &str) -> Result<Vec<(HeaderName, [u8; 32])>, ConfigError> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .enumerate()
-        .map(|(i, entry)| {
-            let bad = |why: &str| {
-                ConfigError::new(
-                    "WEBHOOK_AUTH_HEADER",
-                    format!(
-                        "entry {}: {why}; expected 'Header-Name: value[,Header-Name: value2]'",
-                        i + 1
-                    ),
-                )
-            };
-            let (name, value) = entry.split_once(':').ok_or_else(|| bad("no ':'"))?;
-            let name =
-                HeaderName::try_from(name.trim()).map_err(|_| bad("not a valid header name"))?;
-            let value = value.trim();
-            if value.is_empty() {
-                return Err(bad("empty value"));
-            }
-            Ok((name, digest(value.as_bytes())))
-        })
-        .collect()
+    Ok(config::header_credentials(list)?
+        .into_iter()
+        .map(|(name, value)| (name, digest(value.as_bytes())))
+        .collect())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::{
     decode::{decode, DecodeError, Decoded},
-    ApiError,
+    error::ApiError,
 };
 use crate::{
     inbox::NewDelivery,

@@ -61,15 +61,19 @@ impl std::fmt::Display for MaybeStored {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    /// The status and the `outcome` label of the deliveries metric, decided together so the
+    /// two cannot disagree.
+    fn kind(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::Unauthorized { .. } | ApiError::Signature(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized { .. } | ApiError::Signature(_) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
             ApiError::TooLarge(_) | ApiError::Decode(DecodeError::TooLarge(_)) => {
-                StatusCode::PAYLOAD_TOO_LARGE
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
             }
             ApiError::Decode(
                 DecodeError::UnsupportedEncoding(_) | DecodeError::TooManyCodings(_),
-            ) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding"),
             ApiError::Decode(
                 DecodeError::Corrupt { .. }
                 | DecodeError::NotBase64 { .. }
@@ -80,36 +84,19 @@ impl ApiError {
             | ApiError::NotObject(_)
             | ApiError::Form(_)
             | ApiError::NulCharacter
-            | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
-            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::BodyRead(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
-}
 
-impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        self.kind().0
+    }
+
     /// The `outcome` label of the deliveries metric.
     pub fn metric_outcome(&self) -> &'static str {
-        match self {
-            ApiError::Unauthorized { .. } | ApiError::Signature(_) => "unauthorized",
-            ApiError::TooLarge(_) | ApiError::Decode(DecodeError::TooLarge(_)) => "too_large",
-            ApiError::Decode(
-                DecodeError::UnsupportedEncoding(_) | DecodeError::TooManyCodings(_),
-            ) => "unsupported_encoding",
-            ApiError::BodyTimeout(_) => "timeout",
-            ApiError::Unavailable { .. } => "unavailable",
-            ApiError::Decode(
-                DecodeError::Corrupt { .. }
-                | DecodeError::NotBase64 { .. }
-                | DecodeError::BadBase64 { .. }
-                | DecodeError::Base64NotFrame { .. },
-            )
-            | ApiError::NotJson(_)
-            | ApiError::NotObject(_)
-            | ApiError::NulCharacter
-            | ApiError::Form(_)
-            | ApiError::BodyRead(_) => "bad_request",
-        }
+        self.kind().1
     }
 }
 

@@ -1,13 +1,9 @@
 //! Thryve's HMAC-SHA256 delivery signature: which bytes are signed, checking it within a time
 //! window, and finding the layout from real deliveries.
 
-use std::{
-    fmt,
-    str::FromStr,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc,
-    },
+use std::sync::{
+    atomic::{AtomicU32, Ordering},
+    Arc,
 };
 
 use axum::http::{HeaderMap, HeaderValue};
@@ -15,233 +11,15 @@ use chrono::{DateTime, TimeZone, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::{ConfigError, Secret};
+use crate::config::{self, ConfigError, Secret, ServeConfig};
 
 pub const SIGNATURE_HEADER: &str = "x-hmac-signature";
 pub const TIMESTAMP_HEADER: &str = "x-hmac-timestamp";
 
-/// Which form of the body is signed. Thryve does not publish it: for a data push the wire
-/// body is base64 text of a zstd frame, and any of the three forms is a candidate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Signed {
-    /// The body exactly as received (`body` in the names of earlier versions).
-    Wire,
-    /// The compressed frame: the wire body after undoing base64 (the same bytes when the body
-    /// did not come as base64).
-    Frame,
-    /// The content after every coding is undone: the JSON.
-    Json,
-}
-
-/// How the signed bytes and the `x-hmac-timestamp` text are joined into the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Join {
-    BodyTimestamp,
-    TimestampBody,
-    Body,
-    BodyDotTimestamp,
-    TimestampDotBody,
-    BodyNewlineTimestamp,
-    TimestampNewlineBody,
-}
-
-impl Join {
-    const ALL: [Join; 7] = [
-        Join::BodyTimestamp,
-        Join::TimestampBody,
-        Join::Body,
-        Join::BodyDotTimestamp,
-        Join::TimestampDotBody,
-        Join::BodyNewlineTimestamp,
-        Join::TimestampNewlineBody,
-    ];
-
-    /// The separator, and whether the body comes first.
-    fn parts(self) -> (&'static [u8], bool) {
-        match self {
-            Join::BodyTimestamp => (b"", true),
-            Join::TimestampBody => (b"", false),
-            Join::Body => (b"", true),
-            Join::BodyDotTimestamp => (b".", true),
-            Join::TimestampDotBody => (b".", false),
-            Join::BodyNewlineTimestamp => (b"\n", true),
-            Join::TimestampNewlineBody => (b"\n", false),
-        }
-    }
-}
-
-/// Which bytes are signed and how the timestamp joins them: a `WEBHOOK_HMAC_LAYOUT` value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Layout {
-    pub signed: Signed,
-    pub join: Join,
-}
-
-/// Every layout's name, by [`Signed`] then [`Join`]: the body's place in the message is named
-/// after the form that is signed.
-const NAMES: [[&str; 7]; 3] = [
-    [
-        "wire+timestamp",
-        "timestamp+wire",
-        "wire",
-        "wire.timestamp",
-        "timestamp.wire",
-        "wire+lf+timestamp",
-        "timestamp+lf+wire",
-    ],
-    [
-        "frame+timestamp",
-        "timestamp+frame",
-        "frame",
-        "frame.timestamp",
-        "timestamp.frame",
-        "frame+lf+timestamp",
-        "timestamp+lf+frame",
-    ],
-    [
-        "json+timestamp",
-        "timestamp+json",
-        "json",
-        "json.timestamp",
-        "timestamp.json",
-        "json+lf+timestamp",
-        "timestamp+lf+json",
-    ],
-];
-
-impl Layout {
-    /// Every candidate layout, in the order they are listed and preferred.
-    pub const ALL: [Layout; 21] = {
-        let signed = [Signed::Wire, Signed::Frame, Signed::Json];
-        let mut all = [Layout {
-            signed: Signed::Wire,
-            join: Join::BodyTimestamp,
-        }; 21];
-        let mut i = 0;
-        while i < 21 {
-            all[i] = Layout {
-                signed: signed[i / 7],
-                join: Join::ALL[i % 7],
-            };
-            i += 1;
-        }
-        all
-    };
-
-    /// The default, and what every earlier version checked: wire body then timestamp.
-    pub const WIRE_THEN_TIMESTAMP: Layout = Layout {
-        signed: Signed::Wire,
-        join: Join::BodyTimestamp,
-    };
-
-    pub const fn new(signed: Signed, join: Join) -> Self {
-        Layout { signed, join }
-    }
-
-    fn index(self) -> usize {
-        let join = Join::ALL.iter().position(|j| *j == self.join).unwrap_or(0);
-        self.signed as usize * 7 + join
-    }
-
-    /// The name used in `WEBHOOK_HMAC_LAYOUT`, metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        NAMES[self.signed as usize][self.index() % 7]
-    }
-
-    /// Feeds the signed message to `mac` piece by piece, so the body is never copied.
-    fn feed(self, mac: &mut Hmac<Sha256>, body: &[u8], timestamp: &[u8]) {
-        let (separator, body_first) = self.join.parts();
-        let timestamp: &[u8] = if self.join == Join::Body {
-            b""
-        } else {
-            timestamp
-        };
-        if body_first {
-            mac.update(body);
-            mac.update(separator);
-            mac.update(timestamp);
-        } else {
-            mac.update(timestamp);
-            mac.update(separator);
-            mac.update(body);
-        }
-    }
-}
-
-impl fmt::Display for Layout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Layout {
-    type Err = String;
-
-    /// A layout's name; the names of earlier versions, which said `body` for the wire
-    /// body, still work (`body+timestamp` is `wire+timestamp`).
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        let name = name.trim().to_ascii_lowercase();
-        let wire_spelling = name.replace("body", "wire");
-        Layout::ALL
-            .into_iter()
-            .find(|l| l.as_str() == name || l.as_str() == wire_spelling)
-            .ok_or_else(|| {
-                format!(
-                    "{name:?} is no layout; one of auto, {} (body = wire, as in earlier versions)",
-                    Layout::ALL.map(Layout::as_str).join(", ")
-                )
-            })
-    }
-}
-
-/// `WEBHOOK_HMAC_LAYOUT`: one layout, or `auto` to accept what real deliveries show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayoutSetting {
-    Fixed(Layout),
-    /// Every layout is a candidate until signed deliveries narrow them down (see
-    /// [`HmacVerifier::check`]).
-    Auto,
-}
-
-impl FromStr for LayoutSetting {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        if name.trim().eq_ignore_ascii_case("auto") {
-            Ok(LayoutSetting::Auto)
-        } else {
-            name.parse().map(LayoutSetting::Fixed)
-        }
-    }
-}
-
-impl fmt::Display for LayoutSetting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LayoutSetting::Fixed(layout) => layout.fmt(f),
-            LayoutSetting::Auto => f.write_str("auto"),
-        }
-    }
-}
-
-/// `WEBHOOK_HMAC_MODE`: what a delivery whose signature fails gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum HmacMode {
-    /// 401, nothing stored.
-    Enforce,
-    /// Stored all the same; the result is counted and logged. For switching signatures on
-    /// without risking the feed, and for finding the layout.
-    Report,
-}
-
-impl HmacMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HmacMode::Enforce => "enforce",
-            HmacMode::Report => "report",
-        }
-    }
-}
+pub use crate::config::{
+    hmac::{HmacMode, Join, Layout, LayoutSetting, Signed},
+    secret_list,
+};
 
 /// Why a signature was refused; every case is a 401 whose body says which.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -403,7 +181,7 @@ pub struct HmacVerifier {
 const HINT_INTERVAL_SECS: i64 = 60;
 
 impl HmacVerifier {
-    /// From `WEBHOOK_HMAC_SECRET` (several comma-separated while rotating: a signature by
+    /// From `WEBHOOK_HMAC_SECRET` (checked by [`config::hmac_secrets`]; several comma-separated while rotating: a signature by
     /// any of them is accepted), `WEBHOOK_HMAC_LAYOUT`, `WEBHOOK_HMAC_MODE` and
     /// `WEBHOOK_HMAC_WINDOW_SECS`.
     pub fn new(
@@ -412,19 +190,7 @@ impl HmacVerifier {
         mode: HmacMode,
         window_secs: u64,
     ) -> Result<Self, ConfigError> {
-        let secrets: Vec<Secret> = secret_list(secret.expose()).map(Secret::new).collect();
-        if secrets.is_empty() {
-            return Err(ConfigError::new(
-                "WEBHOOK_HMAC_SECRET",
-                "is empty; unset it, or set it to the secret shown in Thryve's dashboard",
-            ));
-        }
-        if window_secs == 0 {
-            return Err(ConfigError::new(
-                "WEBHOOK_HMAC_WINDOW_SECS",
-                "must be at least 1 (default 300)",
-            ));
-        }
+        let secrets = config::hmac_secrets(&secret, window_secs)?;
         Ok(Self {
             secrets,
             setting,
@@ -433,6 +199,22 @@ impl HmacVerifier {
             candidates: Arc::new(AtomicU32::new(LayoutSet::EVERY.0)),
             last_hint: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
         })
+    }
+
+    /// The signature check of `serve`'s settings, when `WEBHOOK_HMAC_SECRET` is set.
+    pub fn from_config(config: &ServeConfig) -> Result<Option<Self>, ConfigError> {
+        config
+            .webhook_hmac_secret
+            .clone()
+            .map(|secret| {
+                Self::new(
+                    secret,
+                    config.webhook_hmac_layout,
+                    config.webhook_hmac_mode,
+                    config.webhook_hmac_window_secs,
+                )
+            })
+            .transpose()
     }
 
     /// For the start-up line.
@@ -610,14 +392,9 @@ impl HmacVerifier {
     }
 }
 
-/// The secrets of a `WEBHOOK_HMAC_SECRET` value: comma-separated, blanks around each ignored.
-pub fn secret_list(list: &str) -> impl Iterator<Item = &str> {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty())
-}
-
 /// A signature header's one value: a second copy would leave it unclear which one counts.
 fn single<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a HeaderValue, HmacError> {
-    super::single_header(headers, name)
+    super::headers::single_header(headers, name)
         .map_err(|_| HmacError::RepeatedHeader(name))?
         .ok_or(HmacError::MissingHeader(name))
 }
@@ -645,7 +422,7 @@ pub fn matching_layouts(
 /// names) and `timestamp`: what a sender puts in `x-hmac-signature`.
 pub fn sign(secret: &[u8], layout: Layout, body: &[u8], timestamp: &[u8]) -> String {
     let mut mac = keyed(secret);
-    layout.feed(&mut mac, body, timestamp);
+    feed(layout, &mut mac, body, timestamp);
     hex::encode(mac.finalize().into_bytes())
 }
 
@@ -658,7 +435,7 @@ pub fn decode_signature(hex_text: &[u8]) -> Result<[u8; 32], HmacError> {
 
 fn matches(secret: &[u8], layout: Layout, body: &[u8], timestamp: &[u8], signature: &[u8]) -> bool {
     let mut mac = keyed(secret);
-    layout.feed(&mut mac, body, timestamp);
+    feed(layout, &mut mac, body, timestamp);
     signature_eq(mac, signature)
 }
 
@@ -666,6 +443,25 @@ fn matches(secret: &[u8], layout: Layout, body: &[u8], timestamp: &[u8], signatu
 thread_local! {
     /// Calls of [`signature_eq`] on this thread, so a test can see that `verify` uses it.
     static COMPARISONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Feeds the message `layout` signs to `mac` piece by piece, so the body is never copied.
+fn feed(layout: Layout, mac: &mut Hmac<Sha256>, body: &[u8], timestamp: &[u8]) {
+    let (separator, body_first) = layout.join.parts();
+    let timestamp: &[u8] = if layout.join == Join::Body {
+        b""
+    } else {
+        timestamp
+    };
+    if body_first {
+        mac.update(body);
+        mac.update(separator);
+        mac.update(timestamp);
+    } else {
+        mac.update(timestamp);
+        mac.update(separator);
+        mac.update(body);
+    }
 }
 
 /// The one comparison of a computed and a presented signature. Constant-time: `verify_slice`

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod decode;
 pub mod delivery;
 mod error;
+mod headers;
 mod health;
 pub mod hmac;
 pub mod listener;
@@ -13,7 +14,6 @@ mod webhook;
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    http::{header::AsHeaderName, HeaderMap, HeaderValue},
     routing::{get, post},
     Router,
 };
@@ -25,23 +25,6 @@ pub use error::ApiError;
 
 use crate::{inbox::InboxWriter, metrics::Metrics, spool::Spool};
 use auth::Authenticator;
-
-/// A header that must appear at most once appeared more than once: which copy would count
-/// is a guess (a proxy may have added or kept one), so the request is refused.
-pub(crate) struct RepeatedHeader;
-
-/// The value of a header that must not be repeated, if present.
-pub(crate) fn single_header<K: AsHeaderName>(
-    headers: &HeaderMap,
-    name: K,
-) -> Result<Option<&HeaderValue>, RepeatedHeader> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next();
-    match values.next() {
-        Some(_) => Err(RepeatedHeader),
-        None => Ok(first),
-    }
-}
 
 /// Limits a webhook request is held to.
 #[derive(Debug, Clone, Copy)]

@@ -22,7 +22,7 @@ pub const MAX_LEN: usize = 128;
 /// assert_eq!(traceparent(&headers), None);
 /// ```
 pub fn traceparent(headers: &HeaderMap) -> Option<String> {
-    let text = super::single_header(headers, "traceparent")
+    let text = super::headers::single_header(headers, "traceparent")
         .ok()
         .flatten()?
         .to_str()

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     db::Failure,
-    inbox::{Receipt, WriteError},
+    inbox::{Outcome, Receipt, WriteError},
     metrics::{event_type_label, DeliveryLabels, FormLabels, HmacLabels},
 };
 
@@ -31,16 +31,17 @@ use crate::{
 #[serde(untagged)]
 pub enum Ack {
     Committed(Receipt),
-    Spooled { outcome: &'static str },
+    /// Always [`Outcome::Spooled`].
+    Spooled {
+        outcome: Outcome,
+    },
 }
 
 impl Ack {
-    const SPOOLED: &'static str = "spooled";
-
-    fn outcome(&self) -> &'static str {
+    fn outcome(&self) -> Outcome {
         match self {
-            Ack::Committed(receipt) => receipt.outcome.as_str(),
-            Ack::Spooled { outcome } => outcome,
+            Ack::Committed(receipt) => receipt.outcome,
+            Ack::Spooled { outcome } => *outcome,
         }
     }
 }
@@ -72,7 +73,7 @@ pub async fn receive(
             metrics
                 .deliveries
                 .get_or_create(&DeliveryLabels {
-                    outcome: ack.outcome(),
+                    outcome: ack.outcome().as_str(),
                     event_type: event_type_label(event_type.as_deref()),
                 })
                 .inc();
@@ -91,6 +92,7 @@ pub async fn receive(
                 ),
                 // Acknowledged but not yet in the database: the database is out or slow.
                 Ack::Spooled { outcome } => {
+                    let outcome = outcome.as_str();
                     tracing::warn!(outcome, event_type, latency_ms, traceparent, "delivery")
                 }
             }
@@ -301,7 +303,7 @@ async fn handle(
     match tokio::time::timeout_at(deadline.into(), append).await {
         Ok(Ok(())) => Ok((
             Ack::Spooled {
-                outcome: Ack::SPOOLED,
+                outcome: Outcome::Spooled,
             },
             event_type,
         )),

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sqlx::{Connection, PgConnection, PgExecutor};
 
 use crate::{
-    poller,
+    db::{self, int_array_literal},
     thryve::{self, ConnectionChange, DaySpan, Event, InstantSpan, Parsed},
 };
 
@@ -26,18 +26,15 @@ pub enum Status {
     Ignored,
 }
 
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Processed => "processed",
-            Status::Quarantined => "quarantined",
-            Status::Ignored => "ignored",
-        }
-    }
-}
+db::text_enum!(Status {
+    Pending => "pending",
+    Processed => "processed",
+    Quarantined => "quarantined",
+    Ignored => "ignored",
+});
 
-/// What the receiver tells Thryve about one delivery.
+/// What the receiver tells Thryve about one delivery (the `outcome` of a 200, and of the
+/// deliveries metric).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
@@ -45,6 +42,8 @@ pub enum Outcome {
     Duplicate,
     Quarantined,
     Ignored,
+    /// Held in the outage spool, not yet in the inbox (no row yet); never a [`Receipt`]'s.
+    Spooled,
 }
 
 impl Outcome {
@@ -54,6 +53,7 @@ impl Outcome {
             Outcome::Duplicate => "duplicate",
             Outcome::Quarantined => "quarantined",
             Outcome::Ignored => "ignored",
+            Outcome::Spooled => "spooled",
         }
     }
 }
@@ -345,11 +345,6 @@ pub async fn insert_batch(
     .await
 }
 
-pub(crate) fn int_array_literal(ids: &[i32]) -> String {
-    let inner: Vec<String> = ids.iter().map(i32::to_string).collect();
-    format!("{{{}}}", inner.join(","))
-}
-
 /// A pending row as the poller sees it: the typed columns, and the payload only where the
 /// typed columns do not describe the whole event (`data_source_id` is null).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -451,7 +446,7 @@ pub struct InboxSummary {
     pub event_type: Option<String>,
     pub end_user_id: Option<String>,
     pub end_user_alias: Option<String>,
-    pub status: String,
+    pub status: Status,
     pub error: Option<String>,
     pub delivery_count: i32,
     pub first_received_at: DateTime<Utc>,
@@ -625,7 +620,7 @@ pub async fn replay(
     if !report.pending.is_empty() {
         // Delivered at commit, so pollers in every process start on the rows at once.
         sqlx::query("SELECT pg_notify($1, '')")
-            .bind(poller::CHANNEL)
+            .bind(db::INBOX_CHANNEL)
             .execute(&mut *tx)
             .await?;
     }

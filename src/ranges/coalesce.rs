@@ -7,20 +7,17 @@ use chrono::{DateTime, Datelike, Days, NaiveDate, Utc};
 use crate::thryve::Span;
 
 /// epoch or daily: the two kinds of range, never merged with each other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Granularity {
     Epoch,
     Daily,
 }
 
-impl Granularity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Granularity::Epoch => "epoch",
-            Granularity::Daily => "daily",
-        }
-    }
-}
+crate::db::text_enum!(Granularity {
+    Epoch => "epoch",
+    Daily => "daily",
+});
 
 /// Where a span lies: inclusive instants or inclusive days.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

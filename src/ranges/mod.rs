@@ -12,19 +12,39 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgExecutor, PgPool};
 
+/// Where a range stands; the text values are the `status` column's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RangeStatus {
+    /// Waiting for a worker (again, after a failed attempt with attempts left).
+    Pending,
+    /// Held by a worker until its lease expires.
+    Claimed,
+    Done,
+    /// Out of attempts.
+    Failed,
+}
+
+crate::db::text_enum!(RangeStatus {
+    Pending => "pending",
+    Claimed => "claimed",
+    Done => "done",
+    Failed => "failed",
+});
+
 /// One row of `thryve.dirty_ranges`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct DirtyRange {
     pub id: i64,
     pub end_user_id: String,
     pub data_source_id: i32,
-    pub granularity: String,
+    pub granularity: Granularity,
     pub data_type_ids: Vec<i32>,
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
     pub start_day: Option<NaiveDate>,
     pub end_day: Option<NaiveDate>,
-    pub status: String,
+    pub status: RangeStatus,
     pub notification_count: i32,
     pub first_dirtied_at: DateTime<Utc>,
     pub last_dirtied_at: DateTime<Utc>,
@@ -145,7 +165,7 @@ pub async fn merge_spans(executor: impl PgExecutor<'_>, spans: &[MergedSpan]) ->
         users.push(s.end_user_id.as_str());
         sources.push(s.data_source_id);
         granularities.push(s.granularity().as_str());
-        types.push(crate::inbox::int_array_literal(&s.data_type_ids));
+        types.push(crate::db::int_array_literal(&s.data_type_ids));
         let (st, et, sd, ed) = match s.extent {
             Extent::Epoch(a, b) => (Some(a), Some(b), None, None),
             Extent::Daily(a, b) => (None, None, Some(a), Some(b)),
@@ -423,7 +443,7 @@ pub const CHANNEL: &str = "thryve_dirty_ranges";
 /// Ranges in `status` (any status if `None`), oldest first, at most `limit`.
 pub async fn list(
     executor: impl PgExecutor<'_>,
-    status: Option<&str>,
+    status: Option<RangeStatus>,
     limit: i64,
 ) -> sqlx::Result<Vec<DirtyRange>> {
     sqlx::query_as(

@@ -5,9 +5,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{
-    notification::{day, instant, json_kind, object, positive_i32, short, ParseError},
+    event::{DailyValue, EpochValue, ParseError},
+    fields::{day, instant, json_kind, object, positive_i32, short},
     push::value_text,
-    DailyValue, EpochValue,
 };
 
 /// Reads an epoch answer: a JSON array of `{authenticationToken, partnerUserID, dataSources:

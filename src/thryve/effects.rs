@@ -2,7 +2,10 @@
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 
-use super::{DaySpan, Event, InstantSpan, Notification, SourceDailyValues, SourceEpochValues};
+use super::event::{
+    ConnectionChange, DailyValue, DaySpan, EpochValue, Event, InstantSpan, Notification,
+    SourceDailyValues, SourceEpochValues,
+};
 
 /// A span of data that changed: one user's source, some data types (none listed: all types),
 /// inclusive instants or days.
@@ -10,36 +13,6 @@ use super::{DaySpan, Event, InstantSpan, Notification, SourceDailyValues, Source
 pub enum Span {
     Epoch(InstantSpan),
     Daily(DaySpan),
-}
-
-/// A data source connected or disconnected at `at`: the event's own time, or `None` for a
-/// legacy body that does not say (the change then counts from when the bridge received it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionChange {
-    pub data_source_id: i32,
-    pub connected: bool,
-    pub at: Option<DateTime<Utc>>,
-}
-
-/// One epoch value carried by a data-push webhook.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EpochValue {
-    pub data_source_id: i32,
-    pub data_type_id: i32,
-    pub start: DateTime<Utc>,
-    pub end: Option<DateTime<Utc>>,
-    pub timezone_offset: Option<i32>,
-    pub value: String,
-}
-
-/// One daily value carried by a data-push webhook.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DailyValue {
-    pub data_source_id: i32,
-    pub data_type_id: i32,
-    pub day: NaiveDate,
-    pub timezone_offset: Option<i32>,
-    pub value: String,
 }
 
 /// Everything one notification changes, for one end user.

@@ -4,10 +4,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{
-    effects::ConnectionChange,
-    notification::{
+    event::{ConnectionChange, DaySpan, Envelope, Event, InstantSpan, ParseError},
+    fields::{
         day, id_text, instant, object, optional_string, positive_i32, required_string, short,
-        type_ids, DaySpan, Envelope, Event, Form, InstantSpan, ParseError,
+        type_ids, Form,
     },
 };
 

@@ -3,32 +3,9 @@
 use serde_json::{Map, Value};
 
 use super::{
-    effects::{DailyValue, EpochValue},
-    notification::{
-        day, instant, json_kind, object, positive_i32, short, Form, ParseError,
-        MAX_DISTINCT_DATA_TYPES,
-    },
+    event::{DailyValue, EpochValue, ParseError, SourceDailyValues, SourceEpochValues},
+    fields::{day, instant, json_kind, object, positive_i32, short, Form, MAX_DISTINCT_DATA_TYPES},
 };
-
-/// One data source's epoch values from an `event.data.epoch.*` push, in payload order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceEpochValues {
-    pub data_source_id: i32,
-    /// `dataSourceName`, when the element gives one as a string.
-    pub data_source_name: Option<String>,
-    /// Every value carries `data_source_id` too, so each can be stored on its own.
-    pub values: Vec<EpochValue>,
-}
-
-/// One data source's daily values from an `event.data.daily.*` push, in payload order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceDailyValues {
-    pub data_source_id: i32,
-    /// `dataSourceName`, when the element gives one as a string.
-    pub data_source_name: Option<String>,
-    /// Every value carries `data_source_id` too, so each can be stored on its own.
-    pub values: Vec<DailyValue>,
-}
 
 /// Most data points one push may carry, over all its data sources. The default 1 MiB body
 /// limit allows about 10,000; the cap keeps a raised limit from turning one delivery into a

@@ -177,3 +177,25 @@ fn a_bad_setting_names_its_variable() {
         "the secret is not echoed"
     );
 }
+
+#[test]
+fn a_misspelt_status_is_refused_with_the_valid_ones() {
+    for args in [
+        &["ranges", "list", "--status", "faild"][..],
+        &["inbox", "list", "--status", "quarantine"][..],
+    ] {
+        let out = bridge(&admin_url(), args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("invalid value"), "{stderr}");
+    }
+    let stderr = String::from_utf8_lossy(
+        &bridge(&admin_url(), &["ranges", "list", "--status", "faild"], &[]).stderr,
+    )
+    .into_owned();
+    assert!(
+        stderr.contains("[possible values: pending, claimed, done, failed]"),
+        "{stderr}"
+    );
+}

@@ -868,7 +868,9 @@ async fn ranges_dirty_enqueues_each_connected_source_once_however_often_it_runs(
         assert_eq!(out["targets"], 3, "{out}");
         assert_eq!(out["spans_merged"], 6);
     }
-    let pending = ranges::list(&db.pool, Some("pending"), 100).await.unwrap();
+    let pending = ranges::list(&db.pool, Some(ranges::RangeStatus::Pending), 100)
+        .await
+        .unwrap();
     assert_eq!(
         pending.len(),
         6,
@@ -907,7 +909,7 @@ async fn ranges_dirty_enqueues_each_connected_source_once_however_often_it_runs(
         &[],
     ));
     assert_eq!(out["targets"], 1);
-    let gone: Vec<DirtyRange> = ranges::list(&db.pool, Some("pending"), 100)
+    let gone: Vec<DirtyRange> = ranges::list(&db.pool, Some(ranges::RangeStatus::Pending), 100)
         .await
         .unwrap()
         .into_iter()

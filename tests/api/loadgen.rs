@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use thryve_bridge::loadgen::{self, LoadConfig};
+use thryve_loadgen::{self as loadgen, LoadConfig};
 
 use crate::helpers::{spawn_app_with, test_config, PASSWORD, USER};
 

@@ -487,7 +487,9 @@ async fn replay_requeues_rows_that_parse_now_and_the_poller_makes_their_ranges()
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not quarantined or ignored"));
 
     poller(&db).drain().await.unwrap();
-    let made = ranges::list(&db.pool, Some("pending"), 10).await.unwrap();
+    let made = ranges::list(&db.pool, Some(ranges::RangeStatus::Pending), 10)
+        .await
+        .unwrap();
     let mut replayed: Vec<_> = made
         .iter()
         .filter(|r| r.end_user_id == "replayed")

@@ -69,7 +69,9 @@ fn connection(user: &str, connected: bool, at_ms: i64) -> Value {
 }
 
 async fn pending(db: &TestDb) -> Vec<DirtyRange> {
-    ranges::list(&db.pool, Some("pending"), 1000).await.unwrap()
+    ranges::list(&db.pool, Some(ranges::RangeStatus::Pending), 1000)
+        .await
+        .unwrap()
 }
 
 type EpochShape = (DateTime<Utc>, DateTime<Utc>, Vec<i32>, i32);
@@ -444,7 +446,9 @@ async fn a_range_out_of_attempts_ends_failed_with_its_error() {
             .await
             .unwrap());
     }
-    let failed = ranges::list(&db.pool, Some("failed"), 10).await.unwrap();
+    let failed = ranges::list(&db.pool, Some(ranges::RangeStatus::Failed), 10)
+        .await
+        .unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].last_error.as_deref(), Some("boom 2"));
     assert!(worker
@@ -508,7 +512,7 @@ async fn an_expired_lease_is_reclaimed_and_the_stale_worker_is_refused() {
         .unwrap());
     assert!(fast.complete(range.id).await.unwrap());
     assert_eq!(
-        ranges::list(&db.pool, Some("done"), 10)
+        ranges::list(&db.pool, Some(ranges::RangeStatus::Done), 10)
             .await
             .unwrap()
             .len(),
@@ -758,7 +762,7 @@ async fn the_serving_poller_wakes_on_a_local_commit() {
     assert_eq!(status, 200);
     let started = std::time::Instant::now();
     loop {
-        if !ranges::list(&app.db.pool, Some("pending"), 10)
+        if !ranges::list(&app.db.pool, Some(ranges::RangeStatus::Pending), 10)
             .await
             .unwrap()
             .is_empty()
@@ -812,7 +816,7 @@ async fn a_poller_elsewhere_wakes_on_notify() {
         200
     );
     loop {
-        if !ranges::list(&app.db.pool, Some("pending"), 10)
+        if !ranges::list(&app.db.pool, Some(ranges::RangeStatus::Pending), 10)
             .await
             .unwrap()
             .is_empty()
@@ -912,7 +916,7 @@ async fn a_legacy_source_update_makes_epoch_and_daily_ranges_and_daily_push_valu
         .map(|r| {
             (
                 r.data_source_id,
-                r.granularity.clone(),
+                r.granularity.to_string(),
                 r.data_type_ids.clone(),
             )
         })

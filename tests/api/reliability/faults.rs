@@ -19,8 +19,8 @@ use sqlx::{Connection, PgConnection, PgPool};
 use thryve_bridge::{
     db,
     inbox::{self, InboxWriter, NewDelivery, Outcome, Receipt, WriteError},
-    loadgen::{self, LoadConfig, Rng, Sent},
 };
+use thryve_loadgen::{self as loadgen, LoadConfig, Rng, Sent};
 
 use crate::{
     helpers::{

@@ -2,9 +2,12 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
+use axum::http::HeaderName;
 use clap::{builder::BoolishValueParser, Args, ValueEnum};
 
-use crate::http::hmac::{HmacMode, HmacVerifier, LayoutSetting};
+pub mod hmac;
+
+use hmac::{HmacMode, LayoutSetting};
 
 /// A credential or secret: printed as `[redacted]` by `Debug` and `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -215,20 +218,178 @@ impl ServeConfig {
         Duration::from_millis(self.ack_deadline_ms)
     }
 
-    /// The signature check, when `WEBHOOK_HMAC_SECRET` is set.
-    pub fn hmac_verifier(&self) -> Result<Option<HmacVerifier>, ConfigError> {
-        self.webhook_hmac_secret
-            .clone()
-            .map(|secret| {
-                HmacVerifier::new(
-                    secret,
-                    self.webhook_hmac_layout,
-                    self.webhook_hmac_mode,
-                    self.webhook_hmac_window_secs,
-                )
-            })
-            .transpose()
+    /// Checks every setting of `serve` that can be checked without the disk, the network or
+    /// the database; the server calls it once, before it builds anything. The first problem
+    /// found is the error, and its message names the variable and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let hmac = self
+            .webhook_hmac_secret
+            .as_ref()
+            .map(|secret| hmac_secrets(secret, self.webhook_hmac_window_secs))
+            .transpose()?;
+        let basic = match &self.webhook_basic_auth {
+            Some(list) => basic_credentials(list.expose())?,
+            None => Vec::new(),
+        };
+        let headers = match &self.webhook_auth_header {
+            Some(list) => header_credentials(list.expose())?,
+            None => Vec::new(),
+        };
+        require_credential(
+            !basic.is_empty() || !headers.is_empty() || hmac.is_some(),
+            self.webhook_allow_unauthenticated,
+        )?;
+        require(
+            self.max_body_bytes >= 1,
+            "MAX_BODY_BYTES",
+            "must be at least 1",
+        )?;
+        require(
+            self.poll_batch_size >= 1,
+            "POLL_BATCH_SIZE",
+            "must be at least 1 (default 500)",
+        )?;
+        require(
+            self.ingest_batch_max >= 1 && self.ingest_writers >= 1,
+            "INGEST_WRITERS",
+            "INGEST_WRITERS and INGEST_BATCH_MAX must be at least 1",
+        )?;
+        require(
+            self.body_budget_bytes >= self.max_body_bytes,
+            "BODY_BUDGET_BYTES",
+            format!(
+                "must be at least MAX_BODY_BYTES ({}), or a largest body could never be taken (default 33554432)",
+                self.max_body_bytes
+            ),
+        )?;
+        require(
+            self.max_connections >= 1,
+            "MAX_CONNECTIONS",
+            "must be at least 1 (default 1024)",
+        )?;
+        require(
+            self.ack_deadline_ms >= 1,
+            "ACK_DEADLINE_MS",
+            "must be at least 1 (default 1500)",
+        )?;
+        require(
+            self.spool_dir.is_none() || self.spool_margin_ms < self.ack_deadline_ms,
+            "SPOOL_MARGIN_MS",
+            format!(
+                "must be less than ACK_DEADLINE_MS ({}), or nothing would wait for the database (default 250)",
+                self.ack_deadline_ms
+            ),
+        )?;
+        self.retention.validate()?;
+        self.fetcher.validate()?;
+        require(
+            self.housekeeping_interval_secs >= 1,
+            "HOUSEKEEPING_INTERVAL_SECS",
+            "must be at least 1 (default 60)",
+        )?;
+        require(
+            self.tls_cert_path.is_some() == self.tls_key_path.is_some(),
+            "TLS_CERT_PATH",
+            "TLS_CERT_PATH and TLS_KEY_PATH must be set together (or neither, behind a TLS proxy)",
+        )
     }
+}
+
+/// `Ok` when `ok`, else the error that names `variable` and says what is wrong.
+fn require(
+    ok: bool,
+    variable: &'static str,
+    problem: impl Into<String>,
+) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(variable, problem))
+    }
+}
+
+/// The secrets of a `WEBHOOK_HMAC_SECRET` value: comma-separated, blanks around each ignored.
+pub fn secret_list(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// `WEBHOOK_HMAC_SECRET` (several comma-separated while rotating) and
+/// `WEBHOOK_HMAC_WINDOW_SECS`, checked: the secrets one by one.
+pub fn hmac_secrets(secret: &Secret, window_secs: u64) -> Result<Vec<Secret>, ConfigError> {
+    let secrets: Vec<Secret> = secret_list(secret.expose()).map(Secret::new).collect();
+    if secrets.is_empty() {
+        return Err(ConfigError::new(
+            "WEBHOOK_HMAC_SECRET",
+            "is empty; unset it, or set it to the secret shown in Thryve's dashboard",
+        ));
+    }
+    if window_secs == 0 {
+        return Err(ConfigError::new(
+            "WEBHOOK_HMAC_WINDOW_SECS",
+            "must be at least 1 (default 300)",
+        ));
+    }
+    Ok(secrets)
+}
+
+/// The entries of a `WEBHOOK_BASIC_AUTH` value, each `user:password` with both non-empty.
+pub fn basic_credentials(list: &str) -> Result<Vec<&str>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .map(|(i, entry)| match entry.split_once(':') {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(entry),
+            _ => Err(ConfigError::new(
+                "WEBHOOK_BASIC_AUTH",
+                format!(
+                    "entry {} is not user:password (both non-empty); expected user:password[,user2:password2]",
+                    i + 1
+                ),
+            )),
+        })
+        .collect()
+}
+
+/// The entries of a `WEBHOOK_AUTH_HEADER` value: a valid header name and a non-empty value.
+pub fn header_credentials(list: &str) -> Result<Vec<(HeaderName, &str)>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .map(|(i, entry)| {
+            let bad = |why: &str| {
+                ConfigError::new(
+                    "WEBHOOK_AUTH_HEADER",
+                    format!(
+                        "entry {}: {why}; expected 'Header-Name: value[,Header-Name: value2]'",
+                        i + 1
+                    ),
+                )
+            };
+            let (name, value) = entry.split_once(':').ok_or_else(|| bad("no ':'"))?;
+            let name =
+                HeaderName::try_from(name.trim()).map_err(|_| bad("not a valid header name"))?;
+            let value = value.trim();
+            if value.is_empty() {
+                return Err(bad("empty value"));
+            }
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// Refuses a receiver with no credential at all, unless `WEBHOOK_ALLOW_UNAUTHENTICATED`.
+pub fn require_credential(any: bool, allow_unauthenticated: bool) -> Result<(), ConfigError> {
+    if !any && !allow_unauthenticated {
+        return Err(ConfigError::new(
+            "WEBHOOK_BASIC_AUTH",
+            "no webhook credential configured; set WEBHOOK_BASIC_AUTH=user:password (or \
+             WEBHOOK_AUTH_HEADER='Header-Name: value', or WEBHOOK_HMAC_SECRET), or \
+             WEBHOOK_ALLOW_UNAUTHENTICATED=true to accept anyone",
+        ));
+    }
+    Ok(())
 }
 
 /// How long housekeeping keeps finished rows, and how many it touches per statement; shared
@@ -258,13 +419,11 @@ pub struct RetentionConfig {
 
 impl RetentionConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.housekeeping_batch < 1 {
-            return Err(ConfigError::new(
-                "HOUSEKEEPING_BATCH",
-                "must be at least 1 (default 1000)",
-            ));
-        }
-        Ok(())
+        require(
+            self.housekeeping_batch >= 1,
+            "HOUSEKEEPING_BATCH",
+            "must be at least 1 (default 1000)",
+        )
     }
 }
 
@@ -374,36 +533,29 @@ impl FetcherConfig {
                 "must be set when FETCHER_ENABLED=true (Thryve's data API needs both credentials)",
             ));
         }
-        if !(self.thryve_api_url.starts_with("http://")
-            || self.thryve_api_url.starts_with("https://"))
-        {
-            return Err(ConfigError::new(
-                "THRYVE_API_URL",
-                "must start with https:// (or http://)",
-            ));
-        }
-        if self.fetcher_concurrency == 0 {
-            return Err(ConfigError::new(
-                "FETCHER_CONCURRENCY",
-                "must be at least 1 (default 4)",
-            ));
-        }
-        if !(self.fetcher_rate_per_sec >= 0.0 && self.fetcher_rate_per_sec.is_finite()) {
-            return Err(ConfigError::new(
-                "FETCHER_RATE_PER_SEC",
-                "must be 0 (no cap) or more",
-            ));
-        }
-        if self.fetcher_max_tries == 0
-            || self.fetcher_timeout_ms == 0
-            || self.fetcher_lease_secs == 0
-        {
-            return Err(ConfigError::new(
-                "FETCHER_MAX_TRIES",
-                "FETCHER_MAX_TRIES, FETCHER_TIMEOUT_MS and FETCHER_LEASE_SECS must be at least 1",
-            ));
-        }
-        Ok(())
+        require(
+            self.thryve_api_url.starts_with("http://")
+                || self.thryve_api_url.starts_with("https://"),
+            "THRYVE_API_URL",
+            "must start with https:// (or http://)",
+        )?;
+        require(
+            self.fetcher_concurrency >= 1,
+            "FETCHER_CONCURRENCY",
+            "must be at least 1 (default 4)",
+        )?;
+        require(
+            self.fetcher_rate_per_sec >= 0.0 && self.fetcher_rate_per_sec.is_finite(),
+            "FETCHER_RATE_PER_SEC",
+            "must be 0 (no cap) or more",
+        )?;
+        require(
+            self.fetcher_max_tries >= 1
+                && self.fetcher_timeout_ms >= 1
+                && self.fetcher_lease_secs >= 1,
+            "FETCHER_MAX_TRIES",
+            "FETCHER_MAX_TRIES, FETCHER_TIMEOUT_MS and FETCHER_LEASE_SECS must be at least 1",
+        )
     }
 }
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::thryve::{self, Parsed, Span};
+use thryve_bridge::thryve::{self, Parsed, Span};
 
 /// What to send and how hard.
 #[derive(Debug, Clone)]
@@ -935,7 +935,7 @@ pub async fn drain_benchmark(
     batch_size: i64,
     users: u32,
 ) -> sqlx::Result<DrainReport> {
-    use crate::{
+    use thryve_bridge::{
         inbox::{insert_batch, NewDelivery},
         poller::{Poller, PollerConfig},
     };
@@ -1027,14 +1027,14 @@ pub async fn fetch_benchmark(
     rate: f64,
     values_per_call: usize,
 ) -> Result<FetchReport, String> {
-    use crate::{
+    use axum::{routing::post, Router};
+    use std::sync::{Arc, Mutex};
+    use thryve_bridge::{
         config::{FetcherConfig, Secret},
         fetcher::{Fetcher, FetcherSettings, ThryveClient},
         metrics::Metrics,
         ranges::{merge_spans, Extent, MergedSpan},
     };
-    use axum::{routing::post, Router};
-    use std::sync::{Arc, Mutex};
 
     let items: Vec<Value> = (0..values_per_call)
         .map(|i| {
@@ -1159,7 +1159,7 @@ pub async fn fetch_benchmark(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::decode::{decode, WireForm};
+    use thryve_bridge::http::decode::{decode, WireForm};
 
     #[test]
     fn every_template_goes_out_in_the_wire_form_and_decodes_to_its_json() {

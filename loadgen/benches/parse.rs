@@ -5,7 +5,8 @@ use axum::http::{header::CONTENT_ENCODING, HeaderMap, HeaderValue};
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::Value;
-use thryve_bridge::{http::parse_delivery, loadgen};
+use thryve_bridge::http::parse_delivery;
+use thryve_loadgen as loadgen;
 
 fn kinds() -> Vec<(&'static str, Value, bool)> {
     // Draw from the load generator's mix until each kind has an example.

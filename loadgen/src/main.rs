@@ -3,7 +3,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use thryve_bridge::loadgen;
+use thryve_loadgen as loadgen;
 
 #[derive(Parser)]
 #[command(

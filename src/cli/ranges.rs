@@ -1,0 +1,204 @@
+//! `ranges ...`: claim, complete, fail, extend, dirty and list dirty ranges by hand (JSON out).
+
+use std::time::Duration;
+
+use clap::{Subcommand, ValueEnum};
+use sqlx::PgPool;
+
+use super::common::{print_json, CliError};
+use crate::{
+    ranges::{self, ClaimMode, Consumer, RangeStatus},
+    sources,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum RangesCommand {
+    /// Claim up to --max ranges, oldest first; prints them with the Thryve call for each.
+    Claim {
+        #[arg(long)]
+        worker: String,
+        #[arg(long, default_value_t = 10)]
+        max: i32,
+        #[arg(long, default_value_t = 300)]
+        lease_secs: u64,
+        /// fetch: only ranges that need a fetch from Thryve; all: push-only ones too.
+        #[arg(long, value_enum, default_value_t = ClaimMode::Fetch)]
+        mode: ClaimMode,
+    },
+    /// Mark a claimed range done (exit 1 if the worker no longer holds it).
+    Complete {
+        range_id: i64,
+        #[arg(long)]
+        worker: String,
+    },
+    /// Record a failed attempt: retried after --retry-in-secs, or failed when out of attempts.
+    Fail {
+        range_id: i64,
+        #[arg(long)]
+        worker: String,
+        #[arg(long)]
+        error: String,
+        #[arg(long, default_value_t = 60)]
+        retry_in_secs: u64,
+    },
+    /// Extend a claimed range's lease (exit 1 if the worker no longer holds it).
+    Extend {
+        range_id: i64,
+        #[arg(long)]
+        worker: String,
+        #[arg(long, default_value_t = 300)]
+        lease_secs: u64,
+    },
+    /// Enqueue re-fetch work for recent days (recovery after Thryve disabled the webhook or
+    /// deliveries were lost): for every connected (user, source) in source_connections, or the
+    /// given ones, one span per granularity from --since (or --days ago) to now, merged with
+    /// pending work like a notification, so running it twice adds nothing. Safe from cron.
+    Dirty {
+        /// Span start: this many days before today (UTC), from 00:00 UTC.
+        #[arg(long, conflicts_with = "since", required_unless_present = "since")]
+        days: Option<u32>,
+        /// Span start: this day (YYYY-MM-DD), from 00:00 UTC.
+        #[arg(long)]
+        since: Option<chrono::NaiveDate>,
+        /// Only this end user (with --source: that pair, connected or not).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this data source id (with --user: that pair, connected or not).
+        #[arg(long)]
+        source: Option<i32>,
+        /// Which kind of range: epoch, daily or both.
+        #[arg(long, value_enum, default_value_t = GranularityArg::Both)]
+        granularity: GranularityArg,
+        /// Only these data type ids (comma-separated); none: all types.
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<i32>,
+    },
+    /// List ranges, oldest first.
+    List {
+        /// pending, claimed, done or failed (all when absent).
+        #[arg(long, value_enum)]
+        status: Option<RangeStatus>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GranularityArg {
+    Epoch,
+    Daily,
+    Both,
+}
+
+pub(super) async fn run(command: RangesCommand, pool: PgPool) -> Result<(), CliError> {
+    let held = |range_id: i64, action: &str, ok: bool| {
+        println!(
+            "{}",
+            serde_json::json!({ "range_id": range_id, action: ok })
+        );
+        if ok {
+            Ok(())
+        } else {
+            Err(CliError::Failed(format!("range {range_id}: this worker does not hold its claim (lease expired and re-claimed, or never claimed)")))
+        }
+    };
+    match command {
+        RangesCommand::Claim {
+            worker,
+            max,
+            lease_secs,
+            mode,
+        } => {
+            let claimed = Consumer::new(pool, worker)
+                .claim_for(mode, max, Duration::from_secs(lease_secs))
+                .await?;
+            let out: Vec<serde_json::Value> = claimed
+                .iter()
+                .map(|range| {
+                    let (path, body) = range.thryve_request();
+                    let mut value = serde_json::to_value(range).expect("a range serialises");
+                    value["thryve_request"] = serde_json::json!({ "path": path, "body": body });
+                    value
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(out));
+            Ok(())
+        }
+        RangesCommand::Complete { range_id, worker } => {
+            let ok = Consumer::new(pool, worker).complete(range_id).await?;
+            held(range_id, "completed", ok)
+        }
+        RangesCommand::Fail {
+            range_id,
+            worker,
+            error,
+            retry_in_secs,
+        } => {
+            let ok = Consumer::new(pool, worker)
+                .fail(range_id, &error, Duration::from_secs(retry_in_secs))
+                .await?;
+            held(range_id, "failed", ok)
+        }
+        RangesCommand::Extend {
+            range_id,
+            worker,
+            lease_secs,
+        } => {
+            let ok = Consumer::new(pool, worker)
+                .extend_lease(range_id, Duration::from_secs(lease_secs))
+                .await?;
+            held(range_id, "extended", ok)
+        }
+        RangesCommand::Dirty {
+            days,
+            since,
+            user,
+            source,
+            granularity,
+            types,
+        } => {
+            let until = chrono::Utc::now();
+            let since = match (since, days) {
+                (Some(since), _) => since,
+                (None, Some(days)) => until.date_naive() - chrono::TimeDelta::days(days.into()),
+                (None, None) => return Err("give --days N or --since YYYY-MM-DD".into()),
+            };
+            let targets = match (user, source) {
+                (Some(user), Some(source)) => vec![(user, source)],
+                (user, source) => sources::connected(&pool, user.as_deref(), source).await?,
+            };
+            let granularities = match granularity {
+                GranularityArg::Epoch => vec![ranges::Granularity::Epoch],
+                GranularityArg::Daily => vec![ranges::Granularity::Daily],
+                GranularityArg::Both => {
+                    vec![ranges::Granularity::Epoch, ranges::Granularity::Daily]
+                }
+            };
+            let mut data_type_ids = types;
+            data_type_ids.sort_unstable();
+            data_type_ids.dedup();
+            let refetch = ranges::Refetch {
+                targets,
+                granularities,
+                since,
+                until,
+                data_type_ids,
+            };
+            let spans = ranges::enqueue_refetch(&pool, &refetch).await?;
+            print_json(&serde_json::json!({
+                "since": refetch.since,
+                "until": refetch.until,
+                "targets": refetch.targets.len(),
+                "granularities": refetch.granularities.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+                "data_type_ids": refetch.data_type_ids,
+                "spans_merged": spans,
+            }));
+            Ok(())
+        }
+        RangesCommand::List { status, limit } => {
+            let ranges = ranges::list(&pool, status, limit).await?;
+            print_json(&ranges);
+            Ok(())
+        }
+    }
+}
