@@ -164,7 +164,7 @@ impl Poller {
     /// rows stay pending for the next poll.
     pub async fn poll_once(&self) -> sqlx::Result<BatchReport> {
         let mut tx = self.pool.begin().await?;
-        let rows = inbox::claim_pending(&mut *tx, self.config.batch_size).await?;
+        let rows = inbox::claim_pending(&mut tx, self.config.batch_size).await?;
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(BatchReport::default());
@@ -189,7 +189,7 @@ impl Poller {
     async fn poll_row(&self, id: i64) -> sqlx::Result<BatchReport> {
         let mut tx = self.pool.begin().await?;
         inbox::bound_lock_waits(&mut *tx).await?;
-        let Some(row) = inbox::claim_one(&mut *tx, id).await? else {
+        let Some(row) = inbox::claim_one(&mut tx, id).await? else {
             return Ok(BatchReport::default());
         };
         let plan = plan(std::slice::from_ref(&row));
@@ -223,7 +223,7 @@ impl Poller {
             }
         };
         let mut tx = self.pool.begin().await?;
-        if inbox::claim_one(&mut *tx, id).await?.is_some() {
+        if inbox::claim_one(&mut tx, id).await?.is_some() {
             inbox::finish(&mut *tx, &[id], &["quarantined"], &[Some(reason)]).await?;
         }
         tx.commit().await?;
@@ -458,16 +458,17 @@ fn row_effects(row: &PendingRow) -> Result<(String, Effects), RowProblem> {
     }
 }
 
-/// Writes a plan. Every transaction takes its locks in the same phases (connections, inbox,
-/// range keys, values, then source names), each phase in sorted order, so concurrent pollers
-/// and consumers never wait on each other in a cycle. The range keys' advisory locks come late
+/// Writes a plan. Every transaction takes its locks in the same phases (connections, range
+/// keys, values, source names, then the inbox rows), each phase in sorted order, so
+/// concurrent pollers and consumers never wait on each other in a cycle. The inbox rows come
+/// last and in fingerprint order, as the receiver locks them: a receiver counting a duplicate
+/// of a row in this batch waits only for this commit, not for the batch. The range keys' advisory locks come late
 /// so another poller that needs one of the same keys waits only for the merge, the values and
 /// the commit. They also cover the epoch values' (user, source): an update may replace a
 /// stored value of another key, which no unique index serialises, so two pollers must not
 /// apply one user's values of one source at once.
 async fn apply(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Result<()> {
     sources::apply(&mut **tx, &plan.connections).await?;
-    inbox::finish(&mut **tx, &plan.ids, &plan.statuses, &plan.errors).await?;
     let keys = plan
         .spans
         .iter()
@@ -484,5 +485,6 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Result<
     values::apply_epoch(tx, &plan.epoch_values).await?;
     values::apply_daily(&mut **tx, &plan.daily_values).await?;
     values::apply_source_names(&mut **tx, &plan.source_names).await?;
+    inbox::finish(&mut **tx, &plan.ids, &plan.statuses, &plan.errors).await?;
     Ok(())
 }

@@ -371,22 +371,61 @@ const PENDING_COLUMNS: &str =
     coalesce(i.signed_at, i.first_received_at) AS version_at,
     CASE WHEN i.data_source_id IS NULL THEN i.payload END AS payload";
 
-/// Locks up to `limit` pending rows, oldest first, skipping rows another poller holds. The
-/// CTE is materialised so the LIMIT is applied once, before the join.
-pub async fn claim_pending(
-    executor: impl PgExecutor<'_>,
-    limit: i64,
-) -> sqlx::Result<Vec<PendingRow>> {
-    sqlx::query_as(&format!(
-        "WITH batch AS MATERIALIZED (
-             SELECT id FROM thryve.inbox WHERE status = 'pending'
-             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-         SELECT {PENDING_COLUMNS} FROM thryve.inbox i JOIN batch USING (id) ORDER BY i.id"
-    ))
-    .bind(limit)
-    .fetch_all(executor)
-    .await
+/// Claims up to `limit` pending rows, oldest first, skipping rows another poller holds, for
+/// the rest of the transaction.
+///
+/// A claim is an advisory lock on the row's id ([`CLAIM_LOCK`]), not a row lock: the
+/// receiver's upsert of a duplicate (Thryve sends a push twice ~80 ms apart, and retries)
+/// must not wait for the whole batch. With `FOR UPDATE SKIP LOCKED` it did, for the length
+/// of a poller batch (~400 ms), stalling the group commit the duplicate was in: ingest of
+/// the real mix with the poller on was 1.05k deliveries/s against 2.9k for the same mix
+/// without duplicates. Rows are locked only by [`finish`], as the transaction's last
+/// statement. The status is read again after the locks are taken (a second statement, so a
+/// fresh snapshot): a row another poller processed and committed meanwhile drops out.
+pub async fn claim_pending(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<PendingRow>> {
+    // A claim whose rows all turned out processed by another poller (locked between that
+    // poller's commit and this statement) is tried again: the next snapshot skips them.
+    for _ in 0..3 {
+        let rows = claim_some(&mut *conn, limit).await?;
+        if rows.as_ref().is_none_or(|rows| !rows.is_empty()) {
+            return Ok(rows.unwrap_or_default());
+        }
+    }
+    Ok(Vec::new())
 }
+
+/// One try of [`claim_pending`]: `None` when nothing pending was free.
+async fn claim_some(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Option<Vec<PendingRow>>> {
+    // The window is a few batches deep, so that several pollers each find a batch's worth
+    // that nobody holds; the try-lock runs on candidates in id order until `limit` are held.
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "WITH candidates AS MATERIALIZED (
+             SELECT id FROM thryve.inbox WHERE status = 'pending' ORDER BY id LIMIT $1 * 4)
+         SELECT id FROM candidates
+         WHERE pg_try_advisory_xact_lock(1952936569 + (id >> 31)::integer, (id & 2147483647)::integer)
+         LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    sqlx::query_as(&format!(
+        "SELECT {PENDING_COLUMNS} FROM thryve.inbox i
+         WHERE i.id = ANY ($1) AND i.status = 'pending' ORDER BY i.id"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map(Some)
+}
+
+/// The advisory lock that claims inbox row `id` for a poller's transaction, in the two-key
+/// form (a key space of its own, apart from the one-key range locks): `(CLAIM_LOCK + (id >>
+/// 31), id & (2^31 - 1))`, `CLAIM_LOCK` being "thry" in ASCII. Shown in `pg_locks` as
+/// `locktype = 'advisory'`, `classid`/`objid` those two numbers.
+pub const CLAIM_LOCK: i32 = 1_952_936_569;
 
 /// In the current transaction, makes any lock wait end (55P03) at half the statement timeout
 /// in force, so that a statement that fails waiting for a lock says so instead of ending in a
@@ -402,14 +441,23 @@ pub async fn bound_lock_waits(executor: impl PgExecutor<'_>) -> sqlx::Result<()>
     Ok(())
 }
 
-/// Locks one row if it is still pending and free.
-pub async fn claim_one(executor: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<PendingRow>> {
+/// Claims one row ([`claim_pending`]'s way) if it is still pending and free.
+pub async fn claim_one(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option<PendingRow>> {
+    let claimed: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(1952936569 + ($1::bigint >> 31)::integer,
+                                          ($1::bigint & 2147483647)::integer)",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !claimed {
+        return Ok(None);
+    }
     sqlx::query_as(&format!(
-        "SELECT {PENDING_COLUMNS} FROM thryve.inbox i
-         WHERE i.id = $1 AND i.status = 'pending' FOR UPDATE SKIP LOCKED"
+        "SELECT {PENDING_COLUMNS} FROM thryve.inbox i WHERE i.id = $1 AND i.status = 'pending'"
     ))
     .bind(id)
-    .fetch_optional(executor)
+    .fetch_optional(&mut *conn)
     .await
 }
 
@@ -423,11 +471,16 @@ pub async fn finish(
     if ids.is_empty() {
         return Ok(0);
     }
+    // Row locks in fingerprint order, the order the receiver's upsert takes them in, so
+    // that a poller finishing and a receiver counting a duplicate never wait on each other
+    // in a cycle (the claim itself locks no row: see [`claim_pending`]).
     let done = sqlx::query(
-        "UPDATE thryve.inbox i SET status = u.status, error = coalesce(u.error, i.error),
+        "WITH locked AS MATERIALIZED (
+             SELECT id FROM thryve.inbox WHERE id = ANY ($1) ORDER BY fingerprint FOR UPDATE)
+         UPDATE thryve.inbox i SET status = u.status, error = coalesce(u.error, i.error),
                 processed_at = CASE WHEN u.status = 'processed' THEN now() ELSE i.processed_at END
          FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, status, error)
-         WHERE i.id = u.id",
+         WHERE i.id = u.id AND i.id IN (SELECT id FROM locked)",
     )
     .bind(ids)
     .bind(statuses)

@@ -941,3 +941,40 @@ async fn a_legacy_source_update_makes_epoch_and_daily_ranges_and_daily_push_valu
     );
     assert_guarantees(&db.pool).await;
 }
+
+#[tokio::test]
+async fn a_duplicate_of_a_row_a_poller_holds_is_counted_without_waiting_for_its_batch() {
+    // Thryve sends each push twice ~80 ms apart: the second copy must not wait for the batch
+    // the first is in (a 500-row batch holds its transaction for hundreds of milliseconds).
+    let app = spawn_app_with(test_config()).await;
+    let body = epoch_notification("held", 1_763_973_390_000, 1_763_973_450_000, &[3000]);
+    let (status, first) = answer(app.post_json(&body).await).await;
+    assert_eq!((status, first["outcome"].as_str()), (200, Some("stored")));
+
+    // A poller's transaction that has claimed the row and not committed.
+    let mut held = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut held).await.unwrap();
+    let claimed = inbox::claim_pending(&mut held, 100).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+
+    // Acknowledged as a duplicate and counted while the claim is held (with a row lock as
+    // the claim, this waited past the ack deadline and got 503).
+    let (status, second) = answer(app.post_json(&body).await).await;
+    assert_eq!(
+        (status, second["outcome"].as_str(), &second["inbox_id"]),
+        (200, Some("duplicate"), &first["inbox_id"])
+    );
+    let count: i32 = sqlx::query_scalar("SELECT delivery_count FROM thryve.inbox")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+
+    // A second poller does not take the held row.
+    let other = poller(&app.db).poll_once().await.unwrap();
+    assert_eq!(other.rows, 0);
+    sqlx::query("ROLLBACK").execute(&mut held).await.unwrap();
+    assert_eq!(poller(&app.db).poll_once().await.unwrap().processed, 1);
+}
