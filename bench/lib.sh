@@ -15,6 +15,10 @@ OUT_DIR=bench/results
 mkdir -p "$OUT_DIR" "$WORK"
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
+# The default deployment's poller: POLL_CONCURRENCY batches of POLL_BATCH_SIZE rows at once.
+POLLERS="${POLLERS:-2}"
+POLL_BATCH="${POLL_BATCH:-100}"
+
 log() { printf '== %s\n' "$*" >&2; }
 db_url() { echo "${ADMIN_URL%/*}/$1"; }
 machine() {

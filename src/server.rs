@@ -52,7 +52,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     writers: Vec<JoinHandle<()>>,
-    poller: Option<Poller>,
+    /// The poller and how many of its batches run at once.
+    poller: Option<(Poller, usize)>,
     housekeeping: Option<Housekeeping>,
     fetcher: Option<Fetcher>,
     wake: watch::Receiver<u64>,
@@ -138,6 +139,7 @@ impl Application {
             )
             .with_metrics(metrics.clone())
         });
+        let poller = poller.map(|p| (p, config.poll_concurrency));
         let housekeeping = config.housekeeping_enabled.then(|| {
             Housekeeping::new(
                 pool.clone(),
@@ -169,6 +171,7 @@ impl Application {
             receiver = config.receiver_enabled,
             poller = config.poller_enabled,
             poll_batch_size = config.poll_batch_size,
+            poll_concurrency = config.poll_concurrency,
             poll_interval_ms = config.poll_interval_ms,
             poll_notify = config.poll_notify,
             housekeeping = config.housekeeping_enabled,
@@ -243,7 +246,14 @@ impl Application {
         let (spool_loader, spool_thread) = spool.unzip();
         let spool_loader =
             spool_loader.map(|l| tokio::spawn(l.run(wake.clone(), shutdown.clone())));
-        let poller = poller.map(|p| tokio::spawn(p.run(wake.clone(), shutdown.clone())));
+        // Batches of one process at once: while one waits on the database for its statements
+        // or its commit, another is parsing, so both of the database's cores work.
+        let pollers: Vec<_> = poller
+            .map(|(p, n)| vec![p; n])
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| tokio::spawn(p.run(wake.clone(), shutdown.clone())))
+            .collect();
         let housekeeping = housekeeping.map(|h| tokio::spawn(h.run(shutdown.clone())));
         let fetcher = fetcher.map(|f| tokio::spawn(f.run(shutdown.clone())));
         let notifier = notify.map(|pool| tokio::spawn(notify_loop(pool, wake, shutdown.clone())));
@@ -260,7 +270,7 @@ impl Application {
             for writer in writers {
                 let _ = writer.await;
             }
-            for task in poller
+            for task in pollers
                 .into_iter()
                 .chain(housekeeping)
                 .chain(fetcher)

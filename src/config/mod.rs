@@ -155,8 +155,12 @@ pub struct ServeConfig {
     pub poller_enabled: bool,
 
     /// Most inbox rows the poller handles per transaction.
-    #[arg(long, env = "POLL_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "POLL_BATCH_SIZE", default_value_t = 100)]
     pub poll_batch_size: i64,
+
+    /// Batches the poller runs at once in this process (each a transaction of its own).
+    #[arg(long, env = "POLL_CONCURRENCY", default_value_t = 2)]
+    pub poll_concurrency: usize,
 
     /// Longest pause between polls when nothing wakes the poller, in ms.
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 1000)]
@@ -247,7 +251,12 @@ impl ServeConfig {
         require(
             self.poll_batch_size >= 1,
             "POLL_BATCH_SIZE",
-            "must be at least 1 (default 500)",
+            "must be at least 1 (default 100)",
+        )?;
+        require(
+            self.poll_concurrency >= 1,
+            "POLL_CONCURRENCY",
+            "must be at least 1 (default 2)",
         )?;
         require(
             self.ingest_batch_max >= 1 && self.ingest_writers >= 1,

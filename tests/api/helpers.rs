@@ -122,6 +122,7 @@ pub fn test_config() -> ServeConfig {
         receiver_enabled: true,
         poller_enabled: false,
         poll_batch_size: 500,
+        poll_concurrency: 1,
         poll_interval_ms: 1000,
         poll_notify: true,
         tls_cert_path: None,

@@ -306,6 +306,7 @@ fn bad_housekeeping_settings_name_their_variable() {
         ("HOUSEKEEPING_BATCH", &["housekeeping", "run"][..]),
         ("HOUSEKEEPING_BATCH", &["serve"][..]),
         ("HOUSEKEEPING_INTERVAL_SECS", &["serve"][..]),
+        ("POLL_CONCURRENCY", &["serve"][..]),
     ] {
         let out = bridge(
             &url,
