@@ -978,3 +978,37 @@ async fn a_duplicate_of_a_row_a_poller_holds_is_counted_without_waiting_for_its_
     sqlx::query("ROLLBACK").execute(&mut held).await.unwrap();
     assert_eq!(poller(&app.db).poll_once().await.unwrap().processed, 1);
 }
+
+#[tokio::test]
+async fn a_poller_does_not_take_rows_of_a_user_another_poller_holds() {
+    // Pollers work on disjoint users, so none waits on another's range locks for a batch.
+    let db = TestDb::new().await;
+    store(
+        &db,
+        &[
+            epoch_notification("held", 1_763_973_390_000, 1_763_973_450_000, &[3000]),
+            epoch_notification("free", 1_763_973_390_000, 1_763_973_450_000, &[3000]),
+            epoch_notification("held", 1_763_983_390_000, 1_763_983_450_000, &[3001]),
+        ],
+    )
+    .await;
+    let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    let claimed = inbox::claim_pending(&mut other, 1).await.unwrap();
+    assert_eq!(claimed[0].end_user_id.as_deref(), Some("held"));
+
+    let report = poller(&db).poll_once().await.unwrap();
+    assert_eq!((report.rows, report.processed), (1, 1));
+    let pending: Vec<String> = sqlx::query_scalar(
+        "SELECT end_user_id FROM thryve.inbox WHERE status = 'pending' ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(pending, ["held", "held"]);
+
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    assert_eq!(poller(&db).poll_once().await.unwrap().processed, 2);
+}
