@@ -137,63 +137,129 @@ pub async fn apply_epoch(
         // In key order, as the index is written: sorted here rather than by the database,
         // whose core is the scarcer one.
         round.sort_unstable_by(|a, b| epoch_key(a).cmp(&epoch_key(b)));
-        let done = sqlx::query(
-            "WITH v AS (
-                 SELECT *, coalesce(et, st) AS ek
-                 FROM unnest($1::text[], $2::integer[], $3::integer[], $4::integer[], $5::text[],
-                             $6::text[], $7::bigint[], $8::timestamptz[], $9::timestamptz[],
-                             $10::timestamptz[], $11::boolean[])
-                      AS v(u, ds, dt, tz, value, num, inbox_id, version_at, st, et, moves)),
-             -- The stored value an update would replace: the same key, or where its end matches
-             -- none, the value of its start with the latest end. A create replaces only its
-             -- own key, which the conflict clause below finds: it looks for nothing here (the
-             -- filter on v.moves runs once per value, before the index is read).
-             target AS (
-                 SELECT v.*, t.end_key AS t_end, t.version_at AS t_version, t.inbox_id AS t_inbox
-                 FROM v LEFT JOIN LATERAL (
-                     SELECT e.end_key, e.version_at, e.inbox_id FROM thryve.epoch_values e
-                     WHERE v.moves AND e.end_user_id = v.u AND e.data_source_id = v.ds
-                       AND e.data_type_id = v.dt AND e.start_time = v.st
-                     ORDER BY e.end_key = v.ek DESC, e.end_key DESC
-                     LIMIT 1) t ON true),
-             winners AS (
-                 SELECT * FROM target
-                 WHERE t_end IS NULL OR (version_at, inbox_id) > (t_version, t_inbox)),
-             moved AS (
-                 DELETE FROM thryve.epoch_values e USING winners w
-                 WHERE w.t_end <> w.ek AND e.end_user_id = w.u AND e.data_source_id = w.ds
-                   AND e.data_type_id = w.dt AND e.start_time = w.st AND e.end_key = w.t_end)
-             INSERT INTO thryve.epoch_values AS t (end_user_id, data_source_id, data_type_id,
-                 start_time, end_time, timezone_offset, value, value_numeric, inbox_id, version_at)
-             SELECT v.u, v.ds, v.dt, v.st, v.et, v.tz, v.value, v.num::numeric, v.inbox_id,
-                    v.version_at
-             FROM winners v
-             ON CONFLICT (end_user_id, data_source_id, data_type_id, start_time, end_key) DO UPDATE SET
-                 end_time = EXCLUDED.end_time, timezone_offset = EXCLUDED.timezone_offset,
-                 value = EXCLUDED.value, value_numeric = EXCLUDED.value_numeric,
-                 inbox_id = EXCLUDED.inbox_id, version_at = EXCLUDED.version_at, updated_at = now()
-             WHERE (EXCLUDED.version_at, EXCLUDED.inbox_id) > (t.version_at, t.inbox_id)
-               -- The same data again (a re-fetch of what a push stored) rewrites nothing.
-               AND (t.value, t.end_time, t.timezone_offset)
-                   IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.end_time, EXCLUDED.timezone_offset)",
-        )
-        .bind(round.iter().map(|v| v.end_user_id.as_str()).collect::<Vec<_>>())
-        .bind(round.iter().map(|v| v.value.data_source_id).collect::<Vec<_>>())
-        .bind(round.iter().map(|v| v.value.data_type_id).collect::<Vec<_>>())
-        .bind(round.iter().map(|v| v.value.timezone_offset).collect::<Vec<_>>())
-        .bind(round.iter().map(|v| v.value.value.as_str()).collect::<Vec<_>>())
-        .bind(round.iter().map(|v| numeric_text(&v.value.value)).collect::<Vec<_>>())
-        .bind(round.iter().map(|v| v.inbox_id).collect::<Vec<_>>())
-        .bind(round.iter().map(|v| v.version_at).collect::<Vec<_>>())
-        .bind(round.iter().map(|v| v.value.start).collect::<Vec<_>>())
-        .bind(round.iter().map(|v| v.value.end).collect::<Vec<_>>())
-        .bind(round.iter().map(|v| v.update).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-        written += done.rows_affected();
+        // A round holds one value per start, so its creates and its updates touch disjoint
+        // starts and may go in two statements: a create replaces only its own key, which the
+        // conflict clause finds, and needs none of an update's lookup.
+        let (updates, creates): (Vec<_>, Vec<_>) = round.into_iter().partition(|v| v.update);
+        if !creates.is_empty() {
+            written += bind_epoch(sqlx::query(CREATE_EPOCH), &creates)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+        }
+        if !updates.is_empty() {
+            written += bind_epoch(sqlx::query(UPDATE_EPOCH), &updates)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+        }
     }
     Ok(written)
 }
+
+/// Binds `$1`..`$10` of [`CREATE_EPOCH`] and [`UPDATE_EPOCH`].
+fn bind_epoch<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    values: &[&'q Versioned<EpochValue>],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(
+            values
+                .iter()
+                .map(|v| v.end_user_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            values
+                .iter()
+                .map(|v| v.value.data_source_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            values
+                .iter()
+                .map(|v| v.value.data_type_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            values
+                .iter()
+                .map(|v| v.value.timezone_offset)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            values
+                .iter()
+                .map(|v| v.value.value.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            values
+                .iter()
+                .map(|v| numeric_text(&v.value.value))
+                .collect::<Vec<_>>(),
+        )
+        .bind(values.iter().map(|v| v.inbox_id).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.version_at).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.value.start).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.value.end).collect::<Vec<_>>())
+}
+
+/// Epoch values from `create` pushes (and fetches): each is written over the stored value of
+/// its own key when it is newer and says something else.
+const CREATE_EPOCH: &str = "
+    INSERT INTO thryve.epoch_values AS t (end_user_id, data_source_id, data_type_id,
+        start_time, end_time, timezone_offset, value, value_numeric, inbox_id, version_at)
+    SELECT v.u, v.ds, v.dt, v.st, v.et, v.tz, v.value, v.num::numeric, v.inbox_id, v.version_at
+    FROM unnest($1::text[], $2::integer[], $3::integer[], $4::integer[], $5::text[],
+                $6::text[], $7::bigint[], $8::timestamptz[], $9::timestamptz[],
+                $10::timestamptz[])
+         AS v(u, ds, dt, tz, value, num, inbox_id, version_at, st, et)
+    ON CONFLICT (end_user_id, data_source_id, data_type_id, start_time, end_key) DO UPDATE SET
+        end_time = EXCLUDED.end_time, timezone_offset = EXCLUDED.timezone_offset,
+        value = EXCLUDED.value, value_numeric = EXCLUDED.value_numeric,
+        inbox_id = EXCLUDED.inbox_id, version_at = EXCLUDED.version_at, updated_at = now()
+    WHERE (EXCLUDED.version_at, EXCLUDED.inbox_id) > (t.version_at, t.inbox_id)
+      -- The same data again (a re-fetch of what a push stored) rewrites nothing.
+      AND (t.value, t.end_time, t.timezone_offset)
+          IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.end_time, EXCLUDED.timezone_offset)";
+
+/// Epoch values from `update` pushes: each replaces the stored value of its key, or where its
+/// end matches none, the value of its start with the latest end (deleted, the update written
+/// at its own key), when it is newer.
+const UPDATE_EPOCH: &str = "
+    WITH v AS (
+        SELECT *, coalesce(et, st) AS ek
+        FROM unnest($1::text[], $2::integer[], $3::integer[], $4::integer[], $5::text[],
+                    $6::text[], $7::bigint[], $8::timestamptz[], $9::timestamptz[],
+                    $10::timestamptz[])
+             AS v(u, ds, dt, tz, value, num, inbox_id, version_at, st, et)),
+    target AS (
+        SELECT v.*, t.end_key AS t_end, t.version_at AS t_version, t.inbox_id AS t_inbox
+        FROM v LEFT JOIN LATERAL (
+            SELECT e.end_key, e.version_at, e.inbox_id FROM thryve.epoch_values e
+            WHERE e.end_user_id = v.u AND e.data_source_id = v.ds
+              AND e.data_type_id = v.dt AND e.start_time = v.st
+            ORDER BY e.end_key = v.ek DESC, e.end_key DESC
+            LIMIT 1) t ON true),
+    winners AS (
+        SELECT * FROM target
+        WHERE t_end IS NULL OR (version_at, inbox_id) > (t_version, t_inbox)),
+    moved AS (
+        DELETE FROM thryve.epoch_values e USING winners w
+        WHERE w.t_end <> w.ek AND e.end_user_id = w.u AND e.data_source_id = w.ds
+          AND e.data_type_id = w.dt AND e.start_time = w.st AND e.end_key = w.t_end)
+    INSERT INTO thryve.epoch_values AS t (end_user_id, data_source_id, data_type_id,
+        start_time, end_time, timezone_offset, value, value_numeric, inbox_id, version_at)
+    SELECT v.u, v.ds, v.dt, v.st, v.et, v.tz, v.value, v.num::numeric, v.inbox_id, v.version_at
+    FROM winners v
+    ON CONFLICT (end_user_id, data_source_id, data_type_id, start_time, end_key) DO UPDATE SET
+        end_time = EXCLUDED.end_time, timezone_offset = EXCLUDED.timezone_offset,
+        value = EXCLUDED.value, value_numeric = EXCLUDED.value_numeric,
+        inbox_id = EXCLUDED.inbox_id, version_at = EXCLUDED.version_at, updated_at = now()
+    WHERE (EXCLUDED.version_at, EXCLUDED.inbox_id) > (t.version_at, t.inbox_id)
+      AND (t.value, t.end_time, t.timezone_offset)
+          IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.end_time, EXCLUDED.timezone_offset)";
 
 /// Upserts daily values, keyed (user, source, type, day), the newest version winning.
 pub async fn apply_daily(
