@@ -26,6 +26,18 @@ pub fn poller(db: &TestDb) -> Poller {
     )
 }
 
+/// A poller's transaction on a connection of its own that has claimed up to `limit` rows and
+/// not committed: the claim lasts until the caller ends the transaction or drops the
+/// connection.
+pub async fn open_claim(db: &TestDb, limit: i64) -> (sqlx::PgConnection, Vec<inbox::PendingRow>) {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+    let claimed = inbox::claim_pending(&mut conn, limit).await.unwrap();
+    (conn, claimed)
+}
+
 /// Stores bodies as the receiver would, without HTTP (the receiver has its own tests).
 pub async fn store(db: &TestDb, bodies: &[Value]) -> Vec<i64> {
     let deliveries: Vec<NewDelivery> = bodies
@@ -699,12 +711,8 @@ async fn a_poller_that_dies_mid_batch_leaves_its_rows_pending_for_the_next() {
         ],
     )
     .await;
-    // A poller's transaction: rows locked, ranges written, then its connection dies.
-    let mut doomed = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url())
-        .await
-        .unwrap();
-    sqlx::query("BEGIN").execute(&mut doomed).await.unwrap();
-    let claimed = inbox::claim_pending(&mut doomed, 100).await.unwrap();
+    // A poller's transaction: rows claimed, ranges written, then its connection dies.
+    let (mut doomed, claimed) = open_claim(&db, 100).await;
     assert_eq!(claimed.len(), 2);
     sqlx::query(
         "SELECT thryve.merge_dirty_range('crash', 8, 'epoch', '{1}', now(), now(), NULL, NULL)",
@@ -723,7 +731,7 @@ async fn a_poller_that_dies_mid_batch_leaves_its_rows_pending_for_the_next() {
         .await
         .unwrap();
     drop(doomed);
-    // pg_terminate_backend only signals: until the backend has aborted, its rows stay locked
+    // pg_terminate_backend only signals: until the backend has aborted, its rows stay claimed
     // and a poller skips them. Its locks going is the event to wait for.
     loop {
         let gone: bool =
@@ -952,11 +960,7 @@ async fn a_duplicate_of_a_row_a_poller_holds_is_counted_without_waiting_for_its_
     assert_eq!((status, first["outcome"].as_str()), (200, Some("stored")));
 
     // A poller's transaction that has claimed the row and not committed.
-    let mut held = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url())
-        .await
-        .unwrap();
-    sqlx::query("BEGIN").execute(&mut held).await.unwrap();
-    let claimed = inbox::claim_pending(&mut held, 100).await.unwrap();
+    let (mut held, claimed) = open_claim(&app.db, 100).await;
     assert_eq!(claimed.len(), 1);
 
     // Acknowledged as a duplicate and counted while the claim is held (with a row lock as
@@ -992,11 +996,7 @@ async fn a_poller_does_not_take_rows_of_a_user_another_poller_holds() {
         ],
     )
     .await;
-    let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url())
-        .await
-        .unwrap();
-    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
-    let claimed = inbox::claim_pending(&mut other, 1).await.unwrap();
+    let (mut other, claimed) = open_claim(&db, 1).await;
     assert_eq!(claimed[0].end_user_id.as_deref(), Some("held"));
 
     let report = poller(&db).poll_once().await.unwrap();
