@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     db::{self, Failure, Phase},
-    inbox::{self, PendingRow},
+    inbox::{self, PendingRow, Status},
     metrics::Metrics,
     ranges::{self, Granularity, MergedSpan},
     sources,
@@ -224,7 +224,7 @@ impl Poller {
         };
         let mut tx = self.pool.begin().await?;
         if inbox::claim_one(&mut tx, id).await?.is_some() {
-            inbox::finish(&mut *tx, &[id], &["quarantined"], &[Some(reason)]).await?;
+            inbox::finish(&mut *tx, &[id], &[Status::Quarantined], &[Some(reason)]).await?;
         }
         tx.commit().await?;
         Ok(BatchReport {
@@ -301,18 +301,18 @@ struct Plan {
     daily_values: Vec<Versioned<DailyValue>>,
     source_names: Vec<(i32, String, i64)>,
     ids: Vec<i64>,
-    statuses: Vec<&'static str>,
+    statuses: Vec<Status>,
     errors: Vec<Option<String>>,
 }
 
 impl Plan {
     fn report(&self, rows: usize) -> BatchReport {
-        let count = |s: &str| self.statuses.iter().filter(|x| **x == s).count();
+        let count = |s: Status| self.statuses.iter().filter(|x| **x == s).count();
         BatchReport {
             rows,
-            processed: count("processed"),
-            quarantined: count("quarantined"),
-            ignored: count("ignored"),
+            processed: count(Status::Processed),
+            quarantined: count(Status::Quarantined),
+            ignored: count(Status::Ignored),
             spans_merged: self.spans.len(),
         }
     }
@@ -328,17 +328,17 @@ fn plan(rows: &[PendingRow]) -> Plan {
         let (user, effects) = match row_effects(row) {
             Ok(found) => found,
             Err(RowProblem::Invalid(reason)) => {
-                plan.statuses.push("quarantined");
+                plan.statuses.push(Status::Quarantined);
                 plan.errors.push(Some(reason));
                 continue;
             }
             Err(RowProblem::Unknown) => {
-                plan.statuses.push("ignored");
+                plan.statuses.push(Status::Ignored);
                 plan.errors.push(None);
                 continue;
             }
         };
-        plan.statuses.push("processed");
+        plan.statuses.push(Status::Processed);
         plan.errors.push(None);
         spans.extend(effects.spans.into_iter().map(|s| (user.clone(), s, true)));
         spans.extend(

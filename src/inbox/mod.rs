@@ -476,7 +476,7 @@ pub async fn claim_one(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option<
 pub async fn finish(
     executor: impl PgExecutor<'_>,
     ids: &[i64],
-    statuses: &[&str],
+    statuses: &[Status],
     errors: &[Option<String>],
 ) -> sqlx::Result<u64> {
     if ids.is_empty() {
