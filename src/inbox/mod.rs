@@ -406,13 +406,15 @@ async fn claim_some(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Option<
              SELECT id, end_user_id FROM thryve.inbox WHERE status = 'pending'
              ORDER BY id LIMIT $1 * 4)
          SELECT id FROM candidates
-         WHERE CASE WHEN pg_try_advisory_xact_lock(1952936568, hashtext(coalesce(end_user_id, '')))
-                    THEN pg_try_advisory_xact_lock(1952936569 + (id >> 31)::integer,
+         WHERE CASE WHEN pg_try_advisory_xact_lock($2, hashtext(coalesce(end_user_id, '')))
+                    THEN pg_try_advisory_xact_lock($3 + (id >> 31)::integer,
                                                    (id & 2147483647)::integer)
                     ELSE false END
          LIMIT $1",
     )
     .bind(limit)
+    .bind(USER_CLAIM_LOCK)
+    .bind(CLAIM_LOCK)
     .fetch_all(&mut *conn)
     .await?;
     if ids.is_empty() {
@@ -455,10 +457,11 @@ pub async fn bound_lock_waits(executor: impl PgExecutor<'_>) -> sqlx::Result<()>
 /// Claims one row ([`claim_pending`]'s way) if it is still pending and free.
 pub async fn claim_one(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option<PendingRow>> {
     let claimed: bool = sqlx::query_scalar(
-        "SELECT pg_try_advisory_xact_lock(1952936569 + ($1::bigint >> 31)::integer,
+        "SELECT pg_try_advisory_xact_lock($2 + ($1::bigint >> 31)::integer,
                                           ($1::bigint & 2147483647)::integer)",
     )
     .bind(id)
+    .bind(CLAIM_LOCK)
     .fetch_one(&mut *conn)
     .await?;
     if !claimed {
