@@ -462,11 +462,12 @@ fn row_effects(row: &PendingRow) -> Result<(String, Effects), RowProblem> {
 /// keys, values, source names, then the inbox rows), each phase in sorted order, so
 /// concurrent pollers and consumers never wait on each other in a cycle. The inbox rows come
 /// last and in fingerprint order, as the receiver locks them: a receiver counting a duplicate
-/// of a row in this batch waits only for this commit, not for the batch. The range keys' advisory locks come late
-/// so another poller that needs one of the same keys waits only for the merge, the values and
-/// the commit. They also cover the epoch values' (user, source): an update may replace a
-/// stored value of another key, which no unique index serialises, so two pollers must not
-/// apply one user's values of one source at once.
+/// of a row in this batch waits only for this commit, not for the batch. The range keys'
+/// advisory locks come late so another poller that needs one of the same keys waits only for
+/// the merge, the values and the commit (pollers claim disjoint users, so that is rare). They
+/// also cover the epoch values' (user, source): an update may replace a stored value of
+/// another key, which no unique index serialises, so two pollers must not apply one user's
+/// values of one source at once.
 async fn apply(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Result<()> {
     sources::apply(&mut **tx, &plan.connections).await?;
     let keys = plan
