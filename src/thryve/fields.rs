@@ -48,23 +48,12 @@ pub(super) fn instant(
                 format!("{} is not an ISO 8601 / RFC 3339 timestamp", short_str(s)),
             )),
         },
-        (_, Some(Form::Unix)) => Err(ParseError::new(
+        _ => Err(wrong_kind(
+            value,
             field,
-            format!(
-                "timestampType is unix: expected integer milliseconds, got {}",
-                json_kind(value)
-            ),
-        )),
-        (_, Some(Form::Iso)) => Err(ParseError::new(
-            field,
-            format!(
-                "timestampType is iso: expected a timestamp string, got {}",
-                json_kind(value)
-            ),
-        )),
-        (_, None) => Err(ParseError::new(
-            field,
-            format!("expected a timestamp, got {}", json_kind(value)),
+            form,
+            "a timestamp string",
+            "a timestamp",
         )),
     }
 }
@@ -89,25 +78,31 @@ pub(super) fn day(
             in_range(date.and_time(chrono::NaiveTime::MIN).and_utc(), field)?;
             Ok(date)
         }
-        (_, Some(Form::Unix)) => Err(ParseError::new(
+        _ => Err(wrong_kind(
+            value,
             field,
-            format!(
-                "timestampType is unix: expected integer milliseconds, got {}",
-                json_kind(value)
-            ),
-        )),
-        (_, Some(Form::Iso)) => Err(ParseError::new(
-            field,
-            format!(
-                "timestampType is iso: expected a YYYY-MM-DD string, got {}",
-                json_kind(value)
-            ),
-        )),
-        (_, None) => Err(ParseError::new(
-            field,
-            format!("expected a day, got {}", json_kind(value)),
+            form,
+            "a YYYY-MM-DD string",
+            "a day",
         )),
     }
+}
+
+/// A time field of the wrong JSON kind: what `form` asks for (`iso_wants` under `iso`),
+/// or `what` where the body names no form.
+fn wrong_kind(
+    value: &Value,
+    field: &str,
+    form: Option<Form>,
+    iso_wants: &str,
+    what: &str,
+) -> ParseError {
+    let expected = match form {
+        Some(Form::Unix) => "timestampType is unix: expected integer milliseconds".to_owned(),
+        Some(Form::Iso) => format!("timestampType is iso: expected {iso_wants}"),
+        None => format!("expected {what}"),
+    };
+    ParseError::new(field, format!("{expected}, got {}", json_kind(value)))
 }
 
 fn from_millis(value: &Value, field: &str) -> Result<DateTime<Utc>, ParseError> {
@@ -345,5 +340,42 @@ fn cut(text: &str) -> String {
         text.to_owned()
     } else {
         format!("{}...", &text[..text.floor_char_boundary(64)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_time_field_of_the_wrong_kind_says_what_its_form_wants() {
+        let problem = |e: ParseError| e.problem;
+        let wrong = json!(true);
+        let cases = [
+            (
+                Some(Form::Unix),
+                "timestampType is unix: expected integer milliseconds, got a boolean",
+                "timestampType is unix: expected integer milliseconds, got a boolean",
+            ),
+            (
+                Some(Form::Iso),
+                "timestampType is iso: expected a timestamp string, got a boolean",
+                "timestampType is iso: expected a YYYY-MM-DD string, got a boolean",
+            ),
+            (
+                None,
+                "expected a timestamp, got a boolean",
+                "expected a day, got a boolean",
+            ),
+        ];
+        for (form, as_instant, as_day) in cases {
+            assert_eq!(
+                problem(instant(Some(&wrong), "f", form).unwrap_err()),
+                as_instant
+            );
+            assert_eq!(problem(day(Some(&wrong), "f", form).unwrap_err()), as_day);
+        }
     }
 }
