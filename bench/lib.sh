@@ -126,23 +126,18 @@ ON CONFLICT (fingerprint) DO UPDATE SET delivery_count = thryve.inbox.delivery_c
 SQL
 }
 
-# (A) one mix row per INSERT ... ON CONFLICT and transaction: rows/s.
-anchor_a() { # DB (fresh) -> rows/s
+# ROWS mix rows per INSERT ... ON CONFLICT and transaction, into a fresh DB: rows/s.
+mix_anchor() { # DB ROWS -> rows/s
     local count
     count=$(load_mix_rows "$1")
     checkpoint
-    mix_insert_sql 1 "$count" > "$WORK/insert-mix.sql"
-    pgbench_tps "$1" "$CONNECTIONS" "$WORK/insert-mix.sql"
+    mix_insert_sql "$2" "$count" > "$WORK/insert-mix-$2.sql"
+    jq -n "$(pgbench_tps "$1" "$CONNECTIONS" "$WORK/insert-mix-$2.sql") * $2"
 }
 
-# (B) 128 mix rows per statement (the receiver's largest group commit): rows/s.
-anchor_b() { # DB (fresh) -> rows/s
-    local count
-    count=$(load_mix_rows "$1")
-    checkpoint
-    mix_insert_sql 128 "$count" > "$WORK/insert128-mix.sql"
-    jq -n "$(pgbench_tps "$1" "$CONNECTIONS" "$WORK/insert128-mix.sql") * 128"
-}
+# (A) one mix row per statement; (B) 128 (the receiver's largest group commit).
+anchor_a() { mix_anchor "$1" 1; }
+anchor_b() { mix_anchor "$1" 128; }
 
 # (A0) the first anchors, kept for comparison with earlier results: a notification row
 # (~300 bytes) per INSERT ... ON CONFLICT and transaction.
