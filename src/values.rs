@@ -344,7 +344,7 @@ pub async fn apply_source_names(
 
 /// The ordering version of values fetched from Thryve's data API now: the inbox's high-water
 /// mark, read before the call. It stands for the time of the fetch in the inbox-id ordering
-/// ([`upsert_sql`]): every push stored before the call is older than the fetch's answer (so
+/// (the tie-break of the module's version rule): every push stored before the call is older than the fetch's answer (so
 /// the answer replaces it), every push stored after it is newer (so it wins).
 pub async fn fetch_version(executor: impl PgExecutor<'_>) -> sqlx::Result<i64> {
     sqlx::query_scalar(

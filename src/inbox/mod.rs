@@ -487,7 +487,8 @@ pub async fn finish(
     }
     // Row locks in fingerprint order, the order the receiver's upsert takes them in, so
     // that a poller finishing and a receiver counting a duplicate never wait on each other
-    // in a cycle (the claim itself locks no row: see [`claim_pending`]).
+    // in a cycle (the claim itself locks no row: see [`claim_pending`]). The UPDATE names
+    // `locked` so that it runs: a CTE no one reads is never executed.
     let done = sqlx::query(
         "WITH locked AS MATERIALIZED (
              SELECT id FROM thryve.inbox WHERE id = ANY ($1) ORDER BY fingerprint FOR UPDATE)
