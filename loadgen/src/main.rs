@@ -85,8 +85,7 @@ async fn main() -> ExitCode {
         let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL: not set".to_owned())?;
         let options =
             thryve_bridge::db::connect_options(&url).map_err(|e| format!("DATABASE_URL: {e}"))?;
-        sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
+        thryve_bridge::db::pool_options(8)
             .connect_with(options)
             .await
             .map_err(|e| format!("DATABASE_URL: {e}"))
