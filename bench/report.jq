@@ -10,6 +10,7 @@ def ok(c): if c then "met" else "MISSED" end;
 "ingest (poller on)      \(.ingest.rate_per_s | n) deliveries/s = \(.ratios.ingest_over_a | f)x (A) [>= 2.0: \(ok(.ratios.ingest_over_a >= 2))], \(.ratios.ingest_over_b | f)x (B) [>= 0.4: \(ok(.ratios.ingest_over_b >= 0.4))]; \(.ratios.ingest_over_a0 // 0 | f)x (A0), \(.ratios.ingest_over_b0 // 0 | f)x (B0)",
 "                        ack p50 \(.ingest.p50_ms) ms, p99 \(.ingest.p99_ms) ms, max \(.ingest.max_ms) ms; \(.ingest.values_per_s | n) values/s offered; statuses \(.ingest.statuses | tostring)",
 "drain (\(.drain.pollers) x \(.drain.batch_size) rows)  \(.drain.rows_per_s | n) inbox rows/s = \(.ratios.drain_over_ingest | f)x peak ingest [>= 1.5: \(ok(.ratios.drain_over_ingest >= 1.5))] (\(.drain.rows) rows)",
+"                        = \(.ratios.drain_over_ingest_rows // 0 | f)x the inbox rows the peak made (\(.ingest.rows_per_s // 0 | n)/s: twins and retries make none)",
 "values written          \(.drain.values_per_s | n) values/s = \(.ratios.values_over_c | f)x (C) [>= 0.5: \(ok(.ratios.values_over_c >= 0.5))] (\(.drain.values) values)",
 "half peak, poller on    \(.half_peak.rate_per_s | n)/s; ack p99 \(.half_peak.p99_ms) ms [< 25: \(ok(.half_peak.p99_ms < 25))]; lag p50 \(.half_peak.lag_p50_ms) ms, p99 \(.half_peak.lag_p99_ms) ms [< 250: \(ok((.half_peak.lag_p99_ms // 1e9) < 250))]",
 "    verification        \(.half_peak.verification | tostring)",
