@@ -286,6 +286,63 @@ async fn database_connections_killed_twice_under_load_lose_no_acknowledged_deliv
     assert_guarantees(&app.db.pool).await;
 }
 
+/// Pooled connections are pinged only after they sat idle (`db::PING_AFTER_IDLE`), not before
+/// every write. A connection the server ended while it was in steady use therefore fails the
+/// next write: answered as an outage (503, resend), never as stored, at most once per
+/// connection ended, and the resend is stored once. One that sat idle past the threshold is
+/// pinged and replaced before use: the delivery after a quiet spell is stored at once.
+#[tokio::test]
+async fn a_connection_ended_by_the_server_costs_at_most_an_honest_503_and_an_idle_one_nothing() {
+    let app = spawn_app_with(test_config()).await;
+    let mut killer = PgConnection::connect(&app.db.url()).await.unwrap();
+    let delivery = |n: i64| epoch_notification("ended-connections", n, n + 60_000, &[1]);
+
+    // In steady use: a delivery, the server ends every connection, at once the next one.
+    let (status, _) = answer(app.post_json(&delivery(0)).await).await;
+    assert_eq!(status, 200);
+    let ended = terminate_backends(&mut killer).await;
+    assert!(ended > 0, "the bridge's connections were ended");
+    let body = delivery(1);
+    let mut refused = 0;
+    let ack = loop {
+        let (status, ack) = answer(app.post_json(&body).await).await;
+        if status == 200 {
+            break ack;
+        }
+        assert_eq!(status, 503, "{ack}");
+        assert!(
+            ack["error"].as_str().is_some_and(|e| e.contains("resend")),
+            "{ack}"
+        );
+        refused += 1;
+        assert!(
+            refused <= ended,
+            "{refused} refusals for {ended} connections ended"
+        );
+    };
+    assert_eq!(ack["outcome"], "stored", "{ack}");
+
+    // Idle past the threshold: the dead connection is found by the ping, not by the write.
+    let (status, _) = answer(app.post_json(&delivery(2)).await).await;
+    assert_eq!(status, 200);
+    assert!(terminate_backends(&mut killer).await > 0);
+    // The precondition is time itself: the pool's connections must have sat idle this long.
+    tokio::time::sleep(db::PING_AFTER_IDLE + Duration::from_millis(200)).await;
+    let (status, ack) = answer(app.post_json(&delivery(3)).await).await;
+    assert_eq!(
+        (status, ack["outcome"].as_str()),
+        (200, Some("stored")),
+        "{ack}"
+    );
+
+    let rows = count(
+        &mut killer,
+        "SELECT count(*) FROM thryve.inbox WHERE end_user_id = 'ended-connections'",
+    )
+    .await;
+    assert_eq!(rows, 4, "each delivery stored once");
+}
+
 /// Fills the inbox with `rows` distinct pending deliveries of the load generator's mix,
 /// through the data layer.
 async fn fill(pool: &PgPool, rows: usize) {
