@@ -365,24 +365,18 @@ fn plan(rows: &[PendingRow]) -> Plan {
             .event_type
             .as_deref()
             .is_some_and(|t| t.ends_with(".update"));
-        let versioned = |value| Versioned {
-            end_user_id: user.clone(),
-            inbox_id: row.id,
-            version_at: row.version_at,
-            update,
-            value,
-        };
-        plan.epoch_values
-            .extend(effects.epoch_values.into_iter().map(versioned));
-        let versioned = |value| Versioned {
-            end_user_id: user.clone(),
-            inbox_id: row.id,
-            version_at: row.version_at,
-            update,
-            value,
-        };
-        plan.daily_values
-            .extend(effects.daily_values.into_iter().map(versioned));
+        plan.epoch_values.extend(
+            effects
+                .epoch_values
+                .into_iter()
+                .map(|v| versioned(&user, row, update, v)),
+        );
+        plan.daily_values.extend(
+            effects
+                .daily_values
+                .into_iter()
+                .map(|v| versioned(&user, row, update, v)),
+        );
     }
     plan.spans = ranges::coalesce_marked(spans);
     plan.connections = connections
@@ -394,6 +388,17 @@ fn plan(rows: &[PendingRow]) -> Plan {
         .map(|(id, (name, inbox_id))| (id, name, inbox_id))
         .collect();
     plan
+}
+
+/// A value of `row`'s, with what orders it against other versions of its key.
+fn versioned<V>(user: &str, row: &PendingRow, update: bool, value: V) -> Versioned<V> {
+    Versioned {
+        end_user_id: user.to_owned(),
+        inbox_id: row.id,
+        version_at: row.version_at,
+        update,
+        value,
+    }
 }
 
 enum RowProblem {

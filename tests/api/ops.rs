@@ -280,7 +280,7 @@ async fn housekeeping_run_through_the_binary_prints_what_it_did() {
 }
 
 #[test]
-fn bad_housekeeping_settings_name_their_variable() {
+fn bad_housekeeping_and_poller_settings_name_their_variable() {
     let url = crate::helpers::admin_url();
     for (variable, value) in [
         ("INBOX_RETENTION", "30 days"),
