@@ -34,6 +34,21 @@ impl WriteError {
             WriteError::Closed => Failure::Outage,
         }
     }
+
+    /// Whether the deliveries of a failed batch are worth one statement each: the database
+    /// refused the batch for its content, or answered with an error one row may have raised
+    /// whatever its class (a trigger's `disk_full`, a deadlock), so that only the delivery
+    /// that causes it is answered 503. Not after a timeout or a lock wait, which each
+    /// delivery alone would only sit through again, nor when the connection was lost (the
+    /// batch may have committed).
+    fn retried_one_by_one(&self) -> bool {
+        match self {
+            WriteError::Statement(error @ sqlx::Error::Database(e)) => {
+                !db::is_timeout(error) && e.code().as_deref() != Some("55P03")
+            }
+            _ => self.failure() == Failure::Refused,
+        }
+    }
 }
 
 struct Job {
@@ -182,11 +197,9 @@ async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &watch::Sender<u
             committed.send_modify(|n| *n += 1);
             answer(groups, receipts);
         }
-        // A refused statement may come from one row: write the rows one by one so the others
-        // still commit and only the bad one is refused.
-        Err(error @ WriteError::Statement(_))
-            if groups.len() > 1 && error.failure() == Failure::Refused =>
-        {
+        // A failed statement may come from one row: write the rows one by one so the others
+        // still commit and only the bad one is answered 503.
+        Err(error) if groups.len() > 1 && error.retried_one_by_one() => {
             for group in groups {
                 let group = vec![group];
                 match write_groups(pool, &group).await {
