@@ -217,9 +217,7 @@ async fn writable(pool: &PgPool) -> Result<(), NotReady> {
         .await;
     match locked {
         Ok(_) => {}
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
-            return Err(NotReady::InboxLocked)
-        }
+        Err(e) if is_lock_wait(&e) => return Err(NotReady::InboxLocked),
         Err(e) => return Err(e.into()),
     }
     tx.rollback().await?;
@@ -333,6 +331,11 @@ pub fn is_outage_code(code: &str) -> bool {
 /// reason its own statement is slow; a lock wait (55P03) never is.
 pub fn is_timeout(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.code().is_some_and(|code| code == "57014"))
+}
+
+/// A lock not had in time: `lock_timeout` ran out, or `NOWAIT` found it held (55P03).
+pub fn is_lock_wait(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().is_some_and(|code| code == "55P03"))
 }
 
 #[cfg(test)]

@@ -43,8 +43,8 @@ impl WriteError {
     /// batch may have committed).
     fn retried_one_by_one(&self) -> bool {
         match self {
-            WriteError::Statement(error @ sqlx::Error::Database(e)) => {
-                !db::is_timeout(error) && e.code().as_deref() != Some("55P03")
+            WriteError::Statement(error @ sqlx::Error::Database(_)) => {
+                !db::is_timeout(error) && !db::is_lock_wait(error)
             }
             _ => self.failure() == Failure::Refused,
         }
