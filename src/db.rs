@@ -139,6 +139,82 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// One migration as `migrate --check` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationEntry {
+    pub version: i64,
+    pub description: String,
+}
+
+/// Where a database stands against the migrations this binary embeds, read without changing
+/// anything (`thryve-bridge migrate --check`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationStatus {
+    /// Embedded and applied, with the same checksum.
+    pub applied: Vec<MigrationEntry>,
+    /// Embedded, not yet applied.
+    pub pending: Vec<MigrationEntry>,
+    /// Applied, but not embedded in this binary: the database was migrated by a newer version.
+    pub unknown: Vec<MigrationEntry>,
+    /// Applied from a file whose content differs from the embedded one (an edited migration),
+    /// or recorded as failed.
+    pub mismatched: Vec<MigrationEntry>,
+}
+
+impl MigrationStatus {
+    /// Nothing pending, nothing unknown, nothing mismatched: this binary and the database agree.
+    pub fn is_current(&self) -> bool {
+        self.pending.is_empty() && self.unknown.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+/// Compares `_sqlx_migrations` (absent on a fresh database: everything is pending) with the
+/// embedded migrations. Reads only.
+pub async fn migration_status(
+    executor: impl PgExecutor<'_> + Copy,
+) -> sqlx::Result<MigrationStatus> {
+    let recorded: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(executor)
+        .await?;
+    let rows: Vec<(i64, String, bool, Vec<u8>)> = if recorded {
+        sqlx::query_as(
+            "SELECT version, description, success, checksum FROM _sqlx_migrations ORDER BY version",
+        )
+        .fetch_all(executor)
+        .await?
+    } else {
+        Vec::new()
+    };
+    let mut status = MigrationStatus::default();
+    for migration in MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+    {
+        let entry = MigrationEntry {
+            version: migration.version,
+            description: migration.description.to_string(),
+        };
+        match rows.iter().find(|row| row.0 == migration.version) {
+            None => status.pending.push(entry),
+            Some((_, _, success, checksum))
+                if *success && checksum.as_slice() == &*migration.checksum =>
+            {
+                status.applied.push(entry)
+            }
+            Some(_) => status.mismatched.push(entry),
+        }
+    }
+    for (version, description, _, _) in rows {
+        if !MIGRATOR.iter().any(|m| m.version == version) {
+            status.unknown.push(MigrationEntry {
+                version,
+                description,
+            });
+        }
+    }
+    Ok(status)
+}
+
 /// Runs `statement` (`DELETE FROM t` or `UPDATE t SET ...`) on at most `limit` rows of `table`
 /// that match `old_rows`, in which `$1` is `older_than` in seconds; rows another transaction
 /// holds are skipped. Returns how many rows it changed. Housekeeping's statements are built

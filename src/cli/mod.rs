@@ -8,6 +8,7 @@ mod common;
 mod hmac;
 mod housekeeping;
 mod inbox;
+mod init;
 mod ranges;
 mod serve;
 mod spool;
@@ -54,8 +55,20 @@ pub struct Cli {
 pub enum Command {
     /// Run the webhook receiver (the default when no command is given).
     Serve(Box<ServeConfig>),
-    /// Apply the embedded migrations (schema `thryve`) and exit.
-    Migrate,
+    /// Apply the embedded migrations (schema `thryve`) and exit; with --check, only report.
+    Migrate {
+        /// Change nothing: list applied, pending and unknown migrations (JSON) and exit 1
+        /// unless the database is exactly at this binary's migrations (for CI).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Set up a local bridge in one step: create the database if missing, migrate, write a
+    /// `.env` with a generated credential (an existing one is kept), print the first delivery.
+    Init {
+        /// The file to write (never overwritten).
+        #[arg(long, default_value = ".env")]
+        env_file: std::path::PathBuf,
+    },
     /// HMAC signature tools (JSON out).
     #[command(subcommand)]
     Hmac(HmacCommand),
@@ -122,7 +135,9 @@ pub async fn main() -> ExitCode {
 async fn run(command: Command, database: &DatabaseConfig) -> Result<(), CliError> {
     match command {
         Command::Serve(config) => serve::serve(&config, database).await,
-        Command::Migrate => serve::migrate(operator_pool(database)?).await,
+        Command::Migrate { check: false } => serve::migrate(operator_pool(database)?).await,
+        Command::Migrate { check: true } => serve::migrate_check(operator_pool(database)?).await,
+        Command::Init { env_file } => init::run(database, &env_file).await,
         Command::Hmac(command) => hmac::run(command).await,
         Command::Healthcheck { url } => serve::healthcheck(&url).await,
         Command::Ranges(command) => ranges::run(command, operator_pool(database)?).await,

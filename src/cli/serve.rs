@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::common::CliError;
+use super::common::{print_json, CliError};
 use crate::{
     config::{DatabaseConfig, ServeConfig},
     db,
@@ -35,6 +35,41 @@ pub(super) async fn migrate(pool: PgPool) -> Result<(), CliError> {
         serde_json::json!({ "migrated": true, "version": version })
     );
     Ok(())
+}
+
+/// `migrate --check`: the database's migrations against the embedded ones, changing nothing.
+pub(super) async fn migrate_check(pool: PgPool) -> Result<(), CliError> {
+    let status = db::migration_status(&pool).await?;
+    let current = status.is_current();
+    let mut report = serde_json::to_value(&status).expect("a status serialises");
+    report["up_to_date"] = current.into();
+    print_json(&report);
+    if current {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    if !status.pending.is_empty() {
+        problems.push(format!(
+            "{} migration(s) pending: run `thryve-bridge migrate`",
+            status.pending.len()
+        ));
+    }
+    if !status.unknown.is_empty() {
+        problems.push(format!(
+            "{} applied migration(s) this binary does not know (the database was migrated by a newer version)",
+            status.unknown.len()
+        ));
+    }
+    if !status.mismatched.is_empty() {
+        problems.push(format!(
+            "{} applied migration(s) differ from this binary's files or failed",
+            status.mismatched.len()
+        ));
+    }
+    Err(CliError::Failed(format!(
+        "migrate --check: {}",
+        problems.join("; ")
+    )))
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -3,6 +3,7 @@
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use sqlx::Connection;
 
 use crate::{
     helpers::{admin_url, TestDb},
@@ -198,4 +199,115 @@ fn a_misspelt_status_is_refused_with_the_valid_ones() {
         stderr.contains("[possible values: pending, claimed, done, failed]"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn migrate_check_tells_an_empty_a_current_and_a_newer_database_apart_and_changes_nothing() {
+    let db = TestDb::unmigrated().await;
+    let check = |db: &TestDb| {
+        let out = bridge(&db.url(), &["migrate", "--check"], &[]);
+        let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        (
+            out.status.code(),
+            report,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let embedded = thryve_bridge::db::MIGRATOR.iter().count();
+
+    let (code, report, stderr) = check(&db);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(report["up_to_date"], false);
+    assert_eq!(report["pending"].as_array().unwrap().len(), embedded);
+    assert!(
+        stderr.contains("pending: run `thryve-bridge migrate`"),
+        "{stderr}"
+    );
+    let recorded: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(!recorded, "--check created the migrations table");
+
+    json_out(&bridge(&db.url(), &["migrate"], &[]));
+    let (code, report, stderr) = check(&db);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(report["up_to_date"], true);
+    assert_eq!(report["applied"].as_array().unwrap().len(), embedded);
+    assert_eq!(report["pending"], serde_json::json!([]));
+
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29991231000000, 'from a newer bridge', true, '\\x00', 1)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, report, stderr) = check(&db);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(report["unknown"][0]["version"], 29991231000000_i64);
+    assert!(stderr.contains("does not know"), "{stderr}");
+}
+
+#[tokio::test]
+async fn init_creates_the_database_migrates_and_writes_a_private_env_once() {
+    // A database name of the test's own that does not exist yet; `init` must create it.
+    let name = format!("thryve_init_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{name}", admin_url().rsplit_once('/').unwrap().0);
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let init = || {
+        Command::new(env!("CARGO_BIN_EXE_thryve-bridge"))
+            .arg("init")
+            .current_dir(&dir)
+            .env_clear()
+            .env("DATABASE_URL", &url)
+            .output()
+            .expect("the binary runs")
+    };
+
+    let first = init();
+    let stdout = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(
+        first.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let env = std::fs::read_to_string(dir.join(".env")).unwrap();
+    assert!(env.contains(&format!("DATABASE_URL={url}\n")), "{env}");
+    let credential = env
+        .lines()
+        .find_map(|l| l.strip_prefix("WEBHOOK_BASIC_AUTH="))
+        .expect("a credential line");
+    let (user, password) = credential.split_once(':').expect("user:password");
+    assert_eq!(user, "thryve");
+    assert_eq!(password.len(), 64, "{password}");
+    assert!(stdout.contains(&format!("-u '{credential}'")), "{stdout}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(".env"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the .env holds a credential: {mode:o}");
+    }
+    let check = bridge(&url, &["migrate", "--check"], &[]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let second = init();
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stdout).contains("kept .env"));
+    assert_eq!(std::fs::read_to_string(dir.join(".env")).unwrap(), env);
+
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
 }
