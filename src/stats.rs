@@ -16,7 +16,9 @@ pub struct Figures {
 }
 
 /// A table too large to count on every call: the planner's row estimate (`pg_class.reltuples`,
-/// refreshed by autovacuum and ANALYZE; `null` before the table was first analysed).
+/// refreshed by autovacuum and ANALYZE), or before the table was first analysed the live rows
+/// the statistics system counts as they are written (`pg_stat_all_tables.n_live_tup`, which
+/// lags a commit by up to a second).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Estimate {
     pub rows_estimate: Option<i64>,
@@ -126,9 +128,11 @@ pub async fn collect(executor: impl PgExecutor<'_> + Copy) -> sqlx::Result<Stats
                 extract(epoch FROM now() - max(updated_at))::float8
          FROM thryve.source_connections
          UNION ALL
-         SELECT relname::text, NULL, CASE WHEN reltuples >= 0 THEN reltuples::bigint END, NULL, NULL
-         FROM pg_class
-         WHERE oid IN ('thryve.epoch_values'::regclass, 'thryve.daily_values'::regclass)";
+         SELECT c.relname::text, NULL,
+                CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint ELSE s.n_live_tup END,
+                NULL, NULL
+         FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+         WHERE c.oid IN ('thryve.epoch_values'::regclass, 'thryve.daily_values'::regclass)";
     let lines: Vec<Line> = sqlx::query_as(&sql).fetch_all(executor).await?;
 
     let mut stats = Stats::default();

@@ -10,10 +10,11 @@ use crate::inbox::{self, Status};
 pub enum InboxCommand {
     /// Print one row, payload included.
     Show { id: i64 },
-    /// List rows in one status, newest first, without payloads.
+    /// List rows, newest first, without payloads.
     List {
+        /// Only rows in this status (all when absent).
         #[arg(long, value_enum)]
-        status: Status,
+        status: Option<Status>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
         #[arg(long)]

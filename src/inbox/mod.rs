@@ -557,19 +557,19 @@ pub async fn get(executor: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<
     .await
 }
 
-/// Rows in `status` (of `end_user_id` if given), newest first, at most `limit`.
+/// Rows in `status` (every status when `None`; of `end_user_id` if given), newest first, at most `limit`.
 pub async fn list(
     executor: impl PgExecutor<'_>,
-    status: Status,
+    status: Option<Status>,
     end_user_id: Option<&str>,
     limit: i64,
 ) -> sqlx::Result<Vec<InboxSummary>> {
     sqlx::query_as(&format!(
         "SELECT {SUMMARY_COLUMNS} FROM thryve.inbox
-         WHERE status = $1 AND ($2::text IS NULL OR end_user_id = $2)
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR end_user_id = $2)
          ORDER BY id DESC LIMIT $3"
     ))
-    .bind(status.as_str())
+    .bind(status)
     .bind(end_user_id)
     .bind(limit)
     .fetch_all(executor)

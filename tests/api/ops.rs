@@ -659,3 +659,35 @@ async fn erasing_a_user_deletes_their_rows_everywhere_and_only_theirs() {
     assert_eq!(every_table_has(&db, "erased").await, UserRows::default());
     assert_eq!(every_table_has(&db, "kept").await, all);
 }
+
+#[tokio::test]
+async fn stats_estimates_a_table_never_analysed_from_the_rows_written() {
+    let db = TestDb::new().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO thryve.daily_values (end_user_id, data_source_id, data_type_id, day, value,
+             inbox_id)
+         SELECT 'stats-b', 8, 1000, date '2026-01-01' + g, '1', 1 FROM generate_series(1, 4) g",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    // The session's counters reach the statistics system when it next goes idle; this makes
+    // that flush happen then instead of up to a second later, and the backend has gone idle
+    // (and flushed) before it reads the next statement.
+    for statement in ["SELECT pg_stat_force_next_flush()", "SELECT 1"] {
+        sqlx::query(statement).execute(&mut *conn).await.unwrap();
+    }
+    drop(conn);
+    let analysed: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT greatest(last_analyze, last_autoanalyze) FROM pg_stat_all_tables
+         WHERE relid = 'thryve.daily_values'::regclass",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(analysed, None, "the test is about a table never analysed");
+
+    let stats = json_out(&bridge(&db.url(), &["stats"], &[]));
+    assert_eq!(stats["daily_values"]["rows_estimate"], 4, "{stats}");
+}
