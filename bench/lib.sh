@@ -8,6 +8,7 @@ CONNECTIONS="${CONNECTIONS:-32}"
 PHASE="${SECONDS_PER_PHASE:-15}"
 PORT="${BENCH_PORT:-18181}"
 TARGET="${CARGO_TARGET_DIR:-target}"
+case "$TARGET" in /*) ;; *) TARGET="$PWD/$TARGET" ;; esac
 BIN="$TARGET/release/thryve-bridge"
 LOADGEN="$TARGET/release/thryve-loadgen"
 WORK="$TARGET/bench"
@@ -20,6 +21,12 @@ POLLERS="${POLLERS:-2}"
 POLL_BATCH="${POLL_BATCH:-100}"
 
 log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+# The bridge and the load generator read a `.env` in their working directory, and a developer's
+# (an HMAC secret, SPOOL_DIR, POLLER_ENABLED=false) would change what is measured: both run in
+# $WORK, which has none, and get every setting from the variables given here.
+in_work() { (cd "$WORK" && exec "$@"); }
 db_url() { echo "${ADMIN_URL%/*}/$1"; }
 machine() {
     echo "$(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(free -g | awk '/Mem:/ {print $2}') GiB, load $(cut -d' ' -f1-3 /proc/loadavg), $(uname -r), Postgres $(psql -At -d "$ADMIN_URL" -c 'show server_version' | cut -d' ' -f1)"
@@ -32,7 +39,7 @@ build() {
 
 fresh_db() { # $1 = database name
     psql -q -d "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null
-    DATABASE_URL="$(db_url "$1")" "$BIN" migrate >/dev/null
+    DATABASE_URL="$(db_url "$1")" in_work "$BIN" migrate >/dev/null
     checkpoint
 }
 
@@ -48,11 +55,12 @@ declare -a BRIDGE_PIDS=()
 start_bridge() {
     local db=$1 port=$2
     shift 2
-    env DATABASE_URL="$(db_url "$db")" BIND_ADDR="127.0.0.1:$port" WEBHOOK_BASIC_AUTH="bench:bench" \
-        RUST_LOG=warn DATABASE_MAX_CONNECTIONS=16 "$@" "$BIN" serve &
+    # One subshell that execs the binary, so that $! is the bridge's own pid (its RSS is read).
+    (cd "$WORK" && exec env DATABASE_URL="$(db_url "$db")" BIND_ADDR="127.0.0.1:$port" \
+        WEBHOOK_BASIC_AUTH="bench:bench" RUST_LOG=warn DATABASE_MAX_CONNECTIONS=16 "$@" "$BIN" serve) &
     BRIDGE_PIDS+=($!)
     for _ in $(seq 1 100); do
-        "$BIN" healthcheck --url "http://127.0.0.1:$port/readyz" 2>/dev/null && return 0
+        in_work "$BIN" healthcheck --url "http://127.0.0.1:$port/readyz" 2>/dev/null && return 0
         sleep 0.1
     done
     echo "bridge did not become ready" >&2
@@ -78,7 +86,17 @@ send() { # send PORT(S) EXTRA-ARGS...: the load generator against one or more lo
     local urls="" p
     for p in ${1//,/ }; do urls="${urls:+$urls,}http://127.0.0.1:$p/webhooks/thryve"; done
     shift
-    "$LOADGEN" send --url "$urls" --basic-auth bench:bench --concurrency "$CONNECTIONS" --seconds "$PHASE" "$@"
+    local out
+    out=$(in_work "$LOADGEN" send --url "$urls" --basic-auth bench:bench --concurrency "$CONNECTIONS" --seconds "$PHASE" "$@")
+    # A rate is a rate of stored deliveries only if every answer was 200.
+    jq -e '(.statuses | keys) == ["200"]' <<<"$out" >/dev/null ||
+        die "not every answer was 200 ($(jq -c .statuses <<<"$out")): no rate printed. A 401 means the bridge was not started with bench's credential; see the bridge's log above"
+    printf '%s\n' "$out"
+}
+
+# An anchor that measured nothing (pgbench failed) would make every ratio a division by zero.
+require_rate() { # NAME VALUE
+    awk -v v="$2" 'BEGIN { exit !(v + 0 > 0) }' || die "$1 measured no rate (got '${2}'): is pgbench installed and the database reachable?"
 }
 
 pgbench_tps() { # pgbench_tps DB CLIENTS SCRIPT
@@ -92,7 +110,7 @@ MIX_ROWS="${MIX_ROWS:-4000}"
 mix_rows() { # -> $WORK/mix-rows.copy
     local db="thryve_bench_rows_$$"
     fresh_db "$db"
-    DATABASE_URL="$(db_url "$db")" "$LOADGEN" drain --rows "$MIX_ROWS" --pollers 1 --batch-size 500 >/dev/null
+    DATABASE_URL="$(db_url "$db")" in_work "$LOADGEN" drain --rows "$MIX_ROWS" --pollers 1 --batch-size 500 >/dev/null
     psql -q -d "$(db_url "$db")" -c "COPY (SELECT row_number() OVER (ORDER BY id), event_type,
         end_user_id, end_user_alias, payload::text, data_source_id, data_type_ids, start_time,
         end_time, start_day, end_day, connected, event_time FROM thryve.inbox) TO STDOUT" \
