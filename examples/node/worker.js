@@ -48,14 +48,20 @@ async function workOnce(client) {
       await fetchFromThryve(r);
     } catch (error) {
       const held = await client.query(
-        'SELECT thryve.fail_dirty_range($1, $2, $3, make_interval(secs => $4)) AS held',
-        [r.id, WORKER, String(error.message || error), RETRY_SECONDS],
+        'SELECT thryve.fail_dirty_range($1, $2, $3, make_interval(secs => $4), $5) AS held',
+        [r.id, WORKER, String(error.message || error), RETRY_SECONDS, r.claim_token],
       );
       console.log(`failed range ${r.id}: ${error.message} (still held: ${held.rows[0].held})`);
       continue;
     }
-    const held = await client.query('SELECT thryve.complete_dirty_range($1, $2) AS held', [r.id, WORKER]);
-    // false: the lease expired and another worker claimed the range; it does the work.
+    // The claim token: only this claim may settle the range, even if this worker's lease
+    // expired and the same worker name claimed it again meanwhile.
+    const held = await client.query('SELECT thryve.complete_dirty_range($1, $2, $3) AS held', [
+      r.id,
+      WORKER,
+      r.claim_token,
+    ]);
+    // false: the lease expired and another claim holds the range; it does the work.
     console.log(`completed range ${r.id} (still held: ${held.rows[0].held})`);
   }
   return rows.length;

@@ -50,15 +50,17 @@ def work_once(conn, worker):
             fetch_from_thryve(r)
         except Exception as error:  # noqa: BLE001: any failure is recorded on the range
             held = conn.execute(
-                "SELECT thryve.fail_dirty_range(%s, %s, %s, make_interval(secs => %s))",
-                (r["id"], worker, str(error), RETRY_SECONDS),
+                "SELECT thryve.fail_dirty_range(%s, %s, %s, make_interval(secs => %s), %s)",
+                (r["id"], worker, str(error), RETRY_SECONDS, r["claim_token"]),
             ).fetchone()
             print(f"failed range {r['id']}: {error} (still held: {held['fail_dirty_range']})", flush=True)
             continue
+        # The claim token: only this claim may settle the range, even if this worker's lease
+        # expired and the same worker name claimed it again meanwhile.
         held = conn.execute(
-            "SELECT thryve.complete_dirty_range(%s, %s)", (r["id"], worker)
+            "SELECT thryve.complete_dirty_range(%s, %s, %s)", (r["id"], worker, r["claim_token"])
         ).fetchone()
-        # False: the lease expired and another worker claimed the range; it does the work.
+        # False: the lease expired and another claim holds the range; it does the work.
         print(f"completed range {r['id']} (still held: {held['complete_dirty_range']})", flush=True)
     return len(ranges)
 
