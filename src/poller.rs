@@ -20,7 +20,7 @@ use crate::{
     thryve::{
         self, ConnectionChange, DailyValue, DaySpan, Effects, EpochValue, InstantSpan, Parsed, Span,
     },
-    values::{self, Versioned},
+    values::{self, Origin, Versioned},
 };
 
 /// How the poller runs.
@@ -394,7 +394,7 @@ fn plan(rows: &[PendingRow]) -> Plan {
 fn versioned<V>(user: &str, row: &PendingRow, update: bool, value: V) -> Versioned<V> {
     Versioned {
         end_user_id: user.to_owned(),
-        inbox_id: row.id,
+        origin: Origin::Delivery(row.id),
         version_at: row.version_at,
         update,
         value,

@@ -23,7 +23,10 @@ use crate::{
     config::FetcherConfig,
     metrics::{FetchOutcomeLabels, Metrics},
     ranges::{self, Consumer, DirtyRange},
-    thryve::{api, DailyValue, EpochValue},
+    thryve::{
+        api::{self, TypeName},
+        DailyValue, EpochValue,
+    },
     values,
 };
 
@@ -404,7 +407,6 @@ impl Fetcher {
         range: &DirtyRange,
         shutdown: &CancellationToken,
     ) -> sqlx::Result<Outcome> {
-        let version = values::fetch_version(&self.pool).await?;
         let version_at = chrono::Utc::now();
         // Retries and backoffs can outlast a lease: keep it while the range is worked on.
         let keeper = CancellationToken::new();
@@ -417,6 +419,7 @@ impl Fetcher {
         ));
         let mut epoch: Vec<EpochValue> = Vec::new();
         let mut daily: Vec<DailyValue> = Vec::new();
+        let mut types: Vec<TypeName> = Vec::new();
         for (i, call) in calls(range).into_iter().enumerate() {
             if i > 0 && !consumer.extend_claimed(range, self.settings.lease).await? {
                 return Ok(Outcome::Lost);
@@ -434,9 +437,15 @@ impl Fetcher {
                 Err(error) => return self.give_up(consumer, range, error).await,
             };
             let parsed = if call.path == "/v5/dailyDynamicValues" {
-                api::daily_values(&answer).map(|v| daily.extend(v))
+                api::daily_values(&answer).map(|a| {
+                    daily.extend(a.values);
+                    types.extend(a.types);
+                })
             } else {
-                api::epoch_values(&answer).map(|v| epoch.extend(v))
+                api::epoch_values(&answer).map(|a| {
+                    epoch.extend(a.values);
+                    types.extend(a.types);
+                })
             };
             if let Err(error) = parsed {
                 let reason = format!("unreadable answer from Thryve: {error}");
@@ -448,12 +457,13 @@ impl Fetcher {
         let values_written = values::apply_fetched(
             &mut tx,
             &range.end_user_id,
-            version,
+            range.id,
             version_at,
             epoch,
             daily,
         )
         .await?;
+        values::learn_type_names(&mut *tx, range.granularity, &types).await?;
         if !consumer.complete_in(&mut *tx, range).await? {
             tx.rollback().await?;
             tracing::warn!(

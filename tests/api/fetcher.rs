@@ -23,7 +23,7 @@ use crate::{
     poller::{poller, store},
 };
 
-fn at(s: &str) -> DateTime<Utc> {
+pub fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
@@ -31,7 +31,7 @@ fn day(s: &str) -> NaiveDate {
     s.parse().unwrap()
 }
 
-fn config(fake: &FakeThryve) -> FetcherConfig {
+pub fn config(fake: &FakeThryve) -> FetcherConfig {
     FetcherConfig {
         fetcher_enabled: true,
         thryve_api_url: fake.url(),
@@ -50,7 +50,7 @@ fn fetcher(db: &TestDb, config: &FetcherConfig) -> Fetcher {
     )
 }
 
-async fn add(db: &TestDb, user: &str, source: i32, types: &[i32], extent: Extent) {
+pub async fn add(db: &TestDb, user: &str, source: i32, types: &[i32], extent: Extent) {
     let span = MergedSpan {
         end_user_id: user.to_owned(),
         data_source_id: source,
@@ -63,7 +63,7 @@ async fn add(db: &TestDb, user: &str, source: i32, types: &[i32], extent: Extent
 }
 
 /// Claims and fetches one range with a fetcher of `config`.
-async fn fetch_one(db: &TestDb, config: &FetcherConfig) -> Outcome {
+pub async fn fetch_one(db: &TestDb, config: &FetcherConfig) -> Outcome {
     let consumer = Consumer::new(db.pool.clone(), "test-worker");
     fetcher(db, config)
         .fetch_one(&consumer, &CancellationToken::new())

@@ -317,3 +317,26 @@ pub fn base64(data: &[u8]) -> String {
 pub fn thryve_wire(json: &[u8]) -> Vec<u8> {
     base64(&zstd(json)).into_bytes()
 }
+
+// issue 22
+
+/// A database migrated only up to (not including) migration `version`, as an installation of
+/// an older release has it; `db::migrate` then applies the rest.
+pub async fn migrated_before(version: i64) -> TestDb {
+    let db = TestDb::unmigrated().await;
+    let before: Vec<_> = db::MIGRATOR
+        .iter()
+        .filter(|m| m.version < version)
+        .cloned()
+        .collect();
+    sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(before),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+    .run(&db.pool)
+    .await
+    .expect("the earlier migrations apply");
+    db
+}

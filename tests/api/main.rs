@@ -18,4 +18,5 @@ mod reliability;
 mod schema;
 mod server;
 mod trace;
+mod v6;
 mod wire;

@@ -586,9 +586,10 @@ async fn values_stored_before_the_key_changed_are_migrated() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let name: String = sqlx::query_scalar("SELECT name FROM thryve.data_sources")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM thryve.data_sources WHERE data_source_id = 8")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(name, "Withings");
 }

@@ -41,7 +41,11 @@ fn push(user: &str, values: usize) -> Value {
            "data": [{"dataSourceId": 8, "dataSourceName": "Nokia", "epochData": items}]})
 }
 
-async fn post_wire(app: &TestApp, encoding: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+pub async fn post_wire(
+    app: &TestApp,
+    encoding: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
     answer(
         app.webhook()
             .basic_auth(USER, Some(PASSWORD))
