@@ -131,7 +131,8 @@ CREATE TABLE thryve.source_connections (
     connected boolean NOT NULL,
     changed_at timestamp with time zone NOT NULL,
     inbox_id bigint,
-    updated_at timestamp with time zone NOT NULL DEFAULT now()
+    updated_at timestamp with time zone NOT NULL DEFAULT now(),
+    origin text NOT NULL DEFAULT 'webhook'::text
 );
 
 
@@ -170,6 +171,8 @@ ALTER TABLE thryve.inbox ADD CONSTRAINT inbox_status_check CHECK ((status = ANY 
 ALTER TABLE thryve.inbox ADD CONSTRAINT inbox_traceparent_bounded CHECK ((char_length(traceparent) <= 128)) NOT VALID;
 
 ALTER TABLE thryve.settings ADD CONSTRAINT settings_pkey PRIMARY KEY (key);
+
+ALTER TABLE thryve.source_connections ADD CONSTRAINT source_connections_origin_check CHECK ((origin = ANY (ARRAY['webhook'::text, 'reconcile'::text])));
 
 ALTER TABLE thryve.source_connections ADD CONSTRAINT source_connections_pkey PRIMARY KEY (end_user_id, data_source_id);
 

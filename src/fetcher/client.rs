@@ -1,5 +1,6 @@
-//! The HTTP side of the fetcher: one call to Thryve's data API with both credentials, the
-//! rate cap, the answer-size limit, and retries with backoff on what may pass.
+//! The HTTP side of the fetcher: one call to Thryve's API (the data calls, and the user
+//! information `users reconcile` asks for) with both credentials, the rate cap, the
+//! answer-size limit, and retries with backoff on what may pass.
 
 use std::{sync::Arc, time::Duration};
 
@@ -163,6 +164,22 @@ impl ThryveClient {
             }
         }
         Err(CallError::Exhausted(last))
+    }
+
+    /// Asks `/v5/userInformation` about one end user (its answer lists the user's
+    /// `connectedSources`, see [`crate::thryve::api::connected_sources`]), with the data
+    /// calls' credentials, rate cap and retries.
+    pub async fn user_information(
+        &self,
+        end_user_id: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<bytes::Bytes, CallError> {
+        self.call(
+            "/v5/userInformation",
+            &[("authenticationToken", end_user_id.to_owned())],
+            shutdown,
+        )
+        .await
     }
 
     /// Full jitter: uniform in [0, min(max, base * 2^attempt)].

@@ -1,14 +1,14 @@
 //! Answers of Thryve's API read into the bridge's types: the data API's values
 //! (`/v5/dynamicEpochValues`, `/v5/dailyDynamicValues`) into the same value types data pushes
 //! give, so fetched and pushed values are the same rows, with the type names the answers
-//! carry.
+//! carry; and a user's connected sources (`/v5/userInformation`).
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{
     event::{DailyValue, EpochValue, ParseError},
-    fields::{day, instant, json_kind, object, positive_i32, type_id},
+    fields::{day, instant, json_kind, object, positive_i32, short, type_id},
     push::{annotations, is_null, value_text},
 };
 
@@ -208,6 +208,83 @@ fn either(item: &Map<String, Value>, field: &str) -> Result<Option<DateTime<Utc>
     }
 }
 
+/// Reads a `/v5/userInformation` answer for `user`: the data sources in its
+/// `connectedSources`. The answer is an array of user objects (or one); the entry whose
+/// `authenticationToken` is `user` counts, or the only entry when none names a user. Each
+/// connected source is an object naming its id in `dataSource` (as the data API does) or
+/// `dataSourceId` (as webhooks do), or the bare id. A missing `connectedSources` is an error,
+/// never "nothing connected": reading it so would disconnect every source of the user.
+///
+/// ```
+/// let answer = br#"[{"authenticationToken":"u","partnerUserID":"p","connectedSources":[
+///     {"dataSource":8,"connectedAt":"2025-11-02T10:00:00Z"},{"dataSource":1}]}]"#;
+/// assert_eq!(thryve_bridge::thryve::api::connected_sources(answer, "u").unwrap(), vec![1, 8]);
+/// ```
+pub fn connected_sources(answer: &[u8], user: &str) -> Result<Vec<i32>, ParseError> {
+    let users = match json(answer)? {
+        one @ Value::Object(_) => vec![one],
+        other => users(other)?,
+    };
+    let named = |u: &Value| u.get("authenticationToken").and_then(Value::as_str) == Some(user);
+    let (i, entry) = match users.iter().position(named) {
+        Some(i) => (i, &users[i]),
+        None if users.len() == 1 => (0, &users[0]),
+        None => {
+            return Err(ParseError::new(
+                "",
+                format!(
+                    "no entry with authenticationToken {} among {} users",
+                    short(&Value::String(user.to_owned())),
+                    users.len()
+                ),
+            ))
+        }
+    };
+    let at = format!("[{i}]");
+    let entry = object(entry, &at)?;
+    let sources = match entry.get("connectedSources") {
+        Some(Value::Array(sources)) => sources,
+        Some(other) => {
+            return Err(ParseError::new(
+                format!("{at}.connectedSources"),
+                format!("expected an array, got {}", json_kind(other)),
+            ))
+        }
+        None => return Err(ParseError::new(format!("{at}.connectedSources"), "missing")),
+    };
+    let mut ids = sources
+        .iter()
+        .enumerate()
+        .map(|(j, source)| {
+            let at = format!("{at}.connectedSources[{j}]");
+            match source {
+                Value::Object(source) => {
+                    let (field, id) = match source.get("dataSource") {
+                        Some(id) => ("dataSource", id),
+                        None => (
+                            "dataSourceId",
+                            source.get("dataSourceId").unwrap_or(&Value::Null),
+                        ),
+                    };
+                    positive_i32(Some(&source_id(id)), field).map_err(|e| e.within(&at))
+                }
+                id => positive_i32(Some(&source_id(id)), &at),
+            }
+        })
+        .collect::<Result<Vec<i32>, _>>()?;
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// A data-source id written as a numeric string (as the legacy format does) read as its number.
+fn source_id(id: &Value) -> Value {
+    match id.as_str().and_then(|s| s.parse::<i64>().ok()) {
+        Some(n) => Value::from(n),
+        None => id.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -335,5 +412,22 @@ mod tests {
                 value_type: Some("LONG".into())
             }]
         );
+    }
+
+    #[test]
+    fn connected_sources_in_each_spelling() {
+        let answer = br#"[{"authenticationToken":"other","connectedSources":[{"dataSource":2}]},
+            {"authenticationToken":"u","connectedSources":[{"dataSource":8},{"dataSourceId":"1"},5,{"dataSource":8}]}]"#;
+        assert_eq!(connected_sources(answer, "u").unwrap(), vec![1, 5, 8]);
+        assert_eq!(
+            connected_sources(br#"{"connectedSources":[]}"#, "u").unwrap(),
+            Vec::<i32>::new()
+        );
+        let e = connected_sources(br#"[{"authenticationToken":"u"}]"#, "u").unwrap_err();
+        assert_eq!(e.to_string(), "[0].connectedSources: missing");
+        let e =
+            connected_sources(br#"[{"connectedSources":[{"connectedAt":"x"}]}]"#, "u").unwrap_err();
+        assert_eq!(e.field, "[0].connectedSources[0].dataSourceId");
+        assert!(connected_sources(br#"[{},{}]"#, "u").is_err());
     }
 }

@@ -14,6 +14,7 @@ mod properties;
 mod proxy;
 mod pushes;
 mod receiver;
+mod reconcile;
 mod reliability;
 mod schema;
 mod server;
