@@ -210,7 +210,7 @@ fn either(item: &Map<String, Value>, field: &str) -> Result<Option<DateTime<Utc>
 
 /// Reads a `/v5/userInformation` answer for `user`: the data sources in its
 /// `connectedSources`. The answer is an array of user objects (or one); the entry whose
-/// `authenticationToken` is `user` counts, or the only entry when none names a user. Each
+/// `authenticationToken` is `user` counts, or the only entry when it names nobody. Each
 /// connected source is an object naming its id in `dataSource` (as the data API does) or
 /// `dataSourceId` (as webhooks do), or the bare id. A missing `connectedSources` is an error,
 /// never "nothing connected": reading it so would disconnect every source of the user.
@@ -226,9 +226,10 @@ pub fn connected_sources(answer: &[u8], user: &str) -> Result<Vec<i32>, ParseErr
         other => users(other)?,
     };
     let named = |u: &Value| u.get("authenticationToken").and_then(Value::as_str) == Some(user);
+    let unnamed = |u: &Value| u.get("authenticationToken").is_none_or(Value::is_null);
     let (i, entry) = match users.iter().position(named) {
         Some(i) => (i, &users[i]),
-        None if users.len() == 1 => (0, &users[0]),
+        None if users.len() == 1 && unnamed(&users[0]) => (0, &users[0]),
         None => {
             return Err(ParseError::new(
                 "",
@@ -429,5 +430,11 @@ mod tests {
             connected_sources(br#"[{"connectedSources":[{"connectedAt":"x"}]}]"#, "u").unwrap_err();
         assert_eq!(e.field, "[0].connectedSources[0].dataSourceId");
         assert!(connected_sources(br#"[{},{}]"#, "u").is_err());
+        // Another user's sources are never taken for this one's.
+        assert!(connected_sources(
+            br#"[{"authenticationToken":"v","connectedSources":[{"dataSource":8}]}]"#,
+            "u"
+        )
+        .is_err());
     }
 }
