@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod poller;
 pub mod ranges;
 pub mod server;
+pub mod service;
 pub mod sources;
 pub mod spool;
 pub mod stats;

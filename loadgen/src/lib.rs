@@ -936,8 +936,9 @@ pub async fn drain_benchmark(
     users: u32,
 ) -> sqlx::Result<DrainReport> {
     use thryve_bridge::{
+        config::{parse_env, PollerConfig},
         inbox::{insert_batch, NewDelivery},
-        poller::{Poller, PollerConfig},
+        poller::Poller,
     };
     let filled = Instant::now();
     let mix = Mix::new(7, users);
@@ -965,16 +966,12 @@ pub async fn drain_benchmark(
     }
     let fill_seconds = filled.elapsed().as_secs_f64();
     let started = Instant::now();
+    // The defaults, but for the batch size this bench varies.
+    let config: PollerConfig = parse_env([("POLL_BATCH_SIZE", batch_size.to_string())])
+        .expect("a whole number of rows is a valid POLL_BATCH_SIZE");
     let tasks: Vec<_> = (0..pollers.max(1))
         .map(|_| {
-            let poller = Poller::new(
-                pool.clone(),
-                PollerConfig {
-                    batch_size,
-                    interval: Duration::from_secs(1),
-                    listen: false,
-                },
-            );
+            let poller = Poller::new(pool.clone(), &config);
             tokio::spawn(async move { poller.drain().await })
         })
         .collect();
@@ -1030,10 +1027,11 @@ pub async fn fetch_benchmark(
     use axum::{routing::post, Router};
     use std::sync::{Arc, Mutex};
     use thryve_bridge::{
-        config::{FetcherConfig, Secret},
-        fetcher::{Fetcher, FetcherSettings, ThryveClient},
+        config::{parse_env, FetcherConfig},
+        fetcher::Fetcher,
         metrics::Metrics,
         ranges::{merge_spans, Extent, MergedSpan},
+        service::Services,
     };
 
     let items: Vec<Value> = (0..values_per_call)
@@ -1078,36 +1076,30 @@ pub async fn fetch_benchmark(
     for chunk in spans.chunks(1000) {
         merge_spans(pool, chunk).await.map_err(|e| e.to_string())?;
     }
-    let config = FetcherConfig {
-        fetcher_enabled: true,
-        thryve_api_url: format!("http://{addr}"),
-        thryve_api_user: "bench".to_owned(),
-        thryve_api_password: Some(Secret::new("bench")),
-        thryve_app_id: "bench".to_owned(),
-        thryve_app_secret: Some(Secret::new("bench")),
-        fetcher_concurrency: concurrency,
-        fetcher_rate_per_sec: rate,
-        fetcher_timeout_ms: 30_000,
-        fetcher_max_response_bytes: 64 * 1024 * 1024,
-        fetcher_max_tries: 3,
-        fetcher_backoff_ms: 100,
-        fetcher_backoff_max_ms: 1_000,
-        fetcher_lease_secs: 300,
-        fetcher_interval_ms: 100,
-        fetcher_auth_pause_secs: 60,
-        fetcher_worker: format!("bench-{run}"),
-    };
+    // The defaults, but for what this bench varies, the fake's address and credentials, and
+    // shorter waits than Thryve needs (the fake answers at once).
+    let config: FetcherConfig = parse_env([
+        ("FETCHER_ENABLED", "true".to_owned()),
+        ("THRYVE_API_URL", format!("http://{addr}")),
+        ("THRYVE_API_USER", "bench".to_owned()),
+        ("THRYVE_API_PASSWORD", "bench".to_owned()),
+        ("THRYVE_APP_ID", "bench".to_owned()),
+        ("THRYVE_APP_SECRET", "bench".to_owned()),
+        ("FETCHER_CONCURRENCY", concurrency.to_string()),
+        ("FETCHER_RATE_PER_SEC", rate.to_string()),
+        ("FETCHER_BACKOFF_MS", "100".to_owned()),
+        ("FETCHER_BACKOFF_MAX_MS", "1000".to_owned()),
+        ("FETCHER_INTERVAL_MS", "100".to_owned()),
+        ("FETCHER_WORKER", format!("bench-{run}")),
+    ])
+    .map_err(|e| e.to_string())?;
     config.validate().map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::new());
-    let fetcher = Fetcher::new(
-        pool.clone(),
-        ThryveClient::new(&config, metrics.clone()).map_err(|e| e.to_string())?,
-        FetcherSettings::from_config(&config),
-        metrics,
-    );
+    let fetcher = Fetcher::new(pool.clone(), &config, metrics).map_err(|e| e.to_string())?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let started = Instant::now();
-    let task = tokio::spawn(fetcher.run(shutdown.clone()));
+    let mut services = Services::new(shutdown.clone());
+    fetcher.start(&mut services);
     let pattern = format!("bench-{run}-%");
     let done = loop {
         let done: i64 = sqlx::query_scalar(
@@ -1123,7 +1115,7 @@ pub async fn fetch_benchmark(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     shutdown.cancel();
-    let _ = task.await;
+    services.stopped().await;
     server.abort();
     let values_written: i64 =
         sqlx::query_scalar("SELECT count(*) FROM thryve.epoch_values WHERE end_user_id LIKE $1")

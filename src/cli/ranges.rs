@@ -30,6 +30,10 @@ pub enum RangesCommand {
         range_id: i64,
         #[arg(long)]
         worker: String,
+        /// The range's `claim_token` as `ranges claim` printed it: only that claim may finish
+        /// it. Without it, any claim of --worker may (a person at a shell is one worker).
+        #[arg(long)]
+        token: Option<uuid::Uuid>,
     },
     /// Record a failed attempt: retried after --retry-in-secs, or failed when out of attempts.
     Fail {
@@ -40,6 +44,9 @@ pub enum RangesCommand {
         error: String,
         #[arg(long, default_value_t = 60)]
         retry_in_secs: u64,
+        /// As for `complete`.
+        #[arg(long)]
+        token: Option<uuid::Uuid>,
     },
     /// Extend a claimed range's lease (exit 1 if the worker no longer holds it).
     Extend {
@@ -48,6 +55,9 @@ pub enum RangesCommand {
         worker: String,
         #[arg(long, default_value_t = 300)]
         lease_secs: u64,
+        /// As for `complete`.
+        #[arg(long)]
+        token: Option<uuid::Uuid>,
     },
     /// Enqueue re-fetch work for recent days (recovery after Thryve disabled the webhook or
     /// deliveries were lost): for every connected (user, source) in source_connections, or the
@@ -124,8 +134,12 @@ pub(super) async fn run(command: RangesCommand, pool: PgPool) -> Result<(), CliE
             println!("{}", serde_json::Value::Array(out));
             Ok(())
         }
-        RangesCommand::Complete { range_id, worker } => {
-            let ok = Consumer::new(pool, worker).complete(range_id).await?;
+        RangesCommand::Complete {
+            range_id,
+            worker,
+            token,
+        } => {
+            let ok = ranges::complete(&pool, range_id, &worker, token).await?;
             held(range_id, "completed", ok)
         }
         RangesCommand::Fail {
@@ -133,20 +147,20 @@ pub(super) async fn run(command: RangesCommand, pool: PgPool) -> Result<(), CliE
             worker,
             error,
             retry_in_secs,
+            token,
         } => {
-            let ok = Consumer::new(pool, worker)
-                .fail(range_id, &error, Duration::from_secs(retry_in_secs))
-                .await?;
+            let retry_in = Duration::from_secs(retry_in_secs);
+            let ok = ranges::fail(&pool, range_id, &worker, &error, retry_in, token).await?;
             held(range_id, "failed", ok)
         }
         RangesCommand::Extend {
             range_id,
             worker,
             lease_secs,
+            token,
         } => {
-            let ok = Consumer::new(pool, worker)
-                .extend_lease(range_id, Duration::from_secs(lease_secs))
-                .await?;
+            let lease = Duration::from_secs(lease_secs);
+            let ok = ranges::extend(&pool, range_id, &worker, lease, token).await?;
             held(range_id, "extended", ok)
         }
         RangesCommand::Dirty {

@@ -3,6 +3,7 @@
 
 use std::{
     io,
+    net::SocketAddr,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -25,21 +26,90 @@ use tokio_rustls::{
 };
 use tokio_util::sync::CancellationToken;
 
-/// How connections are served.
-#[derive(Clone)]
-pub struct ListenerOptions {
+use crate::{
+    config::{ConfigError, ListenerConfig},
+    service::Backoff,
+};
+
+/// A bound listening socket and how its connections are served.
+pub struct Listener {
+    socket: TcpListener,
     /// Terminate TLS here (Thryve only calls HTTPS on 443).
-    pub tls: Option<TlsAcceptor>,
+    tls: Option<TlsAcceptor>,
     /// A client that has not sent its headers (or finished its TLS handshake) by then is
     /// dropped: a slow client cannot hold a connection open for free.
-    pub header_read_timeout: Duration,
+    header_read_timeout: Duration,
     /// After shutdown starts, in-flight requests get this long to finish.
-    pub shutdown_timeout: Duration,
+    shutdown_timeout: Duration,
     /// Most connections served at once; further ones wait in the kernel's accept backlog,
     /// costing neither memory nor a file descriptor here.
-    pub max_connections: usize,
+    max_connections: usize,
     /// Set to the number of connections being served.
-    pub open_connections: Gauge,
+    open_connections: Gauge,
+}
+
+/// Why the listener could not be set up; each message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr} (BIND_ADDR): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Tls(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl Listener {
+    /// Loads the TLS files, fits `MAX_CONNECTIONS` under the open-file limit beside
+    /// `pool_connections`, and binds `BIND_ADDR`.
+    pub async fn bind(
+        config: &ListenerConfig,
+        pool_connections: u32,
+        open_connections: Gauge,
+    ) -> Result<Self, ListenError> {
+        let tls = match (&config.tls_cert_path, &config.tls_key_path) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key).map_err(ListenError::Tls)?),
+            _ => None,
+        };
+        let max_connections = fit_connections(config.max_connections, pool_connections)
+            .map_err(|problem| ConfigError::new("MAX_CONNECTIONS", problem))?;
+        let socket = TcpListener::bind(config.bind_addr)
+            .await
+            .map_err(|source| ListenError::Bind {
+                addr: config.bind_addr,
+                source,
+            })?;
+        Ok(Self {
+            socket,
+            tls,
+            header_read_timeout: config.header_read_timeout(),
+            shutdown_timeout: config.shutdown_timeout(),
+            max_connections,
+            open_connections,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// `MAX_CONNECTIONS`, or fewer if the open-file limit leaves less room.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown_timeout
+    }
 }
 
 /// Largest read buffer per connection, headers included: ample for a webhook's headers, and
@@ -50,7 +120,7 @@ const READ_BUFFER_MAX: usize = 64 * 1024;
 const AT_CAPACITY_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Pauses after accept fails for want of resources (EMFILE and the like): short at first so
 /// a brief peak costs little, doubling so a lasting one costs no CPU.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Files the process needs besides its client connections: stdio, the listener, the
@@ -147,26 +217,33 @@ pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, St
 }
 
 /// Serves `router` on `listener` until `shutdown`, then stops accepting and waits (at most
-/// `shutdown_timeout`) for open requests to be answered.
+/// `SHUTDOWN_TIMEOUT_SECS`) for open requests to be answered.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     router: Router,
-    options: ListenerOptions,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let Listener {
+        socket: listener,
+        tls,
+        header_read_timeout,
+        shutdown_timeout,
+        max_connections,
+        open_connections,
+    } = listener;
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut last_at_capacity_log: Option<Instant> = None;
     let mut last_accept_error_log: Option<Instant> = None;
     let mut accept_failures: u64 = 0;
-    let mut accept_backoff = ACCEPT_BACKOFF_MIN;
+    let mut accept_backoff = Backoff::new(ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         // Each connection's read buffer grows up to this; hyper's default (about 400 KiB)
         // times hundreds of connections streaming bodies was most of the RSS of a burst.
         // Also the most header bytes a request may send (more gets 431).
         .max_buf_size(READ_BUFFER_MAX)
-        .header_read_timeout(options.header_read_timeout)
+        .header_read_timeout(header_read_timeout)
         .keep_alive(true);
     loop {
         // The slot is taken before `accept`, so at the cap the next client waits in the
@@ -177,7 +254,7 @@ pub async fn serve(
                 if last_at_capacity_log.is_none_or(|at| at.elapsed() >= AT_CAPACITY_LOG_INTERVAL) {
                     last_at_capacity_log = Some(Instant::now());
                     tracing::warn!(
-                        max_connections = options.max_connections,
+                        max_connections,
                         "connection limit reached (MAX_CONNECTIONS); new clients wait in the accept backlog"
                     );
                 }
@@ -191,7 +268,7 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
-                    accept_backoff = ACCEPT_BACKOFF_MIN;
+                    accept_backoff.reset();
                     accepted
                 }
                 Err(error) => {
@@ -199,16 +276,16 @@ pub async fn serve(
                     // wait for some to close rather than spin (the client stays in the
                     // backlog meanwhile).
                     accept_failures += 1;
+                    let pause = accept_backoff.failed();
                     if last_accept_error_log.is_none_or(|at| at.elapsed() >= AT_CAPACITY_LOG_INTERVAL) {
                         last_accept_error_log = Some(Instant::now());
-                        tracing::warn!(%error, failures = accept_failures, backoff_ms = accept_backoff.as_millis() as u64, "accept failed; backing off (logged once a minute at most)");
+                        tracing::warn!(%error, failures = accept_failures, backoff_ms = pause.as_millis() as u64, "accept failed; backing off (logged once a minute at most)");
                     }
                     drop(permit);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(accept_backoff) => {}
+                        _ = tokio::time::sleep(pause) => {}
                     }
-                    accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
@@ -217,9 +294,9 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();
         let http = http.clone();
-        let tls = options.tls.clone();
-        let handshake_timeout = options.header_read_timeout;
-        let slot = Slot::new(permit, &options.open_connections);
+        let tls = tls.clone();
+        let handshake_timeout = header_read_timeout;
+        let slot = Slot::new(permit, &open_connections);
         tokio::spawn(async move {
             let _slot = slot;
             let served = match tls {
@@ -254,8 +331,8 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(options.shutdown_timeout) => {
-            tracing::warn!(timeout_secs = options.shutdown_timeout.as_secs(), "shutdown timeout: closing the connections still open");
+        _ = tokio::time::sleep(shutdown_timeout) => {
+            tracing::warn!(timeout_secs = shutdown_timeout.as_secs(), "shutdown timeout: closing the connections still open");
         }
     }
     Ok(())

@@ -2,7 +2,7 @@
 
 mod writer;
 
-pub use writer::{InboxWriter, WriteError};
+pub use writer::{InboxWriter, MaybeStored, Notifier, WriteError};
 
 use std::time::Duration;
 
@@ -617,6 +617,16 @@ pub async fn blank_payloads(
     .await
 }
 
+/// `NOTIFY thryve_inbox` ([`db::INBOX_CHANNEL`]): pollers in every process look for pending
+/// rows at once (delivered when the surrounding transaction commits).
+pub async fn notify(executor: impl PgExecutor<'_>) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(db::INBOX_CHANNEL)
+        .execute(executor)
+        .await
+        .map(drop)
+}
+
 /// Where [`replay`] put each row it read again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReplayReport {
@@ -687,10 +697,7 @@ pub async fn replay(
     }
     if !report.pending.is_empty() {
         // Delivered at commit, so pollers in every process start on the rows at once.
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(db::INBOX_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
+        notify(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(report)

@@ -1,15 +1,19 @@
 //! Group commit: concurrent deliveries share one INSERT (one commit), each answered only after it.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio::{
     sync::{mpsc, oneshot, watch, Mutex},
     task::JoinHandle,
 };
+use tokio_util::sync::CancellationToken;
 
-use super::{insert_batch, NewDelivery, Outcome, Receipt};
-use crate::db::{self, Failure, Phase};
+use super::{insert_batch, notify, NewDelivery, Outcome, Receipt};
+use crate::{
+    db::{self, Failure, Phase},
+    service::{Backoff, Pass, Service, Services, Wake},
+};
 
 /// Why a delivery was not committed.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +28,38 @@ pub enum WriteError {
     Closed,
 }
 
+/// What a 503 can truthfully say about a delivery: a write under way at the deadline (or cut
+/// off with its connection) may still commit after the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaybeStored {
+    /// The database never got it (no connection), or refused it.
+    No,
+    /// It may have been stored; a resend is counted as a duplicate of it if so.
+    Maybe,
+}
+
+impl std::fmt::Display for MaybeStored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MaybeStored::No => "nothing was stored, resend later",
+            MaybeStored::Maybe => "not acknowledged; it may have been stored, resend",
+        })
+    }
+}
+
 impl WriteError {
+    /// Whether the delivery may be in the inbox after this error. An error the database sent
+    /// back means the INSERT (its own transaction) did not commit; a connection lost
+    /// mid-statement leaves that unknown.
+    pub fn stored(&self) -> MaybeStored {
+        match self {
+            WriteError::Connect(_)
+            | WriteError::Closed
+            | WriteError::Statement(sqlx::Error::Database(_)) => MaybeStored::No,
+            WriteError::Statement(_) => MaybeStored::Maybe,
+        }
+    }
+
     /// Whether the database was out (the same write may succeed later, from the spool) or
     /// refused this delivery.
     pub fn failure(&self) -> Failure {
@@ -268,5 +303,38 @@ fn fail(groups: Vec<Vec<Job>>, error: WriteError) {
     let error = Arc::new(error);
     for job in groups.into_iter().flatten() {
         let _ = job.reply.send(Err(error.clone()));
+    }
+}
+
+/// Tells pollers in other processes that the inbox has new rows: one `NOTIFY thryve_inbox` per
+/// burst of commits, sent from here rather than inside each commit so it adds nothing to ack
+/// latency.
+pub struct Notifier {
+    pool: PgPool,
+}
+
+impl Notifier {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// A NOTIFY per change of `commits` (the writers' and the spool loader's).
+    pub fn start(self, services: &mut Services, commits: watch::Receiver<u64>) {
+        services.start(self, Wake::on(commits));
+    }
+}
+
+impl Service for Notifier {
+    const NAME: &'static str = "notifier";
+    const FAILED: &'static str = "NOTIFY failed; pollers elsewhere fall back to their interval";
+    type Error = sqlx::Error;
+
+    async fn run_once(&mut self, _: &CancellationToken) -> sqlx::Result<Pass> {
+        notify(&self.pool).await?;
+        Ok(Pass::Idle)
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(Duration::from_millis(250), Duration::from_secs(5))
     }
 }

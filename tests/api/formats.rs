@@ -3,24 +3,12 @@
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use thryve_bridge::{
-    config::Secret,
-    http::hmac::{Layout, LayoutSetting},
+use thryve_bridge::http::hmac::{HmacMode, Layout, LayoutSetting};
+
+use crate::support::{
+    answer, gzip, signed_config, spawn_app, spawn_app_with, test_config, thryve_wire, zstd,
+    TestApp, HMAC_SECRET, PASSWORD, USER,
 };
-
-use crate::helpers::{
-    answer, gzip, spawn_app, spawn_app_with, test_config, thryve_wire, zstd, TestApp, PASSWORD,
-    USER,
-};
-
-const HMAC_SECRET: &str = "thryve-hmac-secret";
-
-async fn inbox_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM thryve.inbox")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap()
-}
 
 /// The row's identity columns and its typed columns (nulls left out, instants as epoch ms).
 async fn stored_row(app: &TestApp, inbox_id: &Value) -> Value {
@@ -111,7 +99,7 @@ async fn data_pushes_of_each_type_base64_zstd_or_gzip_are_stored_without_typed_c
             );
         }
     }
-    assert_eq!(inbox_count(&app).await, 8);
+    assert_eq!(app.inbox_count().await, 8);
 }
 
 #[tokio::test]
@@ -163,7 +151,7 @@ async fn a_corrupt_zstd_stream_gets_400_and_nothing_is_stored() {
             "{name}: {error}"
         );
     }
-    assert_eq!(inbox_count(&app).await, 0);
+    assert_eq!(app.inbox_count().await, 0);
 }
 
 #[tokio::test]
@@ -177,7 +165,7 @@ async fn a_zstd_decompression_bomb_gets_413_and_nothing_is_stored() {
         error["error"],
         "decompressed body is larger than the 1048576-byte limit"
     );
-    assert_eq!(inbox_count(&app).await, 0);
+    assert_eq!(app.inbox_count().await, 0);
 }
 
 fn form_body(update: &Value) -> String {
@@ -277,7 +265,7 @@ async fn each_legacy_shape_is_stored_the_same_as_json_or_as_a_form() {
         );
         assert_eq!(again["inbox_id"], first["inbox_id"], "{name}");
     }
-    assert_eq!(inbox_count(&app).await, 6);
+    assert_eq!(app.inbox_count().await, 6);
 }
 
 #[tokio::test]
@@ -320,7 +308,7 @@ async fn form_bodies_without_a_json_source_update_get_400_and_nothing_is_stored(
             "{body:?}: {error}"
         );
     }
-    assert_eq!(inbox_count(&app).await, 0);
+    assert_eq!(app.inbox_count().await, 0);
 }
 
 /// HMAC-SHA256 computed here with the `hmac` crate directly, not with the bridge's helper.
@@ -334,16 +322,6 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn hmac_config(basic: bool, layout: Layout) -> thryve_bridge::config::ServeConfig {
-    let mut config = test_config();
-    if !basic {
-        config.webhook_basic_auth = None;
-    }
-    config.webhook_hmac_secret = Some(Secret::new(HMAC_SECRET));
-    config.webhook_hmac_layout = LayoutSetting::Fixed(layout);
-    config
-}
-
 fn signed(app: &TestApp, body: &[u8], timestamp: &str, signature: &str) -> reqwest::RequestBuilder {
     app.webhook()
         .header("content-type", "application/json")
@@ -355,7 +333,11 @@ fn signed(app: &TestApp, body: &[u8], timestamp: &str, signature: &str) -> reqwe
 
 #[tokio::test]
 async fn a_signed_push_is_accepted_with_the_default_layout_over_the_wire_bytes() {
-    let app = spawn_app_with(hmac_config(false, Layout::WIRE_THEN_TIMESTAMP)).await;
+    let app = spawn_app_with(signed_config(
+        LayoutSetting::Fixed(Layout::WIRE_THEN_TIMESTAMP),
+        HmacMode::Enforce,
+    ))
+    .await;
     let body = thryve_wire(
         data_push("event.data.epoch.update", "unix", "true")
             .to_string()
@@ -380,12 +362,16 @@ async fn a_signed_push_is_accepted_with_the_default_layout_over_the_wire_bytes()
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
-    assert_eq!(inbox_count(&app).await, 1);
+    assert_eq!(app.inbox_count().await, 1);
 }
 
 #[tokio::test]
 async fn the_configured_layout_is_the_one_checked() {
-    let app = spawn_app_with(hmac_config(false, "timestamp.body".parse().unwrap())).await;
+    let app = spawn_app_with(signed_config(
+        LayoutSetting::Fixed("timestamp.body".parse().unwrap()),
+        HmacMode::Enforce,
+    ))
+    .await;
     let body = data_push("event.data.daily.create", "unix", "59").to_string();
     let ts = now_ms().to_string();
     let dotted = signature(format!("{ts}.{body}").as_bytes());
@@ -404,7 +390,11 @@ async fn the_configured_layout_is_the_one_checked() {
 
 #[tokio::test]
 async fn bad_or_missing_hmac_gets_401_naming_the_problem_and_nothing_is_stored() {
-    let app = spawn_app_with(hmac_config(false, Layout::WIRE_THEN_TIMESTAMP)).await;
+    let app = spawn_app_with(signed_config(
+        LayoutSetting::Fixed(Layout::WIRE_THEN_TIMESTAMP),
+        HmacMode::Enforce,
+    ))
+    .await;
     let body = data_push("event.data.daily.update", "unix", "59").to_string();
     let body = body.as_bytes();
     let ts = now_ms().to_string();
@@ -488,14 +478,19 @@ async fn bad_or_missing_hmac_gets_401_naming_the_problem_and_nothing_is_stored()
             "{name}: {error}"
         );
     }
-    assert_eq!(inbox_count(&app).await, 0);
+    assert_eq!(app.inbox_count().await, 0);
     let ok = signed(&app, body, &ts, &good).send().await.unwrap();
     assert_eq!(ok.status(), 200);
 }
 
 #[tokio::test]
 async fn with_basic_and_hmac_configured_both_are_required() {
-    let app = spawn_app_with(hmac_config(true, Layout::WIRE_THEN_TIMESTAMP)).await;
+    let mut config = signed_config(
+        LayoutSetting::Fixed(Layout::WIRE_THEN_TIMESTAMP),
+        HmacMode::Enforce,
+    );
+    config.receiver.webhook_basic_auth = test_config().receiver.webhook_basic_auth;
+    let app = spawn_app_with(config).await;
     let body = data_push("event.data.daily.update", "unix", "59").to_string();
     let ts = now_ms().to_string();
     let good = signature(&[body.as_bytes(), ts.as_bytes()].concat());
@@ -533,7 +528,7 @@ async fn with_basic_and_hmac_configured_both_are_required() {
         .await
         .unwrap();
     assert_eq!(wrong_password.status(), 401);
-    assert_eq!(inbox_count(&app).await, 0);
+    assert_eq!(app.inbox_count().await, 0);
 
     let both = signed(&app, body.as_bytes(), &ts, &good)
         .basic_auth(USER, Some(PASSWORD))

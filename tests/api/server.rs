@@ -14,7 +14,7 @@ use tokio::{
     sync::Notify,
 };
 
-use crate::helpers::{answer, epoch_notification, spawn_app_with, test_config, PASSWORD, USER};
+use crate::support::{answer, epoch_notification, spawn_app_with, test_config, PASSWORD, USER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_under_load_loses_no_acknowledged_delivery() {
@@ -89,8 +89,8 @@ async fn serves_https_with_the_configured_certificate() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
     let mut config = test_config();
-    config.tls_cert_path = Some(cert_path);
-    config.tls_key_path = Some(key_path);
+    config.listener.tls_cert_path = Some(cert_path);
+    config.listener.tls_key_path = Some(key_path);
     let app = spawn_app_with(config).await;
 
     let client = reqwest::Client::builder()
@@ -116,7 +116,7 @@ async fn serves_https_with_the_configured_certificate() {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_dropped() {
     let mut config = test_config();
-    config.header_read_timeout_ms = 300;
+    config.listener.header_read_timeout_ms = 300;
     let app = spawn_app_with(config).await;
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
     slow.write_all(b"POST /webhooks/thryve HTTP/1.1\r\nHost: x\r\n")
@@ -134,7 +134,7 @@ async fn a_client_that_never_finishes_its_headers_is_dropped() {
 #[tokio::test]
 async fn a_body_that_trickles_in_past_the_deadline_gets_408_and_nothing_is_stored() {
     let mut config = test_config();
-    config.ack_deadline_ms = 300;
+    config.receiver.ack_deadline_ms = 300;
     let app = spawn_app_with(config).await;
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
     let auth = base64_basic();
@@ -214,7 +214,7 @@ async fn metrics_describe_real_traffic() {
         );
     }
     assert!(
-        !text.contains(crate::helpers::PASSWORD),
+        !text.contains(crate::support::PASSWORD),
         "no secret in metrics"
     );
 }

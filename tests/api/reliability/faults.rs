@@ -23,29 +23,13 @@ use thryve_bridge::{
 use thryve_loadgen::{self as loadgen, LoadConfig, Rng, Sent};
 
 use crate::{
-    helpers::{
-        answer, epoch_notification, spawn_app_with, spawn_on, test_config, TestDb, PASSWORD, USER,
-    },
     invariants::assert_guarantees,
     poller::{poller, store},
+    support::{
+        answer, epoch_notification, receiver_only, spawn_app_with, spawn_on, test_config,
+        wait_until, TestDb, PASSWORD, USER,
+    },
 };
-
-/// Polls `condition` until it holds, failing the test after `within`: the wait is on a
-/// condition, the short pause only spaces the polls.
-pub(super) async fn wait_until<F, Fut>(within: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The real binary as a child process, configured only by the variables given, its stdout
 /// and stderr collected line by line. Dropping it kills it.
@@ -193,8 +177,8 @@ async fn terminate_backends(conn: &mut PgConnection) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_connections_killed_twice_under_load_lose_no_acknowledged_delivery() {
     let mut config = test_config();
-    config.poller_enabled = true;
-    config.poll_interval_ms = 50;
+    config.poller.poller_enabled = true;
+    config.poller.poll_interval_ms = 50;
     let app = spawn_app_with(config).await;
     let mut killer = PgConnection::connect(&app.db.url()).await.unwrap();
     let load = LoadConfig {
@@ -431,7 +415,7 @@ async fn a_poller_process_killed_mid_drain_leaves_nothing_lost_or_uncovered() {
 async fn a_stalled_database_answers_more_requests_than_connections_with_503_in_time_then_recovers()
 {
     let mut config = test_config();
-    config.ack_deadline_ms = 500;
+    config.receiver.ack_deadline_ms = 500;
     let app = spawn_app_with(config).await;
     let mut locker = PgConnection::connect(&app.db.url()).await.unwrap();
     let mut lock = locker.begin().await.unwrap();
@@ -540,8 +524,8 @@ async fn refuse_two_users(pool: &PgPool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_statement_error_for_one_delivery_refuses_only_that_one_with_503() {
     let mut config = test_config();
-    config.ingest_writers = 1;
-    config.ack_deadline_ms = 5000;
+    config.receiver.ingest_writers = 1;
+    config.receiver.ack_deadline_ms = 5000;
     let app = spawn_app_with(config).await;
     refuse_two_users(&app.db.pool).await;
 
@@ -736,9 +720,10 @@ async fn one_mixed_batch(refused: &[(usize, &str)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_pool_gives_503_in_time_and_the_next_delivery_200() {
     let db = TestDb::new().await;
-    let mut config = test_config();
-    config.ack_deadline_ms = 500;
-    let pool = db::pool(&db.url(), 3, config.ack_deadline()).unwrap();
+    // The poller off: its LISTEN would keep one of the three connections the test must hold.
+    let mut config = receiver_only();
+    config.receiver.ack_deadline_ms = 500;
+    let pool = db::pool(&db.url(), 3, config.receiver.ack_deadline()).unwrap();
     let app = spawn_on(db, pool.clone(), config).await;
     let (status, _) = answer(
         app.post_json(&epoch_notification("before", 1, 2, &[1]))

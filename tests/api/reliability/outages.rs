@@ -13,15 +13,12 @@ use std::{
 
 use serde_json::{json, Value};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
-use thryve_bridge::poller::{Poller, PollerConfig, MAX_ROW_TIMEOUTS};
+use thryve_bridge::poller::{Poller, MAX_ROW_TIMEOUTS};
 
-use super::{
-    faults::{wait_until, Bridge},
-    spool::Server,
-};
+use super::{faults::Bridge, spool::Server};
 use crate::{
-    helpers::{admin_url, epoch_notification, test_config, TestDb, PASSWORD, USER},
     poller::store,
+    support::{admin_url, epoch_notification, test_config, wait_until, TestDb, PASSWORD, USER},
 };
 
 /// A fresh directory under the system temp dir, removed when the test ends.
@@ -295,8 +292,8 @@ async fn outage_is_spooled_and_loaded_after(way: Way) {
     role.grant(&db).await;
     let dir = TempDir::new();
     let mut spooling = test_config();
-    spooling.ack_deadline_ms = 1000;
-    spooling.spool_dir = Some(dir.0.clone());
+    spooling.receiver.ack_deadline_ms = 1000;
+    spooling.spool.spool_dir = Some(dir.0.clone());
     let url = role.url(&db);
     let with_spool = Server::start(&spooling, &url).await;
     let without_spool = Server::start(&test_config(), &url).await;
@@ -426,7 +423,7 @@ async fn a_set_aside_record_stays_visible_is_listed_and_reloads_once_fixed() {
     .concat();
     std::fs::write(dir.0.join("segment-00000000000000000003.jsonl"), segment).unwrap();
     let mut config = test_config();
-    config.spool_dir = Some(dir.0.clone());
+    config.spool.spool_dir = Some(dir.0.clone());
     let server = Server::start(&config, &db.url()).await;
     // The segment is done once the good record committed and the refused one was set aside.
     wait_until(Duration::from_secs(20), "the segment loaded", || async {
@@ -509,7 +506,7 @@ fn json_line(output: &str, prefix: &str) -> Value {
 async fn a_locked_inbox_is_not_ready_and_a_late_commit_is_not_called_unstored() {
     let db = TestDb::new().await;
     let mut config = test_config();
-    config.ack_deadline_ms = 500;
+    config.receiver.ack_deadline_ms = 500;
     let server = Server::start(&config, &db.url()).await;
     assert_eq!(get_status(server.addr, "/readyz").await, 200);
 
@@ -573,14 +570,7 @@ async fn statement_timeouts_behind_a_held_lock_quarantine_nothing_and_a_row_slow
         .connect(&role.url(&db))
         .await
         .unwrap();
-    let poller = Poller::new(
-        pool,
-        PollerConfig {
-            batch_size: 100,
-            interval: Duration::from_millis(50),
-            listen: false,
-        },
-    );
+    let poller = Poller::new(pool, &test_config().poller);
     let healthy: Vec<Value> = (0..10)
         .map(|i| epoch_notification(&format!("u{i}"), 1_000, 2_000, &[1]))
         .collect();
@@ -761,8 +751,8 @@ async fn a_changed_password_and_a_pg_hba_reject_are_outages_spooled_and_loaded_a
     };
     let dir = TempDir::new();
     let mut config = test_config();
-    config.ack_deadline_ms = 1000;
-    config.spool_dir = Some(dir.0.clone());
+    config.receiver.ack_deadline_ms = 1000;
+    config.spool.spool_dir = Some(dir.0.clone());
     let server = Server::start(&config, &url("first-password")).await;
     assert_eq!(
         post(server.addr, &epoch_notification("own", 1, 2, &[1]))
