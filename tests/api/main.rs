@@ -1,6 +1,7 @@
 //! Black-box tests: the real server on a random port, a fresh Postgres database per test.
 
 mod cli;
+mod deployments;
 mod fake_thryve;
 mod fetcher;
 mod formats;
