@@ -277,6 +277,85 @@ pub fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
 mod tests {
     use super::*;
 
+    fn serve(vars: &[(&str, &str)]) -> ServeConfig {
+        ServeConfig::from_env(vars.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn a_process_without_the_receiver_needs_no_webhook_credential() {
+        let everything_else_off = [
+            ("RECEIVER_ENABLED", "false"),
+            ("POLLER_ENABLED", "false"),
+            ("HOUSEKEEPING_ENABLED", "false"),
+        ];
+        // Poller-only (the Kubernetes poller), housekeeping-only, fetcher-only.
+        for (component, switch, extra) in [
+            ("poller", "POLLER_ENABLED", &[][..]),
+            ("housekeeping", "HOUSEKEEPING_ENABLED", &[][..]),
+            (
+                "fetcher",
+                "FETCHER_ENABLED",
+                &[
+                    ("THRYVE_API_USER", "u"),
+                    ("THRYVE_API_PASSWORD", "p"),
+                    ("THRYVE_APP_ID", "a"),
+                    ("THRYVE_APP_SECRET", "s"),
+                ][..],
+            ),
+        ] {
+            let mut vars = everything_else_off.to_vec();
+            vars.push((switch, "true"));
+            vars.extend_from_slice(extra);
+            let config = serve(&vars);
+            assert!(config.validate().is_ok(), "{component}-only");
+        }
+        let receiver = serve(&[]).validate().unwrap_err();
+        assert_eq!(receiver.variable, "WEBHOOK_BASIC_AUTH");
+    }
+
+    #[test]
+    fn a_component_that_is_off_is_not_checked() {
+        let bad = [
+            ("POLL_BATCH_SIZE", "0", "POLLER_ENABLED"),
+            ("HOUSEKEEPING_BATCH", "0", "HOUSEKEEPING_ENABLED"),
+            ("HOUSEKEEPING_INTERVAL_SECS", "0", "HOUSEKEEPING_ENABLED"),
+            ("INGEST_WRITERS", "0", "RECEIVER_ENABLED"),
+            ("FETCHER_CONCURRENCY", "0", "FETCHER_ENABLED"),
+        ];
+        for (variable, value, switch) in bad {
+            let base = [
+                ("WEBHOOK_BASIC_AUTH", "a:b"),
+                ("THRYVE_API_USER", "u"),
+                ("THRYVE_API_PASSWORD", "p"),
+                ("THRYVE_APP_ID", "a"),
+                ("THRYVE_APP_SECRET", "s"),
+                (variable, value),
+            ];
+            let on = serve(&[&base[..], &[(switch, "true")]].concat());
+            assert_eq!(on.validate().unwrap_err().variable, variable);
+            let off = serve(&[&base[..], &[(switch, "false")]].concat());
+            assert!(off.validate().is_ok(), "{variable} with {switch}=false");
+        }
+    }
+
+    #[test]
+    fn settings_come_from_the_map_alone_and_parse_as_the_binary_parses_them() {
+        let config = serve(&[
+            ("POLL_INTERVAL_MS", "250"),
+            ("INBOX_RETENTION", "12h"),
+            ("PAYLOAD_RETENTION", ""),
+            ("RECEIVER_ENABLED", "no"),
+            ("SPOOL_DIR", "/var/spool/x"),
+        ]);
+        assert_eq!(config.poller.interval(), Duration::from_millis(250));
+        let retention = &config.housekeeping.retention;
+        assert_eq!(retention.inbox_retention, Duration::from_secs(12 * 3600));
+        assert_eq!(retention.payload_retention, None);
+        assert!(!config.receiver.receiver_enabled);
+        assert_eq!(config.spool.spool_dir, Some(PathBuf::from("/var/spool/x")));
+        assert!(ServeConfig::from_env([("POLL_BATCH_SIZE", "many")]).is_err());
+    }
+
     #[test]
     fn durations_in_each_unit() {
         let cases = [
