@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cli::{bridge, json_out},
     poller::{poller, store},
-    support::{answer, epoch_notification, spawn_app, spawn_on, test_config, TestDb},
+    support::{
+        answer, epoch_notification, receiver_only, spawn_app_with, spawn_on, test_config, TestDb,
+    },
 };
 
 fn housekeeping(db: &TestDb, retention: RetentionConfig) -> Housekeeping {
@@ -183,7 +185,8 @@ async fn the_served_housekeeping_runs_at_start_and_stops_at_once_on_shutdown() {
 
 #[tokio::test]
 async fn blanked_payloads_keep_typed_columns_and_a_redelivery_is_still_a_duplicate() {
-    let app = spawn_app().await;
+    // The server's poller off: it would process the redelivered row while the test looks.
+    let app = spawn_app_with(receiver_only()).await;
     let old_body = epoch_notification("blank", 1_700_000_000_000, 1_700_000_060_000, &[1000]);
     let recent_body = epoch_notification("blank", 1_700_000_100_000, 1_700_000_160_000, &[1000]);
     let (_, old) = answer(app.post_json(&old_body).await).await;
@@ -192,7 +195,7 @@ async fn blanked_payloads_keep_typed_columns_and_a_redelivery_is_still_a_duplica
         old["inbox_id"].as_i64().unwrap(),
         recent["inbox_id"].as_i64().unwrap(),
     );
-    app.wait_processed().await;
+    poller(&app.db).drain().await.unwrap();
     sqlx::query("UPDATE thryve.inbox SET processed_at = now() - interval '2 days' WHERE id = $1")
         .bind(old_id)
         .execute(&app.db.pool)
@@ -240,7 +243,7 @@ async fn blanked_payloads_keep_typed_columns_and_a_redelivery_is_still_a_duplica
     );
     assert_eq!(redelivered.summary.status, "pending");
     assert_eq!(redelivered.summary.delivery_count, 2);
-    app.wait_processed().await;
+    poller(&app.db).drain().await.unwrap();
     let processed = inbox::get(&app.db.pool, old_id).await.unwrap().unwrap();
     assert_eq!(processed.summary.status, "processed");
 }

@@ -8,8 +8,8 @@ use sqlx::{ConnectOptions, Connection, Row};
 use crate::{
     proxy::PgProxy,
     support::{
-        answer, epoch_notification, spawn_app, spawn_app_with, spawn_on, test_config, TestDb,
-        PASSWORD, ROTATED_PASSWORD, USER,
+        answer, epoch_notification, receiver_only, spawn_app, spawn_app_with, spawn_on,
+        test_config, TestDb, PASSWORD, ROTATED_PASSWORD, USER,
     },
 };
 
@@ -22,7 +22,8 @@ async fn inbox_rows(app: &crate::support::TestApp) -> Vec<sqlx::postgres::PgRow>
 
 #[tokio::test]
 async fn every_notification_type_in_both_timestamp_forms_is_stored_typed() {
-    let app = spawn_app().await;
+    // The server's poller off: the test reads rows (`pending`) as the receiver stored them.
+    let app = spawn_app_with(receiver_only()).await;
     let cases = [
         (
             json!({"endUserId": "u1", "endUserAlias": "alias-1", "timestampType": "unix", "type": "notification.source.connect",
@@ -437,7 +438,8 @@ where
 
 #[tokio::test]
 async fn a_duplicate_of_a_processed_row_puts_it_back_to_pending() {
-    let app = spawn_app().await;
+    // The server's poller off: it would process the re-armed row while the test looks.
+    let app = spawn_app_with(receiver_only()).await;
     let body = epoch_notification("u", 1, 2, &[1]);
     let (_, ack) = answer(app.post_json(&body).await).await;
     sqlx::query("UPDATE thryve.inbox SET status = 'processed', processed_at = now() WHERE id = $1")
