@@ -101,39 +101,13 @@ pub enum GranularityArg {
 }
 
 pub(super) async fn run(command: RangesCommand, pool: PgPool) -> Result<(), CliError> {
-    let held = |range_id: i64, action: &str, ok: bool| {
-        println!(
-            "{}",
-            serde_json::json!({ "range_id": range_id, action: ok })
-        );
-        if ok {
-            Ok(())
-        } else {
-            Err(CliError::Failed(format!("range {range_id}: this worker does not hold its claim (lease expired and re-claimed, or never claimed)")))
-        }
-    };
     match command {
         RangesCommand::Claim {
             worker,
             max,
             lease_secs,
             mode,
-        } => {
-            let claimed = Consumer::new(pool, worker)
-                .claim_for(mode, max, Duration::from_secs(lease_secs))
-                .await?;
-            let out: Vec<serde_json::Value> = claimed
-                .iter()
-                .map(|range| {
-                    let (path, body) = range.thryve_request();
-                    let mut value = serde_json::to_value(range).expect("a range serialises");
-                    value["thryve_request"] = serde_json::json!({ "path": path, "body": body });
-                    value
-                })
-                .collect();
-            println!("{}", serde_json::Value::Array(out));
-            Ok(())
-        }
+        } => claim(pool, worker, mode, max, Duration::from_secs(lease_secs)).await,
         RangesCommand::Complete {
             range_id,
             worker,
@@ -181,33 +155,17 @@ pub(super) async fn run(command: RangesCommand, pool: PgPool) -> Result<(), CliE
                 (Some(user), Some(source)) => vec![(user, source)],
                 (user, source) => sources::connected(&pool, user.as_deref(), source).await?,
             };
-            let granularities = match granularity {
-                GranularityArg::Epoch => vec![ranges::Granularity::Epoch],
-                GranularityArg::Daily => vec![ranges::Granularity::Daily],
-                GranularityArg::Both => {
-                    vec![ranges::Granularity::Epoch, ranges::Granularity::Daily]
-                }
-            };
             let mut data_type_ids = types;
             data_type_ids.sort_unstable();
             data_type_ids.dedup();
             let refetch = ranges::Refetch {
                 targets,
-                granularities,
+                granularities: granularity.granularities(),
                 since,
                 until,
                 data_type_ids,
             };
-            let spans = ranges::enqueue_refetch(&pool, &refetch).await?;
-            print_json(&serde_json::json!({
-                "since": refetch.since,
-                "until": refetch.until,
-                "targets": refetch.targets.len(),
-                "granularities": refetch.granularities.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
-                "data_type_ids": refetch.data_type_ids,
-                "spans_merged": spans,
-            }));
-            Ok(())
+            dirty(&pool, &refetch).await
         }
         RangesCommand::List { status, limit } => {
             let ranges = ranges::list(&pool, status, limit).await?;
@@ -215,4 +173,65 @@ pub(super) async fn run(command: RangesCommand, pool: PgPool) -> Result<(), CliE
             Ok(())
         }
     }
+}
+
+impl GranularityArg {
+    fn granularities(self) -> Vec<ranges::Granularity> {
+        match self {
+            GranularityArg::Epoch => vec![ranges::Granularity::Epoch],
+            GranularityArg::Daily => vec![ranges::Granularity::Daily],
+            GranularityArg::Both => vec![ranges::Granularity::Epoch, ranges::Granularity::Daily],
+        }
+    }
+}
+
+/// Prints the claimed ranges, each with the Thryve call that re-fetches it.
+async fn claim(
+    pool: PgPool,
+    worker: String,
+    mode: ClaimMode,
+    max: i32,
+    lease: Duration,
+) -> Result<(), CliError> {
+    let claimed = Consumer::new(pool, worker)
+        .claim_for(mode, max, lease)
+        .await?;
+    let out: Vec<serde_json::Value> = claimed
+        .iter()
+        .map(|range| {
+            let (path, body) = range.thryve_request();
+            let mut value = serde_json::to_value(range).expect("a range serialises");
+            value["thryve_request"] = serde_json::json!({ "path": path, "body": body });
+            value
+        })
+        .collect();
+    println!("{}", serde_json::Value::Array(out));
+    Ok(())
+}
+
+/// `{"range_id": .., action: ok}`, and exit 1 when the claim was not held.
+fn held(range_id: i64, action: &str, ok: bool) -> Result<(), CliError> {
+    println!(
+        "{}",
+        serde_json::json!({ "range_id": range_id, action: ok })
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!("range {range_id}: this worker does not hold its claim (lease expired and re-claimed, or never claimed)")))
+    }
+}
+
+/// Enqueues `refetch` and prints what it asked for.
+async fn dirty(pool: &PgPool, refetch: &ranges::Refetch) -> Result<(), CliError> {
+    let spans = ranges::enqueue_refetch(pool, refetch).await?;
+    print_json(&serde_json::json!({
+        "since": refetch.since,
+        "until": refetch.until,
+        "targets": refetch.targets.len(),
+        "granularities": refetch.granularities.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+        "data_type_ids": refetch.data_type_ids,
+        "spans_merged": spans,
+    }));
+    Ok(())
 }

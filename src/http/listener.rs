@@ -223,112 +223,33 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let Listener {
-        socket: listener,
-        tls,
-        header_read_timeout,
-        shutdown_timeout,
-        max_connections,
-        open_connections,
-    } = listener;
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
-    let mut last_at_capacity_log: Option<Instant> = None;
-    let mut last_accept_error_log: Option<Instant> = None;
-    let mut accept_failures: u64 = 0;
-    let mut accept_backoff = Backoff::new(ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         // Each connection's read buffer grows up to this; hyper's default (about 400 KiB)
         // times hundreds of connections streaming bodies was most of the RSS of a burst.
         // Also the most header bytes a request may send (more gets 431).
         .max_buf_size(READ_BUFFER_MAX)
-        .header_read_timeout(header_read_timeout)
+        .header_read_timeout(listener.header_read_timeout)
         .keep_alive(true);
-    loop {
-        // The slot is taken before `accept`, so at the cap the next client waits in the
-        // backlog (its TCP handshake done by the kernel) until a connection ends.
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if last_at_capacity_log.is_none_or(|at| at.elapsed() >= AT_CAPACITY_LOG_INTERVAL) {
-                    last_at_capacity_log = Some(Instant::now());
-                    tracing::warn!(
-                        max_connections,
-                        "connection limit reached (MAX_CONNECTIONS); new clients wait in the accept backlog"
-                    );
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                }
-            }
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => {
-                    accept_backoff.reset();
-                    accepted
-                }
-                Err(error) => {
-                    // Out of file descriptors and the like: keep serving what is open, and
-                    // wait for some to close rather than spin (the client stays in the
-                    // backlog meanwhile).
-                    accept_failures += 1;
-                    let pause = accept_backoff.failed();
-                    if last_accept_error_log.is_none_or(|at| at.elapsed() >= AT_CAPACITY_LOG_INTERVAL) {
-                        last_accept_error_log = Some(Instant::now());
-                        tracing::warn!(%error, failures = accept_failures, backoff_ms = pause.as_millis() as u64, "accept failed; backing off (logged once a minute at most)");
-                    }
-                    drop(permit);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    continue;
-                }
-            },
-        };
+    let mut accepting = Accepting::new(&listener);
+    while let Some((stream, peer, slot)) = accepting.next(&listener, &shutdown).await {
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let watcher = graceful.watcher();
-        let http = http.clone();
-        let tls = tls.clone();
-        let handshake_timeout = header_read_timeout;
-        let slot = Slot::new(permit, &open_connections);
-        tokio::spawn(async move {
-            let _slot = slot;
-            let served = match tls {
-                None => {
-                    watcher
-                        .watch(http.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            watcher
-                                .watch(http.serve_connection(TokioIo::new(tls_stream), service))
-                                .await
-                        }
-                        Ok(Err(error)) => {
-                            tracing::debug!(%peer, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(error) = served {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-        });
+        let connection = Connection {
+            peer,
+            tls: listener.tls.clone(),
+            handshake_timeout: listener.header_read_timeout,
+            slot,
+        };
+        tokio::spawn(connection.serve(stream, http.clone(), service, graceful.watcher()));
     }
-    drop(listener);
+    let Listener {
+        socket,
+        shutdown_timeout,
+        ..
+    } = listener;
+    drop(socket);
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(shutdown_timeout) => {
@@ -336,4 +257,147 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// The accept side: a slot under the cap first, then a connection, backing off while accept
+/// fails; what it logs, at most once a minute each.
+struct Accepting {
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    open_connections: Gauge,
+    backoff: Backoff,
+    failures: u64,
+    last_at_capacity_log: Option<Instant>,
+    last_failure_log: Option<Instant>,
+}
+
+impl Accepting {
+    fn new(listener: &Listener) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(listener.max_connections.max(1))),
+            max_connections: listener.max_connections,
+            open_connections: listener.open_connections.clone(),
+            backoff: Backoff::new(ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX),
+            failures: 0,
+            last_at_capacity_log: None,
+            last_failure_log: None,
+        }
+    }
+
+    /// The next client with its slot, or `None` once `shutdown` begins.
+    async fn next(
+        &mut self,
+        listener: &Listener,
+        shutdown: &CancellationToken,
+    ) -> Option<(tokio::net::TcpStream, SocketAddr, Slot)> {
+        loop {
+            // The slot is taken before `accept`, so at the cap the next client waits in the
+            // backlog (its TCP handshake done by the kernel) until a connection ends.
+            let permit = self.slot(shutdown).await?;
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                accepted = listener.socket.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    self.backoff.reset();
+                    return Some((stream, peer, Slot::new(permit, &self.open_connections)));
+                }
+                Err(error) => {
+                    drop(permit);
+                    self.failed(error, shutdown).await?;
+                }
+            }
+        }
+    }
+
+    async fn slot(&mut self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        if self
+            .last_at_capacity_log
+            .is_none_or(|at| at.elapsed() >= AT_CAPACITY_LOG_INTERVAL)
+        {
+            self.last_at_capacity_log = Some(Instant::now());
+            tracing::warn!(
+                max_connections = self.max_connections,
+                "connection limit reached (MAX_CONNECTIONS); new clients wait in the accept backlog"
+            );
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            permit = self.slots.clone().acquire_owned() => Some(permit.expect("the semaphore is never closed")),
+        }
+    }
+
+    /// Out of file descriptors and the like: keep serving what is open, and wait for some to
+    /// close rather than spin (the client stays in the backlog meanwhile). `None` on shutdown.
+    async fn failed(&mut self, error: io::Error, shutdown: &CancellationToken) -> Option<()> {
+        self.failures += 1;
+        let pause = self.backoff.failed();
+        if self
+            .last_failure_log
+            .is_none_or(|at| at.elapsed() >= AT_CAPACITY_LOG_INTERVAL)
+        {
+            self.last_failure_log = Some(Instant::now());
+            tracing::warn!(%error, failures = self.failures, backoff_ms = pause.as_millis() as u64, "accept failed; backing off (logged once a minute at most)");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            _ = tokio::time::sleep(pause) => Some(()),
+        }
+    }
+}
+
+/// One accepted client, served until it ends or the graceful shutdown's deadline.
+struct Connection {
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    slot: Slot,
+}
+
+impl Connection {
+    async fn serve(
+        self,
+        stream: tokio::net::TcpStream,
+        http: hyper::server::conn::http1::Builder,
+        service: TowerToHyperService<Router>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let Self {
+            peer,
+            tls,
+            handshake_timeout,
+            slot: _slot,
+        } = self;
+        let served = match tls {
+            None => {
+                watcher
+                    .watch(http.serve_connection(TokioIo::new(stream), service))
+                    .await
+            }
+            Some(acceptor) => {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        watcher
+                            .watch(http.serve_connection(TokioIo::new(tls_stream), service))
+                            .await
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(error) = served {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+    }
 }
