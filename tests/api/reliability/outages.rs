@@ -18,7 +18,10 @@ use thryve_bridge::poller::{Poller, MAX_ROW_TIMEOUTS};
 use super::{faults::Bridge, spool::Server};
 use crate::{
     poller::store,
-    support::{admin_url, epoch_notification, test_config, wait_until, TestDb, PASSWORD, USER},
+    support::{
+        admin_url, drop_as_admin, epoch_notification, test_config, wait_until, TestDb, PASSWORD,
+        USER,
+    },
 };
 
 /// A fresh directory under the system temp dir, removed when the test ends.
@@ -85,21 +88,7 @@ impl TestRole {
 
 impl Drop for TestRole {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
-                    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
+        drop_as_admin(format!("DROP ROLE IF EXISTS {}", self.name));
     }
 }
 

@@ -11,5 +11,5 @@ pub use app::{
     TestApp, HMAC_SECRET, PASSWORD, ROTATED_PASSWORD, USER,
 };
 pub use bodies::{base64, epoch_notification, epoch_point, epoch_push, gzip, thryve_wire, zstd};
-pub use db::{admin_url, TestDb};
+pub use db::{admin_url, drop_as_admin, TestDb};
 pub use wait::wait_until;
