@@ -98,53 +98,8 @@ impl Spool {
         metrics: SpoolMetrics,
     ) -> Result<(Self, std::thread::JoinHandle<()>), OpenError> {
         let io_error = |e| OpenError::Io(dir.to_owned(), e);
-        fs::create_dir_all(dir).map_err(io_error)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))
-            .map_err(io_error)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(OpenError::Locked(dir.to_owned())),
-            Err(TryLockError::Error(e)) => return Err(io_error(e)),
-        }
-        let mut sealed = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_error)? {
-            let path = entry.map_err(io_error)?.path();
-            let Some(seq) = segment_seq(&path) else {
-                continue;
-            };
-            let bytes = fs::read(&path).map_err(io_error)?;
-            let records = bytes.iter().filter(|&&b| b == b'\n').count();
-            sealed.push(Segment { seq, path, records });
-        }
-        sealed.sort_by_key(|s| s.seq);
-        let waiting: usize = sealed.iter().map(|s| s.records).sum();
-        metrics.waiting.set(waiting as i64);
-        let set_aside = set_aside_files(dir)
-            .map_err(io_error)?
-            .iter()
-            .map(|(_, path)| fs::read(path).map(|b| b.iter().filter(|&&b| b == b'\n').count()))
-            .sum::<io::Result<usize>>()
-            .map_err(io_error)?;
-        metrics.set_aside.set(set_aside as i64);
-        if set_aside > 0 {
-            tracing::warn!(
-                spool_dir = %dir.display(),
-                records = set_aside,
-                "spool holds records set aside (rejected-*.jsonl); list them with `thryve-bridge spool list`"
-            );
-        }
-        if !sealed.is_empty() {
-            tracing::info!(
-                spool_dir = %dir.display(),
-                segments = sealed.len(),
-                records = waiting,
-                "spool holds records from an earlier run; loading them"
-            );
-        }
+        let lock = lock(dir)?;
+        let sealed = left_behind(dir, &metrics).map_err(io_error)?;
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             state: Mutex::new(State {
@@ -270,6 +225,61 @@ impl Spool {
         }
         Ok(requeued)
     }
+}
+
+/// Creates `dir` if needed and takes its lock, held as long as the returned file is open.
+fn lock(dir: &Path) -> Result<File, OpenError> {
+    let io_error = |e| OpenError::Io(dir.to_owned(), e);
+    fs::create_dir_all(dir).map_err(io_error)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io_error)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(TryLockError::WouldBlock) => Err(OpenError::Locked(dir.to_owned())),
+        Err(TryLockError::Error(e)) => Err(io_error(e)),
+    }
+}
+
+/// What an earlier process left in `dir`: its segments, oldest first (all to be loaded, none
+/// appended to), counted into `metrics` with the records set aside, and said in the log.
+fn left_behind(dir: &Path, metrics: &SpoolMetrics) -> io::Result<Vec<Segment>> {
+    let lines = |path: &Path| fs::read(path).map(|b| b.iter().filter(|&&b| b == b'\n').count());
+    let mut sealed = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some(seq) = segment_seq(&path) {
+            let records = lines(&path)?;
+            sealed.push(Segment { seq, path, records });
+        }
+    }
+    sealed.sort_by_key(|s| s.seq);
+    let waiting: usize = sealed.iter().map(|s| s.records).sum();
+    metrics.waiting.set(waiting as i64);
+    let set_aside = set_aside_files(dir)?
+        .iter()
+        .map(|(_, path)| lines(path))
+        .sum::<io::Result<usize>>()?;
+    metrics.set_aside.set(set_aside as i64);
+    if set_aside > 0 {
+        tracing::warn!(
+            spool_dir = %dir.display(),
+            records = set_aside,
+            "spool holds records set aside (rejected-*.jsonl); list them with `thryve-bridge spool list`"
+        );
+    }
+    if !sealed.is_empty() {
+        tracing::info!(
+            spool_dir = %dir.display(),
+            segments = sealed.len(),
+            records = waiting,
+            "spool holds records from an earlier run; loading them"
+        );
+    }
+    Ok(sealed)
 }
 
 /// One set-aside record as `spool list` shows it: where it is and what it is about, never the
