@@ -134,8 +134,8 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     /// The settings `serve` reads from exactly `vars` (not from this process's environment,
-    /// nor `.env`), by the same declarations as the binary: `from_env::<[(&str, &str); 0]>([])`
-    /// is every default. For tests and tools that must start from what a user gets.
+    /// nor `.env`), by the same declarations as the binary: an empty `vars` gives every
+    /// default. For tests and tools that must start from what a user gets.
     pub fn from_env<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Result<Self, clap::Error>
     where
         K: Into<String>,
