@@ -8,9 +8,7 @@ use crate::support::{spawn_app_with, test_config, PASSWORD, USER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_delivery_of_the_mix_is_stored_and_covered() {
-    let mut config = test_config();
-    config.poller.poller_enabled = true;
-    config.poller.poll_interval_ms = 50;
+    let config = test_config();
     let app = spawn_app_with(config).await;
     let run = loadgen::run(&LoadConfig {
         url: app.url("/webhooks/thryve"),

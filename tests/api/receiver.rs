@@ -280,6 +280,7 @@ async fn both_passwords_work_while_credentials_rotate() {
 #[tokio::test]
 async fn a_fixed_header_credential_is_accepted() {
     let mut config = test_config();
+    // The fixed header as the only credential: the test is about it.
     config.receiver.webhook_basic_auth = None;
     config.receiver.webhook_auth_header = Some(thryve_bridge::config::Secret::new(
         "X-Thryve-Key: k-old, X-Thryve-Key: k-new",
@@ -307,6 +308,7 @@ async fn a_fixed_header_credential_is_accepted() {
 #[tokio::test]
 async fn oversize_bodies_get_413_and_unknown_encodings_415() {
     let mut config = test_config();
+    // 4 KiB instead of 1 MiB, so that oversize bodies are small to send.
     config.receiver.max_body_bytes = 4096;
     let app = spawn_app_with(config).await;
     let mut big = epoch_notification("u", 1, 2, &[1]);

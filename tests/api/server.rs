@@ -91,6 +91,7 @@ async fn serves_https_with_the_configured_certificate() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
     let mut config = test_config();
+    // TLS is what the test is about: off by default.
     config.listener.tls_cert_path = Some(cert_path);
     config.listener.tls_key_path = Some(key_path);
     let app = spawn_app_with(config).await;
@@ -118,6 +119,7 @@ async fn serves_https_with_the_configured_certificate() {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_dropped() {
     let mut config = test_config();
+    // 300 ms instead of 10 s: the test waits for the timeout to drop the client.
     config.listener.header_read_timeout_ms = 300;
     let app = spawn_app_with(config).await;
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
@@ -136,6 +138,7 @@ async fn a_client_that_never_finishes_its_headers_is_dropped() {
 #[tokio::test]
 async fn a_body_that_trickles_in_past_the_deadline_gets_408_and_nothing_is_stored() {
     let mut config = test_config();
+    // 300 ms instead of 1.5 s: the test trickles a body in past the deadline.
     config.receiver.ack_deadline_ms = 300;
     let app = spawn_app_with(config).await;
     let mut slow = TcpStream::connect(app.addr).await.unwrap();

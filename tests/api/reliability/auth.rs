@@ -23,6 +23,7 @@ fn basic(user: &str, password: &str) -> String {
 #[tokio::test]
 async fn repeated_credential_headers_get_401_and_nothing_is_stored() {
     let mut config = test_config();
+    // A fixed header besides Basic: the test repeats both.
     config.receiver.webhook_auth_header = Some(Secret::new("X-Thryve-Key: k1"));
     let app = spawn_app_with(config).await;
     let right = basic(USER, PASSWORD);

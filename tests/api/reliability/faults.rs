@@ -26,8 +26,8 @@ use crate::{
     invariants::assert_guarantees,
     poller::{poller, store},
     support::{
-        answer, epoch_notification, receiver_only, spawn_app_with, spawn_on, test_config,
-        wait_until, TestDb, PASSWORD, USER,
+        answer, epoch_notification, receiver_only, spawn_app, spawn_app_with, spawn_on,
+        test_config, wait_until, TestDb, PASSWORD, USER,
     },
 };
 
@@ -176,9 +176,7 @@ async fn terminate_backends(conn: &mut PgConnection) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_connections_killed_twice_under_load_lose_no_acknowledged_delivery() {
-    let mut config = test_config();
-    config.poller.poller_enabled = true;
-    config.poller.poll_interval_ms = 50;
+    let config = test_config();
     let app = spawn_app_with(config).await;
     let mut killer = PgConnection::connect(&app.db.url()).await.unwrap();
     let load = LoadConfig {
@@ -414,9 +412,7 @@ async fn a_poller_process_killed_mid_drain_leaves_nothing_lost_or_uncovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_database_answers_more_requests_than_connections_with_503_in_time_then_recovers()
 {
-    let mut config = test_config();
-    config.receiver.ack_deadline_ms = 500;
-    let app = spawn_app_with(config).await;
+    let app = spawn_app().await;
     let mut locker = PgConnection::connect(&app.db.url()).await.unwrap();
     let mut lock = locker.begin().await.unwrap();
     sqlx::query("LOCK TABLE thryve.inbox IN EXCLUSIVE MODE")
@@ -524,6 +520,8 @@ async fn refuse_two_users(pool: &PgPool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_statement_error_for_one_delivery_refuses_only_that_one_with_503() {
     let mut config = test_config();
+    // One writer: the refused delivery's batch is retried one by one, and only its own
+    // statement fails; 5 s, so that those one-by-one retries finish within the deadline.
     config.receiver.ingest_writers = 1;
     config.receiver.ack_deadline_ms = 5000;
     let app = spawn_app_with(config).await;
@@ -721,8 +719,7 @@ async fn one_mixed_batch(refused: &[(usize, &str)]) {
 async fn a_full_pool_gives_503_in_time_and_the_next_delivery_200() {
     let db = TestDb::new().await;
     // The poller off: its LISTEN would keep one of the three connections the test must hold.
-    let mut config = receiver_only();
-    config.receiver.ack_deadline_ms = 500;
+    let config = receiver_only();
     let pool = db::pool(&db.url(), 3, config.receiver.ack_deadline()).unwrap();
     let app = spawn_on(db, pool.clone(), config).await;
     let (status, _) = answer(

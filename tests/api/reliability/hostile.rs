@@ -465,13 +465,6 @@ async fn hostile_bodies_get_the_documented_answer_and_nothing_crashes() {
     assert_eq!(app.get_status("/healthz").await, 200);
 }
 
-fn poller_config() -> thryve_bridge::config::ServeConfig {
-    let mut config = test_config();
-    config.poller.poller_enabled = true;
-    config.poller.poll_interval_ms = 100;
-    config
-}
-
 async fn statuses(app: &TestApp) -> Vec<(i64, String, Option<String>)> {
     sqlx::query_as("SELECT id, status, error FROM thryve.inbox ORDER BY id")
         .fetch_all(&app.db.pool)
@@ -489,7 +482,7 @@ async fn all_processed(app: &TestApp, rows: usize) -> bool {
 /// the one way to store a body deeper than it arrived, so its limit is one level less.
 #[tokio::test]
 async fn the_deepest_form_field_accepted_still_reads_back_and_the_poller_goes_on() {
-    let app = spawn_app_with(poller_config()).await;
+    let app = spawn_app().await;
     let too_deep = form_body(form(&legacy_update(&nested(126))));
     let (status, error) = answer(send(&app, &too_deep).await).await;
     assert_eq!(status, 400, "{error}");
@@ -511,7 +504,7 @@ async fn the_deepest_form_field_accepted_still_reads_back_and_the_poller_goes_on
 /// A value numeric cannot hold is kept as text; it used to fail the poller's batch.
 #[tokio::test]
 async fn a_pushed_value_too_long_for_numeric_is_kept_as_text() {
-    let app = spawn_app_with(poller_config()).await;
+    let app = spawn_app().await;
     let digits = "9".repeat(140_000);
     let push = epoch_push(vec![point(json!(3000), json!(0), json!(digits))]);
     let request = Request {
@@ -637,6 +630,7 @@ async fn malformed_http_is_refused_the_connection_closed_and_nothing_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_slow_clients_at_once_are_dropped_while_others_are_served() {
     let mut config = test_config();
+    // 500 ms instead of 10 s: the test waits for the slow clients to be dropped.
     config.listener.header_read_timeout_ms = 500;
     let app = spawn_app_with(config).await;
     let mut slow = Vec::new();

@@ -281,7 +281,6 @@ async fn outage_is_spooled_and_loaded_after(way: Way) {
     role.grant(&db).await;
     let dir = TempDir::new();
     let mut spooling = test_config();
-    spooling.receiver.ack_deadline_ms = 1000;
     spooling.spool.spool_dir = Some(dir.0.clone());
     let url = role.url(&db);
     let with_spool = Server::start(&spooling, &url).await;
@@ -494,9 +493,7 @@ fn json_line(output: &str, prefix: &str) -> Value {
 #[tokio::test]
 async fn a_locked_inbox_is_not_ready_and_a_late_commit_is_not_called_unstored() {
     let db = TestDb::new().await;
-    let mut config = test_config();
-    config.receiver.ack_deadline_ms = 500;
-    let server = Server::start(&config, &db.url()).await;
+    let server = Server::start(&test_config(), &db.url()).await;
     assert_eq!(get_status(server.addr, "/readyz").await, 200);
 
     let mut locker = PgConnection::connect(&db.url()).await.unwrap();
@@ -740,7 +737,6 @@ async fn a_changed_password_and_a_pg_hba_reject_are_outages_spooled_and_loaded_a
     };
     let dir = TempDir::new();
     let mut config = test_config();
-    config.receiver.ack_deadline_ms = 1000;
     config.spool.spool_dir = Some(dir.0.clone());
     let server = Server::start(&config, &url("first-password")).await;
     assert_eq!(

@@ -98,9 +98,7 @@ async fn behind_proxy() -> (TestDb, PgProxy, String) {
 
 fn spool_config(dir: &Path) -> ServeConfig {
     let mut config = test_config();
-    config.receiver.ack_deadline_ms = 1000;
     config.spool.spool_dir = Some(dir.to_owned());
-    config.spool.spool_margin_ms = 250;
     config
 }
 
