@@ -8,6 +8,7 @@ use base64::Engine;
 use tokio::{sync::Mutex, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::FetcherStatus;
 use crate::{
     config::ThryveApiConfig,
     metrics::{EndpointLabels, FetchCallLabels, Metrics},
@@ -35,6 +36,10 @@ pub enum CallError {
     /// Shutdown began while the call waited.
     #[error("shutting down")]
     Cancelled,
+    /// Fetching was paused (another call met a 401) while this one waited for its turn
+    /// under the rate cap: not sent, as the credentials are known to be refused.
+    #[error("not called: fetching is paused until Thryve accepts the credentials again")]
+    Paused,
 }
 
 /// One try's failure that another try may cure, with the wait Thryve asked for, if any.
@@ -89,6 +94,8 @@ pub struct ThryveClient {
     backoff: Backoff,
     rate: RateCap,
     metrics: Arc<Metrics>,
+    /// The fetcher's pause, checked once a call's turn comes.
+    pause: Option<Arc<FetcherStatus>>,
 }
 
 fn basic(user: &str, password: &str) -> HeaderValue {
@@ -124,7 +131,14 @@ impl ThryveClient {
             backoff: Backoff::new(config.backoff(), config.backoff_max()).with_full_jitter(),
             rate: RateCap::new(config.fetcher_rate_per_sec),
             metrics,
+            pause: None,
         })
+    }
+
+    /// Sends nothing while `status` says fetching is paused ([`CallError::Paused`]).
+    pub fn with_pause(mut self, status: Arc<FetcherStatus>) -> Self {
+        self.pause = Some(status);
+        self
     }
 
     /// POSTs `form` to `path` until an answer, a permanent refusal or the last try; between
@@ -139,6 +153,9 @@ impl ThryveClient {
         for attempt in 0..self.max_tries {
             if !self.rate.wait(shutdown).await {
                 return Err(CallError::Cancelled);
+            }
+            if self.pause.as_ref().is_some_and(|p| p.paused().is_some()) {
+                return Err(CallError::Paused);
             }
             match self.try_once(path, form).await {
                 Try::Done(body) => return Ok(body),

@@ -273,12 +273,14 @@ impl Fetcher {
         } else {
             config.fetcher_worker.clone()
         };
+        let status = Arc::<FetcherStatus>::default();
+        let client = ThryveClient::new(&config.api, metrics.clone())?.with_pause(status.clone());
         Ok(Self {
             pool,
-            client: Arc::new(ThryveClient::new(&config.api, metrics.clone())?),
+            client: Arc::new(client),
             config: config.clone(),
             worker,
-            status: Arc::default(),
+            status,
             metrics,
         })
     }
@@ -440,6 +442,16 @@ impl Fetcher {
                     "fetcher PAUSED: Thryve refuses the credentials; check THRYVE_API_USER/THRYVE_API_PASSWORD and THRYVE_APP_ID/THRYVE_APP_SECRET"
                 );
                 consumer.fail(range, &reason, pause).await?;
+                Ok(Outcome::Retry)
+            }
+            CallError::Paused => {
+                // Back when the pause ends, without a call that would meet the 401 again.
+                let until = self
+                    .status
+                    .resume_at()
+                    .map(|at| at.saturating_duration_since(Instant::now()));
+                let retry_in = until.unwrap_or_else(|| self.config.auth_pause());
+                consumer.fail(range, &reason, retry_in).await?;
                 Ok(Outcome::Retry)
             }
             CallError::Forbidden(_) | CallError::Refused { .. } => {

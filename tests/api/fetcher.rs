@@ -587,6 +587,48 @@ async fn fetched_values_equal_to_pushed_ones_are_the_same_rows() {
 }
 
 #[tokio::test]
+async fn a_call_waiting_under_the_rate_cap_when_a_401_pauses_fetching_is_not_sent() {
+    let db = TestDb::new().await;
+    for user in ["first", "second"] {
+        add(
+            &db,
+            user,
+            8,
+            &[3000],
+            Extent::Epoch(at("2025-12-01T00:00:00Z"), at("2025-12-01T01:00:00Z")),
+        )
+        .await;
+    }
+    let fake = FakeThryve::start(|_, _| Reply::status(401, "Unauthorized")).await;
+    let mut config = config(&fake);
+    // One call a second: the second range's call waits its turn while the first meets the 401.
+    config.api.fetcher_rate_per_sec = 1.0;
+    let fetcher = fetcher(&db, &config);
+    let (a, b) = (
+        Consumer::new(db.pool.clone(), "loop-0"),
+        Consumer::new(db.pool.clone(), "loop-1"),
+    );
+    let stop = CancellationToken::new();
+    let (first, second) = tokio::join!(fetcher.fetch_one(&a, &stop), fetcher.fetch_one(&b, &stop));
+    assert_eq!(
+        (first.unwrap(), second.unwrap()),
+        (Some(Outcome::Retry), Some(Outcome::Retry))
+    );
+    assert_eq!(fake.seen().len(), 1, "only the first call was sent");
+    let mut reasons: Vec<String> = all_ranges(&db)
+        .await
+        .into_iter()
+        .map(|r| r.last_error.unwrap())
+        .collect();
+    reasons.sort();
+    assert!(reasons[0].starts_with("401 from Thryve"), "{reasons:?}");
+    assert!(
+        reasons[1].starts_with("not called: fetching is paused"),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_401_pauses_all_fetching_and_readyz_says_so() {
     let fake = FakeThryve::start(|_, _| Reply::status(401, "Unauthorized")).await;
     let mut config = test_config();
