@@ -29,17 +29,6 @@ async fn stored_row(app: &TestApp, inbox_id: &Value) -> Value {
     .unwrap()
 }
 
-async fn post_encoded(app: &TestApp, encoding: &str, body: Vec<u8>) -> reqwest::Response {
-    app.webhook()
-        .basic_auth(USER, Some(PASSWORD))
-        .header("content-type", "application/json")
-        .header("content-encoding", encoding)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 fn data_push(event_type: &str, form: &str, value: &str) -> Value {
     let (start, end, day) = if form == "unix" {
         (
@@ -84,7 +73,7 @@ async fn data_pushes_of_each_type_base64_zstd_or_gzip_are_stored_without_typed_c
             } else {
                 gzip(&bytes)
             };
-            let (status, ack) = answer(post_encoded(&app, encoding, packed).await).await;
+            let (status, ack) = answer(app.post_encoded(encoding, packed).await).await;
             assert_eq!(
                 (status, ack["outcome"].as_str()),
                 (200, Some("stored")),
@@ -108,8 +97,11 @@ async fn a_data_push_with_a_bad_point_is_quarantined_naming_it() {
     let app = spawn_app().await;
     let mut body = data_push("event.data.epoch.update", "unix", "v");
     body["data"][0]["epochData"][1]["value"] = json!(true);
-    let (status, ack) =
-        answer(post_encoded(&app, "zstd", thryve_wire(body.to_string().as_bytes())).await).await;
+    let (status, ack) = answer(
+        app.post_encoded("zstd", thryve_wire(body.to_string().as_bytes()))
+            .await,
+    )
+    .await;
     assert_eq!(
         (status, ack["outcome"].as_str()),
         (200, Some("quarantined"))
@@ -138,7 +130,7 @@ async fn a_corrupt_zstd_stream_gets_400_and_nothing_is_stored() {
         ("flipped", flipped),
         ("garbage", b"(\xb5/\xfd not really zstd".to_vec()),
     ] {
-        let (status, error) = answer(post_encoded(&app, "zstd", body).await).await;
+        let (status, error) = answer(app.post_encoded("zstd", body).await).await;
         assert_eq!(status, 400, "{name}");
         assert!(
             error["error"]
@@ -160,7 +152,7 @@ async fn a_zstd_decompression_bomb_gets_413_and_nothing_is_stored() {
     let app = spawn_app().await;
     let bomb = zstd::encode_all(&vec![b' '; 64 * 1024 * 1024][..], 1).unwrap();
     assert!(bomb.len() < 64 * 1024, "{} bytes on the wire", bomb.len());
-    let (status, error) = answer(post_encoded(&app, "zstd", bomb).await).await;
+    let (status, error) = answer(app.post_encoded("zstd", bomb).await).await;
     assert_eq!(status, 413);
     assert_eq!(
         error["error"],

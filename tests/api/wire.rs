@@ -44,17 +44,7 @@ fn push(user: &str, values: usize) -> Value {
 }
 
 async fn post_wire(app: &TestApp, encoding: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    answer(
-        app.webhook()
-            .basic_auth(USER, Some(PASSWORD))
-            .header("content-type", "application/json")
-            .header("content-encoding", encoding)
-            .body(body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    answer(app.post_encoded(encoding, body).await).await
 }
 
 #[tokio::test]

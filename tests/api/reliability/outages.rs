@@ -19,8 +19,7 @@ use super::{faults::Bridge, spool::Server};
 use crate::{
     poller::store,
     support::{
-        admin_url, drop_as_admin, epoch_notification, test_config, wait_until, TestDb, PASSWORD,
-        USER,
+        admin_url, drop_as_admin, epoch_notification, post_to, test_config, wait_until, TestDb,
     },
 };
 
@@ -97,24 +96,6 @@ async fn admin(sql: &str) {
     let mut conn = PgConnection::connect(&admin_url()).await.unwrap();
     sqlx::query(sql).execute(&mut conn).await.unwrap();
     conn.close().await.ok();
-}
-
-/// Status, `Retry-After` and JSON body of one delivery.
-pub(super) async fn post(addr: SocketAddr, body: &Value) -> (u16, Option<String>, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{addr}/webhooks/thryve"))
-        .basic_auth(USER, Some(PASSWORD))
-        .json(body)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("answered");
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    (status, retry_after, response.json().await.expect("JSON"))
 }
 
 pub(super) async fn get_status(addr: SocketAddr, path: &str) -> u16 {
@@ -286,7 +267,7 @@ async fn outage_is_spooled_and_loaded_after(way: Way) {
     let with_spool = Server::start(&spooling, &url).await;
     let without_spool = Server::start(&test_config(), &url).await;
     let first = epoch_notification("before", 1_000, 2_000, &[1]);
-    assert_eq!(post(with_spool.addr, &first).await.0, 200);
+    assert_eq!(post_to(with_spool.addr, &first).await.0, 200);
     assert_eq!(get_status(with_spool.addr, "/readyz").await, 200);
 
     way.apply(&role, &db).await;
@@ -296,14 +277,14 @@ async fn outage_is_spooled_and_loaded_after(way: Way) {
         .map(|i| epoch_notification("during", 10_000 * i, 10_000 * i + 500, &[1, 2]))
         .collect();
     for body in &bodies {
-        let (status, _, answer) = post(with_spool.addr, body).await;
+        let (status, _, answer) = post_to(with_spool.addr, body).await;
         assert_eq!(
             (status, &answer),
             (200, &json!({"outcome": "spooled"})),
             "{way:?}"
         );
     }
-    let (status, retry_after, answer) = post(
+    let (status, retry_after, answer) = post_to(
         without_spool.addr,
         &epoch_notification("refused", 1, 2, &[1]),
     )
@@ -513,7 +494,7 @@ async fn a_locked_inbox_is_not_ready_and_a_late_commit_is_not_called_unstored() 
     );
 
     let late = epoch_notification("late", 1_000, 2_000, &[1]);
-    let (status, retry_after, answer) = post(server.addr, &late).await;
+    let (status, retry_after, answer) = post_to(server.addr, &late).await;
     assert_eq!(status, 503, "{answer}");
     assert_eq!(retry_after.as_deref(), Some("5"));
     let error = answer["error"].as_str().unwrap();
@@ -740,7 +721,7 @@ async fn a_changed_password_and_a_pg_hba_reject_are_outages_spooled_and_loaded_a
     config.spool.spool_dir = Some(dir.0.clone());
     let server = Server::start(&config, &url("first-password")).await;
     assert_eq!(
-        post(server.addr, &epoch_notification("own", 1, 2, &[1]))
+        post_to(server.addr, &epoch_notification("own", 1, 2, &[1]))
             .await
             .0,
         200
@@ -784,7 +765,7 @@ async fn a_changed_password_and_a_pg_hba_reject_are_outages_spooled_and_loaded_a
             .map(|i| epoch_notification(&format!("own{round}"), 10_000 * i, 10_000 * i + 1, &[1]))
             .collect();
         for body in &bodies {
-            let (status, _, answer) = post(server.addr, body).await;
+            let (status, _, answer) = post_to(server.addr, body).await;
             assert_eq!(
                 (status, &answer),
                 (200, &json!({"outcome": "spooled"})),

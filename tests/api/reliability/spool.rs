@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     invariants::assert_guarantees,
     proxy::PgProxy,
-    support::{admin_url, epoch_notification, test_config, wait_until, TestDb, PASSWORD, USER},
+    support::{
+        admin_url, epoch_notification, post_to, test_config, wait_until, TestDb, PASSWORD, USER,
+    },
 };
 
 /// A fresh directory under the system temp dir, removed when the test ends.
@@ -130,28 +132,15 @@ impl Server {
     }
 }
 
-async fn post(addr: SocketAddr, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{addr}/webhooks/thryve"))
-        .basic_auth(USER, Some(PASSWORD))
-        .json(body)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("answered");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON answer"))
-}
-
 /// Posts every body at once; each must be answered 200 `spooled`, with no inbox id.
 async fn post_all_spooled(addr: SocketAddr, bodies: &[Value]) {
     let tasks: Vec<_> = bodies
         .iter()
         .cloned()
-        .map(|body| tokio::spawn(async move { post(addr, &body).await }))
+        .map(|body| tokio::spawn(async move { post_to(addr, &body).await }))
         .collect();
     for task in tasks {
-        let (status, answer) = task.await.unwrap();
+        let (status, _, answer) = task.await.unwrap();
         assert_eq!(
             (status, &answer),
             (200, &json!({"outcome": "spooled"})),
@@ -432,7 +421,7 @@ async fn a_spool_that_cannot_be_written_gives_503_not_200() {
     let dir = TempDir::new();
     let spool_dir = dir.join("spool");
     let server = Server::start(&spool_config(&spool_dir), &url).await;
-    let (status, answer) = post(server.addr, &epoch_notification("w", 1, 2, &[1])).await;
+    let (status, _, answer) = post_to(server.addr, &epoch_notification("w", 1, 2, &[1])).await;
     assert_eq!(status, 200);
     assert_eq!(
         answer["outcome"], "stored",
@@ -442,7 +431,7 @@ async fn a_spool_that_cannot_be_written_gives_503_not_200() {
     proxy.down();
     std::fs::remove_dir_all(&spool_dir).unwrap();
     std::fs::write(&spool_dir, b"the spool directory is gone").unwrap();
-    let (status, answer) = post(server.addr, &epoch_notification("w", 3, 4, &[1])).await;
+    let (status, _, answer) = post_to(server.addr, &epoch_notification("w", 3, 4, &[1])).await;
     assert_eq!(status, 503, "{answer}");
     assert!(
         answer["error"].as_str().unwrap().contains("spool"),
@@ -557,7 +546,7 @@ async fn a_spooled_record_the_inbox_refuses_is_kept_aside_and_the_others_load() 
     assert_eq!(kept["body"], refused_by_the_database());
 
     // Live, the same content is not spooled: the database would refuse it again.
-    let (status, answer) = post(server.addr, &refused_by_the_database()).await;
+    let (status, _, answer) = post_to(server.addr, &refused_by_the_database()).await;
     assert_eq!(status, 503, "{answer}");
     assert!(segments(&dir.0).is_empty());
     server.stop().await;

@@ -127,6 +127,22 @@ impl TestApp {
         self.post(body.to_string()).await
     }
 
+    /// POSTs `body` under `content-encoding: encoding`, with the valid credentials.
+    pub async fn post_encoded(
+        &self,
+        encoding: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.webhook()
+            .basic_auth(USER, Some(PASSWORD))
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(body)
+            .send()
+            .await
+            .expect("request completes")
+    }
+
     /// The status of a GET of `path` (`/readyz`, `/healthz`, ...).
     pub async fn get_status(&self, path: &str) -> reqwest::StatusCode {
         self.client
@@ -189,6 +205,33 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Status, `Retry-After` and JSON body of one delivery with the valid credentials to a
+/// server at `addr` (one the test started itself).
+pub async fn post_to(
+    addr: SocketAddr,
+    body: &serde_json::Value,
+) -> (u16, Option<String>, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/webhooks/thryve"))
+        .basic_auth(USER, Some(PASSWORD))
+        .json(body)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("answered");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (
+        status,
+        retry_after,
+        response.json().await.expect("JSON answer"),
+    )
 }
 
 /// Status and JSON body of a response.

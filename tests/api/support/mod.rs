@@ -7,8 +7,8 @@ mod db;
 mod wait;
 
 pub use app::{
-    answer, receiver_only, signed_config, spawn_app, spawn_app_with, spawn_on, test_config,
-    TestApp, HMAC_SECRET, PASSWORD, ROTATED_PASSWORD, USER,
+    answer, post_to, receiver_only, signed_config, spawn_app, spawn_app_with, spawn_on,
+    test_config, TestApp, HMAC_SECRET, PASSWORD, ROTATED_PASSWORD, USER,
 };
 pub use bodies::{base64, epoch_notification, epoch_point, epoch_push, gzip, thryve_wire, zstd};
 pub use db::{admin_url, drop_as_admin, TestDb};
