@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::{
     sync::{mpsc, oneshot, watch, Mutex},
     task::JoinHandle,
@@ -213,21 +213,23 @@ async fn write_loop(
     }
 }
 
-/// Identical deliveries in one batch become one row with their count; the first of them gets
-/// the row's outcome and the rest `duplicate`, as if they had come one after another.
+/// Writes a batch on one connection. Identical deliveries in one batch become one row with
+/// their count; the first of them gets the row's outcome and the rest `duplicate`, as if they
+/// had come one after another.
 async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &watch::Sender<u64>) {
-    let mut groups: Vec<Vec<Job>> = Vec::new();
-    let mut index: HashMap<[u8; 32], usize> = HashMap::new();
-    for job in batch {
-        match index.get(&job.delivery.fingerprint) {
-            Some(&i) => groups[i].push(job),
-            None => {
-                index.insert(job.delivery.fingerprint, groups.len());
-                groups.push(vec![job]);
-            }
-        }
+    // Acquired apart from the statement, so that a failure to connect is never mistaken for
+    // the database refusing these rows.
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(error) => return fail(group(batch), WriteError::Connect(error)),
+    };
+    // Waiting for the connection may outlast a requester's deadline: it has been answered
+    // (503, or spooled), and its delivery written now would only add work after an outage.
+    let groups = group(batch.into_iter().filter(|job| !job.reply.is_closed()));
+    if groups.is_empty() {
+        return;
     }
-    match write_groups(pool, &groups).await {
+    match write_groups(&mut conn, &groups).await {
         Ok(receipts) => {
             committed.send_modify(|n| *n += 1);
             answer(groups, receipts);
@@ -237,7 +239,7 @@ async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &watch::Sender<u
         Err(error) if groups.len() > 1 && error.retried_one_by_one() => {
             for group in groups {
                 let group = vec![group];
-                match write_groups(pool, &group).await {
+                match write_groups(&mut conn, &group).await {
                     Ok(receipts) => {
                         committed.send_modify(|n| *n += 1);
                         answer(group, receipts);
@@ -250,14 +252,30 @@ async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &watch::Sender<u
     }
 }
 
-async fn write_groups(pool: &PgPool, groups: &[Vec<Job>]) -> Result<Vec<Receipt>, WriteError> {
+/// Jobs of identical content together, in the order each content first came.
+fn group(batch: impl IntoIterator<Item = Job>) -> Vec<Vec<Job>> {
+    let mut groups: Vec<Vec<Job>> = Vec::new();
+    let mut index: HashMap<[u8; 32], usize> = HashMap::new();
+    for job in batch {
+        match index.get(&job.delivery.fingerprint) {
+            Some(&i) => groups[i].push(job),
+            None => {
+                index.insert(job.delivery.fingerprint, groups.len());
+                groups.push(vec![job]);
+            }
+        }
+    }
+    groups
+}
+
+async fn write_groups(
+    conn: &mut PgConnection,
+    groups: &[Vec<Job>],
+) -> Result<Vec<Receipt>, WriteError> {
     let rows: Vec<(&NewDelivery, i32)> = groups
         .iter()
         .map(|g| (&g[0].delivery, i32::try_from(g.len()).unwrap_or(i32::MAX)))
         .collect();
-    // Acquired apart from the statement, so that a failure to connect is never mistaken for
-    // the database refusing these rows.
-    let mut conn = pool.acquire().await.map_err(WriteError::Connect)?;
     let written = insert_batch(&mut *conn, &rows)
         .await
         .map_err(WriteError::Statement)?;

@@ -771,6 +771,45 @@ async fn a_full_pool_gives_503_in_time_and_the_next_delivery_200() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_given_up_on_while_its_writer_waited_for_a_connection_is_not_written() {
+    let db = TestDb::new().await;
+    // The poller off: its LISTEN would keep one of the connections the test must hold. One
+    // writer: the given-up delivery is written or skipped before the next one is taken.
+    let mut config = receiver_only();
+    config.receiver.ingest_writers = 1;
+    // A connection may be waited for far longer than the ack deadline, so the writer still
+    // waits for one when the test gives them back, after the 503.
+    let pool = db::pool(&db.url(), 2, Duration::from_secs(30)).unwrap();
+    let app = spawn_on(db, pool.clone(), config).await;
+    let mut held = Vec::new();
+    while held.len() < 2 {
+        held.push(pool.acquire().await.unwrap());
+    }
+    let (status, error) = answer(
+        app.post_json(&epoch_notification("given-up", 1, 2, &[1]))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 503, "{error}");
+    drop(held);
+    let (status, ack) = answer(
+        app.post_json(&epoch_notification("after", 1, 2, &[1]))
+            .await,
+    )
+    .await;
+    assert_eq!((status, ack["outcome"].as_str()), (200, Some("stored")));
+    let users: Vec<String> = sqlx::query_scalar("SELECT end_user_id FROM thryve.inbox ORDER BY id")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        users,
+        ["after"],
+        "the 503 was answered before any write began"
+    );
+}
+
 #[tokio::test]
 async fn a_full_disk_while_polling_quarantines_nothing_and_the_rows_are_processed_after() {
     let db = TestDb::new().await;
