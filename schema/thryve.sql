@@ -280,10 +280,19 @@ CREATE OR REPLACE FUNCTION thryve.abandon_dirty_range(range_id bigint, worker te
  RETURNS boolean
  LANGUAGE sql
 AS $function$
+    SELECT thryve.abandon_dirty_range(range_id, worker, error, NULL::uuid)
+$function$
+;
+
+CREATE OR REPLACE FUNCTION thryve.abandon_dirty_range(range_id bigint, worker text, error text, token uuid)
+ RETURNS boolean
+ LANGUAGE sql
+AS $function$
     WITH failed AS (
         UPDATE thryve.dirty_ranges SET
             status = 'failed', lease_expires_at = NULL, last_error = error
         WHERE id = range_id AND status = 'claimed' AND claimed_by = worker
+          AND (token IS NULL OR claim_token = token)
         RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM failed)
 $function$

@@ -19,6 +19,7 @@ pub mod poller;
 pub mod ranges;
 pub mod reconcile;
 pub mod server;
+pub mod service;
 pub mod sources;
 pub mod spool;
 pub mod stats;

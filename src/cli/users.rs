@@ -8,12 +8,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{print_json, CliError};
-use crate::{
-    config::{ConfigError, FetcherConfig},
-    fetcher::ThryveClient,
-    metrics::Metrics,
-    reconcile, users,
-};
+use crate::{config::ThryveApiConfig, fetcher::ThryveClient, metrics::Metrics, reconcile, users};
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
@@ -34,7 +29,7 @@ pub enum UsersCommand {
         #[arg(long)]
         user: Option<String>,
         #[command(flatten)]
-        thryve: Box<FetcherConfig>,
+        thryve: Box<ThryveApiConfig>,
     },
 }
 
@@ -64,27 +59,9 @@ async fn erase(pool: &PgPool, end_user_id: String, yes: bool) -> Result<(), CliE
 async fn reconcile(
     pool: &PgPool,
     user: Option<&str>,
-    thryve: &FetcherConfig,
+    thryve: &ThryveApiConfig,
 ) -> Result<(), CliError> {
-    let credentials = [
-        ("THRYVE_API_USER", thryve.thryve_api_user.is_empty()),
-        ("THRYVE_API_PASSWORD", thryve.thryve_api_password.is_none()),
-        ("THRYVE_APP_ID", thryve.thryve_app_id.is_empty()),
-        ("THRYVE_APP_SECRET", thryve.thryve_app_secret.is_none()),
-    ];
-    if let Some((name, _)) = credentials.iter().find(|(_, missing)| *missing) {
-        return Err(ConfigError::new(
-            name,
-            "must be set for users reconcile (it calls Thryve's /v5/userInformation with both credentials)",
-        )
-        .into());
-    }
-    // The fetcher's own checks of the URL, rate and tries, as a running fetcher would do them.
-    FetcherConfig {
-        fetcher_enabled: true,
-        ..thryve.clone()
-    }
-    .validate()?;
+    thryve.validate("running users reconcile (it calls Thryve's /v5/userInformation)")?;
     let client = ThryveClient::new(thryve, Arc::new(Metrics::new()))
         .map_err(|e| CliError::Failed(format!("HTTP client: {e}")))?;
     let report = reconcile::run(pool, &client, user, &CancellationToken::new()).await?;

@@ -38,7 +38,7 @@ impl Seen {
     }
 
     /// POST, form-encoded, with the test credentials in both headers (see
-    /// `helpers::test_fetcher_config`).
+    /// `support::test_fetcher_config`).
     pub fn assert_well_formed(&self) {
         let basic = |s: &str| {
             format!(

@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use crate::{
     cli::{bridge, json_out},
     fake_thryve::{user_information, FakeThryve, Reply},
-    helpers::TestDb,
     poller::{poller, store},
+    support::TestDb,
 };
 
 const DAY: i64 = 86_400_000;
@@ -240,7 +240,7 @@ async fn reconcile_without_credentials_names_the_missing_variable() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("THRYVE_API_USER: must be set for users reconcile"),
+        stderr.contains("THRYVE_API_USER: must be set when running users reconcile"),
         "{stderr}"
     );
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use sqlx::PgPool;
 
-use crate::helpers::TestDb;
+use crate::support::TestDb;
 
 fn snapshot_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schema/thryve.sql")

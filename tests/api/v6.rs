@@ -18,9 +18,9 @@ use crate::{
     cli::{bridge, json_out},
     fake_thryve::{answer, FakeThryve, Reply},
     fetcher::{add, at, config, fetch_one},
-    helpers::{self, migrated_before, spawn_app, thryve_wire, TestApp, TestDb, PASSWORD, USER},
     invariants::assert_guarantees,
     poller::{poller, store},
+    support::{self, migrated_before, spawn_app, thryve_wire, TestApp, TestDb, PASSWORD, USER},
     wire::post_wire,
 };
 
@@ -61,7 +61,7 @@ async fn push(app: &TestApp, body: &Value, signed_ms: Option<i64>) {
         .send()
         .await
         .unwrap();
-    let (status, ack) = helpers::answer(response).await;
+    let (status, ack) = support::answer(response).await;
     assert_eq!(
         (status, ack["outcome"].as_str()),
         (200, Some("stored")),
@@ -133,7 +133,7 @@ async fn thryves_documented_pushes_in_wire_form_store_values_details_and_ranges(
             "{name}: {ack}"
         );
     }
-    poller(&app.db).drain().await.unwrap();
+    app.wait_processed().await;
 
     let doc_at = 1_748_668_273_000_i64; // 2025-05-31T11:11:13+06:00
     let u = CORPUS_USER;
@@ -278,7 +278,7 @@ async fn a_manual_entry_and_a_tracker_reading_of_one_start_are_two_values_and_an
         Some(now - 3_000),
     )
     .await;
-    poller(&app.db).drain().await.unwrap();
+    app.wait_processed().await;
     let tracker = |end, v: &str| (Some("tracker".to_owned()), end, v.to_owned());
     let manual = |end, v: &str| (Some("manual_entry".to_owned()), end, v.to_owned());
     assert_eq!(
@@ -306,7 +306,7 @@ async fn a_manual_entry_and_a_tracker_reading_of_one_start_are_two_values_and_an
         Some(now - 2_500),
     )
     .await;
-    poller(&app.db).drain().await.unwrap();
+    app.wait_processed().await;
     assert_eq!(
         sessions(&app.db.pool).await,
         vec![manual(410, "410"), tracker(1, "1"), tracker(420, "420")]
@@ -463,7 +463,7 @@ async fn the_named_views_show_names_units_and_unknown_ids() {
         None,
     )
     .await;
-    poller(&app.db).drain().await.unwrap();
+    app.wait_processed().await;
 
     type Named = (
         i32,
