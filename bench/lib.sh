@@ -194,12 +194,13 @@ SQL
 VALUE_BATCH="${VALUE_BATCH:-1000}"
 VALUE_CLIENTS="${VALUE_CLIENTS:-4}"
 anchor_c() { # DB -> values/s
-    # The conflict target is the table's primary key as migrated, whatever its columns.
+    # The conflict target is the table's key as migrated (its primary key, or since
+    # 20261203000001 the unique constraint that holds nullable columns), whatever its columns.
     local key
     key=$(psql -At -d "$(db_url "$1")" -c "
         SELECT string_agg(a.attname, ', ' ORDER BY k.ord)
         FROM pg_constraint c, unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a
-        WHERE c.conrelid = 'thryve.epoch_values'::regclass AND c.contype = 'p'
+        WHERE c.conrelid = 'thryve.epoch_values'::regclass AND c.contype IN ('p', 'u')
           AND a.attrelid = c.conrelid AND a.attnum = k.attnum")
     cat > "$WORK/values.sql" <<SQL
 \\set u random(1, 2000)

@@ -13,14 +13,29 @@ CREATE TABLE thryve.daily_values (
     value text NOT NULL,
     value_numeric numeric,
     updated_at timestamp with time zone NOT NULL DEFAULT now(),
-    inbox_id bigint NOT NULL,
-    version_at timestamp with time zone NOT NULL DEFAULT now()
+    inbox_id bigint,
+    version_at timestamp with time zone NOT NULL DEFAULT now(),
+    details jsonb,
+    generation text,
+    third_party_data_source_id text,
+    range_id bigint
 );
 
 CREATE TABLE thryve.data_sources (
     data_source_id integer NOT NULL,
     name text NOT NULL,
-    inbox_id bigint NOT NULL,
+    inbox_id bigint,
+    updated_at timestamp with time zone NOT NULL DEFAULT now(),
+    source text NOT NULL
+);
+
+CREATE TABLE thryve.data_types (
+    data_type_id integer NOT NULL,
+    name text NOT NULL,
+    unit text,
+    value_type text,
+    granularity text NOT NULL,
+    source text NOT NULL,
     updated_at timestamp with time zone NOT NULL DEFAULT now()
 );
 
@@ -59,9 +74,13 @@ CREATE TABLE thryve.epoch_values (
     value text NOT NULL,
     value_numeric numeric,
     updated_at timestamp with time zone NOT NULL DEFAULT now(),
-    inbox_id bigint NOT NULL,
+    inbox_id bigint,
     end_key timestamp with time zone NOT NULL DEFAULT COALESCE(end_time, start_time),
-    version_at timestamp with time zone NOT NULL DEFAULT now()
+    version_at timestamp with time zone NOT NULL DEFAULT now(),
+    details jsonb,
+    generation text,
+    third_party_data_source_id text,
+    range_id bigint
 );
 
 CREATE TABLE thryve.fetchers (
@@ -112,7 +131,8 @@ CREATE TABLE thryve.source_connections (
     connected boolean NOT NULL,
     changed_at timestamp with time zone NOT NULL,
     inbox_id bigint,
-    updated_at timestamp with time zone NOT NULL DEFAULT now()
+    updated_at timestamp with time zone NOT NULL DEFAULT now(),
+    origin text NOT NULL DEFAULT 'webhook'::text
 );
 
 
@@ -121,6 +141,10 @@ CREATE TABLE thryve.source_connections (
 ALTER TABLE thryve.daily_values ADD CONSTRAINT daily_values_pkey PRIMARY KEY (end_user_id, data_source_id, data_type_id, day);
 
 ALTER TABLE thryve.data_sources ADD CONSTRAINT data_sources_pkey PRIMARY KEY (data_source_id);
+
+ALTER TABLE thryve.data_types ADD CONSTRAINT data_types_granularity_check CHECK ((granularity = ANY (ARRAY['epoch'::text, 'daily'::text])));
+
+ALTER TABLE thryve.data_types ADD CONSTRAINT data_types_pkey PRIMARY KEY (data_type_id, granularity);
 
 ALTER TABLE thryve.dirty_ranges ADD CONSTRAINT dirty_ranges_pending_daily_excl EXCLUDE USING gist (range_key WITH =, daterange(start_day, end_day, '[]'::text) WITH &&) WHERE (((status = 'pending'::text) AND (granularity = 'daily'::text))) DEFERRABLE;
 
@@ -132,7 +156,7 @@ ALTER TABLE thryve.dirty_ranges ADD CONSTRAINT dirty_ranges_span_check CHECK (((
 
 ALTER TABLE thryve.dirty_ranges ADD CONSTRAINT dirty_ranges_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'claimed'::text, 'done'::text, 'failed'::text])));
 
-ALTER TABLE thryve.epoch_values ADD CONSTRAINT epoch_values_pkey PRIMARY KEY (end_user_id, data_source_id, data_type_id, start_time, end_key);
+ALTER TABLE thryve.epoch_values ADD CONSTRAINT epoch_values_key UNIQUE NULLS NOT DISTINCT (end_user_id, data_source_id, data_type_id, start_time, end_key, generation, third_party_data_source_id);
 
 ALTER TABLE thryve.fetchers ADD CONSTRAINT fetchers_pkey PRIMARY KEY (worker);
 
@@ -148,6 +172,8 @@ ALTER TABLE thryve.inbox ADD CONSTRAINT inbox_traceparent_bounded CHECK ((char_l
 
 ALTER TABLE thryve.settings ADD CONSTRAINT settings_pkey PRIMARY KEY (key);
 
+ALTER TABLE thryve.source_connections ADD CONSTRAINT source_connections_origin_check CHECK ((origin = ANY (ARRAY['webhook'::text, 'reconcile'::text])));
+
 ALTER TABLE thryve.source_connections ADD CONSTRAINT source_connections_pkey PRIMARY KEY (end_user_id, data_source_id);
 
 
@@ -156,6 +182,8 @@ ALTER TABLE thryve.source_connections ADD CONSTRAINT source_connections_pkey PRI
 CREATE UNIQUE INDEX daily_values_pkey ON thryve.daily_values USING btree (end_user_id, data_source_id, data_type_id, day);
 
 CREATE UNIQUE INDEX data_sources_pkey ON thryve.data_sources USING btree (data_source_id);
+
+CREATE UNIQUE INDEX data_types_pkey ON thryve.data_types USING btree (data_type_id, granularity);
 
 CREATE INDEX dirty_ranges_claimed_lease_idx ON thryve.dirty_ranges USING btree (lease_expires_at) WHERE (status = 'claimed'::text);
 
@@ -175,7 +203,7 @@ CREATE UNIQUE INDEX dirty_ranges_pkey ON thryve.dirty_ranges USING btree (id);
 
 CREATE INDEX dirty_ranges_settled_dirtied_idx ON thryve.dirty_ranges USING btree (status, first_dirtied_at) WHERE (status <> 'pending'::text);
 
-CREATE UNIQUE INDEX epoch_values_pkey ON thryve.epoch_values USING btree (end_user_id, data_source_id, data_type_id, start_time, end_key);
+CREATE UNIQUE INDEX epoch_values_key ON thryve.epoch_values USING btree (end_user_id, data_source_id, data_type_id, start_time, end_key, generation, third_party_data_source_id) NULLS NOT DISTINCT;
 
 CREATE UNIQUE INDEX fetchers_pkey ON thryve.fetchers USING btree (worker);
 
@@ -198,9 +226,65 @@ CREATE UNIQUE INDEX settings_pkey ON thryve.settings USING btree (key);
 CREATE UNIQUE INDEX source_connections_pkey ON thryve.source_connections USING btree (end_user_id, data_source_id);
 
 
+-- views
+
+CREATE VIEW thryve.daily_values_named AS
+ SELECT v.end_user_id,
+    v.data_source_id,
+    s.name AS data_source_name,
+    v.data_type_id,
+    t.name AS data_type_name,
+    t.unit,
+    v.day,
+    v.timezone_offset,
+    v.value,
+    COALESCE(v.value_numeric, (
+        CASE lower(v.value)
+            WHEN 'true'::text THEN 1
+            WHEN 'false'::text THEN 0
+            ELSE NULL::integer
+        END)::numeric) AS value_numeric,
+    v.generation,
+    v.details
+   FROM ((thryve.daily_values v
+     LEFT JOIN thryve.data_sources s ON ((s.data_source_id = v.data_source_id)))
+     LEFT JOIN thryve.data_types t ON (((t.data_type_id = v.data_type_id) AND (t.granularity = 'daily'::text))));
+
+CREATE VIEW thryve.epoch_values_named AS
+ SELECT v.end_user_id,
+    v.data_source_id,
+    s.name AS data_source_name,
+    v.data_type_id,
+    t.name AS data_type_name,
+    t.unit,
+    v.start_time,
+    v.end_time,
+    v.timezone_offset,
+    v.value,
+    COALESCE(v.value_numeric, (
+        CASE lower(v.value)
+            WHEN 'true'::text THEN 1
+            WHEN 'false'::text THEN 0
+            ELSE NULL::integer
+        END)::numeric) AS value_numeric,
+    v.generation,
+    v.details
+   FROM ((thryve.epoch_values v
+     LEFT JOIN thryve.data_sources s ON ((s.data_source_id = v.data_source_id)))
+     LEFT JOIN thryve.data_types t ON (((t.data_type_id = v.data_type_id) AND (t.granularity = 'epoch'::text))));
+
+
 -- functions
 
 CREATE OR REPLACE FUNCTION thryve.abandon_dirty_range(range_id bigint, worker text, error text)
+ RETURNS boolean
+ LANGUAGE sql
+AS $function$
+    SELECT thryve.abandon_dirty_range(range_id, worker, error, NULL::uuid)
+$function$
+;
+
+CREATE OR REPLACE FUNCTION thryve.abandon_dirty_range(range_id bigint, worker text, error text, token uuid)
  RETURNS boolean
  LANGUAGE sql
 AS $function$
@@ -208,6 +292,7 @@ AS $function$
         UPDATE thryve.dirty_ranges SET
             status = 'failed', lease_expires_at = NULL, last_error = error
         WHERE id = range_id AND status = 'claimed' AND claimed_by = worker
+          AND (token IS NULL OR claim_token = token)
         RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM failed)
 $function$

@@ -7,7 +7,11 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::RetentionConfig, inbox, ranges};
+use crate::{
+    config::RetentionConfig,
+    inbox, ranges,
+    service::{Backoff, Pass, Service, Services, Wake},
+};
 
 /// Rest between full batches, as a multiple of the batch's own duration.
 const PACE: u32 = 9;
@@ -20,8 +24,8 @@ pub struct PassReport {
     pub payloads_blanked: u64,
 }
 
-/// Applies the retention settings every `interval`. Any number may run against one database:
-/// each batch skips rows another one holds.
+/// Applies the retention settings; as a [`Service`], a pass every `HOUSEKEEPING_INTERVAL_SECS`.
+/// Any number may run against one database: each batch skips rows another one holds.
 ///
 /// ```no_run
 /// # async fn once(pool: sqlx::PgPool, retention: thryve_bridge::config::RetentionConfig) -> sqlx::Result<()> {
@@ -29,7 +33,7 @@ pub struct PassReport {
 /// use thryve_bridge::housekeeping::Housekeeping;
 /// use tokio_util::sync::CancellationToken;
 /// let report = Housekeeping::new(pool, retention, Duration::from_secs(60))
-///     .run_once(&CancellationToken::new())
+///     .pass(&CancellationToken::new())
 ///     .await?;
 /// println!("{} inbox rows deleted", report.inbox_deleted);
 /// # Ok(()) }
@@ -38,7 +42,29 @@ pub struct PassReport {
 pub struct Housekeeping {
     pool: PgPool,
     retention: RetentionConfig,
+    /// Between passes; the first wait after a failed one too.
     interval: Duration,
+}
+
+/// The longest wait after passes that keep failing (or the interval, if longer).
+const BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+
+impl Service for Housekeeping {
+    const NAME: &'static str = "housekeeping";
+    const FAILED: &'static str = "housekeeping pass failed; retrying after a backoff";
+    type Error = sqlx::Error;
+
+    async fn run_once(&mut self, shutdown: &CancellationToken) -> sqlx::Result<Pass> {
+        let report = self.pass(shutdown).await?;
+        if report != PassReport::default() {
+            tracing::info!(?report, "housekeeping pass");
+        }
+        Ok(Pass::Idle)
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.interval, BACKOFF_MAX)
+    }
 }
 
 impl Housekeeping {
@@ -50,31 +76,16 @@ impl Housekeeping {
         }
     }
 
-    /// A pass at once, then one every interval, until `shutdown`; a batch under way is
-    /// finished first.
-    pub async fn run(self, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            match self.run_once(&shutdown).await {
-                Ok(report) if report != PassReport::default() => {
-                    tracing::info!(?report, "housekeeping pass");
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "housekeeping pass failed; retrying after the interval");
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.interval) => {}
-            }
-        }
-        tracing::info!("housekeeping stopped");
+    /// Starts it in `services`: a pass at once, then one every interval.
+    pub fn start(self, services: &mut Services) {
+        let wake = Wake::every(self.interval);
+        services.start(self, wake);
     }
 
     /// One pass: each kind of row in batches of `HOUSEKEEPING_BATCH`, each batch its own
     /// statement and transaction, until a batch comes back short; no batch starts after
     /// `shutdown`.
-    pub async fn run_once(&self, shutdown: &CancellationToken) -> sqlx::Result<PassReport> {
+    pub async fn pass(&self, shutdown: &CancellationToken) -> sqlx::Result<PassReport> {
         let r = &self.retention;
         let batch = r.housekeeping_batch;
         let inbox_deleted = self

@@ -4,8 +4,8 @@
 //! A delivery's path: [`http`] (auth, decode) -> [`thryve`] (pure parsing) -> [`inbox`]
 //! (group-committed rows) -> [`poller`] -> [`ranges`] (coalesced dirty ranges and the
 //! consumer API); [`spool`] holds deliveries on local disk while the database is out. Beside
-//! that path: [`housekeeping`] (retention), [`stats`] and [`users`]
-//! (erasure), for operators.
+//! that path: [`housekeeping`] (retention), [`stats`], [`users`] (erasure) and
+//! [`reconcile`] (connections repaired from Thryve's answer), for operators.
 
 pub mod cli;
 pub mod config;
@@ -17,7 +17,9 @@ pub mod inbox;
 pub mod metrics;
 pub mod poller;
 pub mod ranges;
+pub mod reconcile;
 pub mod server;
+pub mod service;
 pub mod sources;
 pub mod spool;
 pub mod stats;

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicU64;
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,35 +58,15 @@ pub struct StatusLabels {
     pub status: String,
 }
 
-/// Every metric this process exports.
+/// Every metric this process exports, in one group per component; each group registers its
+/// own, so a component's metrics are declared beside each other.
 pub struct Metrics {
     registry: Registry,
-    pub deliveries: Family<DeliveryLabels, Counter>,
-    pub hmac_checks: Family<HmacLabels, Counter>,
-    pub body_forms: Family<FormLabels, Counter>,
-    pub ack_latency: Histogram,
-    pub last_delivery: Gauge<f64, AtomicU64>,
-    pub poller_batch_rows: Histogram,
-    pub poller_batch_seconds: Histogram,
-    pub poller_errors: Counter,
-    pub pool_connections_in_use: Gauge,
-    pub pool_connections_open: Gauge,
-    pub http_connections_open: Gauge,
-    pub inbox_rows: Family<StatusLabels, Gauge>,
-    pub dirty_ranges: Family<StatusLabels, Gauge>,
-    pub inbox_oldest_pending_seconds: Gauge<f64, AtomicU64>,
-    pub ranges_oldest_pending_seconds: Gauge<f64, AtomicU64>,
-    pub seconds_since_last_delivery: Gauge<f64, AtomicU64>,
-    pub spool_records: Gauge,
-    pub spool_rejected: Counter,
-    pub spool_set_aside: Gauge,
-    pub spool_load_errors: Counter,
-    pub bodies_refused: Counter,
-    pub fetcher_calls: Family<FetchCallLabels, Counter>,
-    pub fetcher_call_seconds: Family<EndpointLabels, Histogram>,
-    pub fetcher_values_written: Counter,
-    pub fetcher_ranges: Family<FetchOutcomeLabels, Counter>,
-    pub fetcher_paused: Gauge,
+    pub receiver: ReceiverMetrics,
+    pub poller: PollerMetrics,
+    pub database: DatabaseMetrics,
+    pub spool: SpoolMetrics,
+    pub fetcher: FetcherMetrics,
 }
 
 impl Default for Metrics {
@@ -98,199 +78,18 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("thryve_bridge");
-        let deliveries = Family::<DeliveryLabels, Counter>::default();
-        registry.register(
-            "deliveries",
-            "Webhook deliveries by outcome and event type",
-            deliveries.clone(),
-        );
-        let hmac_checks = Family::<HmacLabels, Counter>::default();
-        registry.register(
-            "hmac_checks",
-            "Signature checks by result, matching layout and mode",
-            hmac_checks.clone(),
-        );
-        let body_forms = Family::<FormLabels, Counter>::default();
-        registry.register(
-            "body_forms",
-            "Decoded webhook bodies by the form they came in",
-            body_forms.clone(),
-        );
-        // From well under a millisecond to Thryve's 2 s limit.
-        let ack_latency = Histogram::new([
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0,
-        ]);
-        registry.register(
-            "ack_latency_seconds",
-            "Time from request start to the answer",
-            ack_latency.clone(),
-        );
-        let last_delivery = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "last_delivery_timestamp_seconds",
-            "Unix time of the last delivery this process answered 200",
-            last_delivery.clone(),
-        );
-        let poller_batch_rows =
-            Histogram::new([1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]);
-        registry.register(
-            "poller_batch_rows",
-            "Inbox rows per poller batch",
-            poller_batch_rows.clone(),
-        );
-        let poller_batch_seconds = Histogram::new([
-            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-        ]);
-        registry.register(
-            "poller_batch_duration_seconds",
-            "Time per poller batch, claim to commit",
-            poller_batch_seconds.clone(),
-        );
-        let poller_errors = Counter::default();
-        registry.register(
-            "poller_errors",
-            "Poller batches that failed and were retried",
-            poller_errors.clone(),
-        );
-        let pool_connections_in_use = Gauge::default();
-        registry.register(
-            "db_pool_connections_in_use",
-            "Database connections checked out",
-            pool_connections_in_use.clone(),
-        );
-        let pool_connections_open = Gauge::default();
-        registry.register(
-            "db_pool_connections_open",
-            "Database connections open",
-            pool_connections_open.clone(),
-        );
-        let http_connections_open = Gauge::default();
-        registry.register(
-            "http_connections_open",
-            "Client connections being served (at most MAX_CONNECTIONS)",
-            http_connections_open.clone(),
-        );
-        let inbox_rows = Family::<StatusLabels, Gauge>::default();
-        registry.register(
-            "inbox_rows",
-            "Inbox rows by status (at scrape time)",
-            inbox_rows.clone(),
-        );
-        let dirty_ranges = Family::<StatusLabels, Gauge>::default();
-        registry.register(
-            "dirty_ranges",
-            "Dirty ranges by status (at scrape time)",
-            dirty_ranges.clone(),
-        );
-        let inbox_oldest_pending_seconds = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "inbox_oldest_pending_age_seconds",
-            "Age of the oldest pending inbox row (0 when none)",
-            inbox_oldest_pending_seconds.clone(),
-        );
-        let ranges_oldest_pending_seconds = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "dirty_ranges_oldest_pending_age_seconds",
-            "Age of the oldest pending dirty range (0 when none)",
-            ranges_oldest_pending_seconds.clone(),
-        );
-        let seconds_since_last_delivery = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "seconds_since_last_delivery",
-            "Seconds since any receiver last stored a delivery (from the inbox; -1 when empty)",
-            seconds_since_last_delivery.clone(),
-        );
-        let spool_records = Gauge::default();
-        registry.register(
-            "spool_records",
-            "Deliveries in this process's spool (SPOOL_DIR) waiting to be loaded into the inbox",
-            spool_records.clone(),
-        );
-        let spool_rejected = Counter::default();
-        registry.register(
-            "spool_rejected_records",
-            "Spooled records the inbox refused or that could not be read, kept in rejected-*.jsonl",
-            spool_rejected.clone(),
-        );
-        let spool_set_aside = Gauge::default();
-        registry.register(
-            "spool_set_aside_records",
-            "Spooled records in SPOOL_DIR/rejected-*.jsonl now; not loaded until `thryve-bridge spool reload`",
-            spool_set_aside.clone(),
-        );
-        let spool_load_errors = Counter::default();
-        registry.register(
-            "spool_load_errors",
-            "Attempts to load the spool into the inbox that failed because the database is out; the records stay",
-            spool_load_errors.clone(),
-        );
-        let bodies_refused = Counter::default();
-        registry.register(
-            "bodies_over_budget",
-            "Requests answered 503 at once because the bodies already held filled BODY_BUDGET_BYTES",
-            bodies_refused.clone(),
-        );
-        let fetcher_calls = Family::<FetchCallLabels, Counter>::default();
-        registry.register(
-            "fetcher_calls",
-            "Calls to Thryve's data API by endpoint and answer (HTTP status, timeout, connect_error, too_large)",
-            fetcher_calls.clone(),
-        );
-        let fetcher_call_seconds =
-            Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
-            });
-        registry.register(
-            "fetcher_call_duration_seconds",
-            "Time per call to Thryve's data API, request to last byte",
-            fetcher_call_seconds.clone(),
-        );
-        let fetcher_values_written = Counter::default();
-        registry.register(
-            "fetcher_values_written",
-            "Value rows the fetcher inserted or changed",
-            fetcher_values_written.clone(),
-        );
-        let fetcher_ranges = Family::<FetchOutcomeLabels, Counter>::default();
-        registry.register(
-            "fetcher_ranges",
-            "Ranges the fetcher handled, by outcome (done, retry, failed, lost)",
-            fetcher_ranges.clone(),
-        );
-        let fetcher_paused = Gauge::default();
-        registry.register(
-            "fetcher_paused",
-            "1 while fetching is paused because Thryve answered 401 (credentials wrong)",
-            fetcher_paused.clone(),
-        );
+        let receiver = ReceiverMetrics::register(&mut registry);
+        let poller = PollerMetrics::register(&mut registry);
+        let database = DatabaseMetrics::register(&mut registry);
+        let spool = SpoolMetrics::register(&mut registry);
+        let fetcher = FetcherMetrics::register(&mut registry);
         Self {
             registry,
-            deliveries,
-            hmac_checks,
-            body_forms,
-            ack_latency,
-            last_delivery,
-            poller_batch_rows,
-            poller_batch_seconds,
-            poller_errors,
-            pool_connections_in_use,
-            pool_connections_open,
-            http_connections_open,
-            inbox_rows,
-            dirty_ranges,
-            inbox_oldest_pending_seconds,
-            ranges_oldest_pending_seconds,
-            seconds_since_last_delivery,
-            spool_records,
-            spool_rejected,
-            spool_set_aside,
-            spool_load_errors,
-            bodies_refused,
-            fetcher_calls,
-            fetcher_call_seconds,
-            fetcher_values_written,
-            fetcher_ranges,
-            fetcher_paused,
+            receiver,
+            poller,
+            database,
+            spool,
+            fetcher,
         }
     }
 
@@ -299,6 +98,266 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Registers `metric` under `name` and returns the handle the code updates.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// The webhook route and the connections it is served on.
+#[derive(Clone)]
+pub struct ReceiverMetrics {
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    pub hmac_checks: Family<HmacLabels, Counter>,
+    pub body_forms: Family<FormLabels, Counter>,
+    pub ack_latency: Histogram,
+    pub last_delivery: Gauge<f64, AtomicU64>,
+    pub bodies_refused: Counter,
+    pub http_connections_open: Gauge,
+}
+
+impl ReceiverMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            deliveries: register(
+                registry,
+                "deliveries",
+                "Webhook deliveries by outcome and event type",
+                Family::default(),
+            ),
+            hmac_checks: register(
+                registry,
+                "hmac_checks",
+                "Signature checks by result, matching layout and mode",
+                Family::default(),
+            ),
+            body_forms: register(
+                registry,
+                "body_forms",
+                "Decoded webhook bodies by the form they came in",
+                Family::default(),
+            ),
+            // From well under a millisecond to Thryve's 2 s limit.
+            ack_latency: register(
+                registry,
+                "ack_latency_seconds",
+                "Time from request start to the answer",
+                Histogram::new([
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0,
+                ]),
+            ),
+            last_delivery: register(
+                registry,
+                "last_delivery_timestamp_seconds",
+                "Unix time of the last delivery this process answered 200",
+                Gauge::default(),
+            ),
+            bodies_refused: register(
+                registry,
+                "bodies_over_budget",
+                "Requests answered 503 at once because the bodies already held filled BODY_BUDGET_BYTES",
+                Counter::default(),
+            ),
+            http_connections_open: register(
+                registry,
+                "http_connections_open",
+                "Client connections being served (at most MAX_CONNECTIONS)",
+                Gauge::default(),
+            ),
+        }
+    }
+}
+
+/// The poller's batches.
+#[derive(Clone)]
+pub struct PollerMetrics {
+    pub batch_rows: Histogram,
+    pub batch_seconds: Histogram,
+    pub errors: Counter,
+}
+
+impl PollerMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            batch_rows: register(
+                registry,
+                "poller_batch_rows",
+                "Inbox rows per poller batch",
+                Histogram::new([1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]),
+            ),
+            batch_seconds: register(
+                registry,
+                "poller_batch_duration_seconds",
+                "Time per poller batch, claim to commit",
+                Histogram::new([
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            ),
+            errors: register(
+                registry,
+                "poller_errors",
+                "Poller batches that failed and were retried",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// The pool, and the tables' figures refreshed at each scrape of `/metrics`.
+#[derive(Clone)]
+pub struct DatabaseMetrics {
+    pub pool_connections_in_use: Gauge,
+    pub pool_connections_open: Gauge,
+    pub inbox_rows: Family<StatusLabels, Gauge>,
+    pub dirty_ranges: Family<StatusLabels, Gauge>,
+    pub inbox_oldest_pending_seconds: Gauge<f64, AtomicU64>,
+    pub ranges_oldest_pending_seconds: Gauge<f64, AtomicU64>,
+    pub seconds_since_last_delivery: Gauge<f64, AtomicU64>,
+}
+
+impl DatabaseMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            pool_connections_in_use: register(
+                registry,
+                "db_pool_connections_in_use",
+                "Database connections checked out",
+                Gauge::default(),
+            ),
+            pool_connections_open: register(
+                registry,
+                "db_pool_connections_open",
+                "Database connections open",
+                Gauge::default(),
+            ),
+            inbox_rows: register(
+                registry,
+                "inbox_rows",
+                "Inbox rows by status (at scrape time)",
+                Family::default(),
+            ),
+            dirty_ranges: register(
+                registry,
+                "dirty_ranges",
+                "Dirty ranges by status (at scrape time)",
+                Family::default(),
+            ),
+            inbox_oldest_pending_seconds: register(
+                registry,
+                "inbox_oldest_pending_age_seconds",
+                "Age of the oldest pending inbox row (0 when none)",
+                Gauge::default(),
+            ),
+            ranges_oldest_pending_seconds: register(
+                registry,
+                "dirty_ranges_oldest_pending_age_seconds",
+                "Age of the oldest pending dirty range (0 when none)",
+                Gauge::default(),
+            ),
+            seconds_since_last_delivery: register(
+                registry,
+                "seconds_since_last_delivery",
+                "Seconds since any receiver last stored a delivery (from the inbox; -1 when empty)",
+                Gauge::default(),
+            ),
+        }
+    }
+}
+
+/// What the outage spool holds and does; `Default` gives unregistered ones, for a command
+/// that opens a spool outside `serve`.
+#[derive(Clone, Default)]
+pub struct SpoolMetrics {
+    /// Records on disk waiting to be loaded.
+    pub waiting: Gauge,
+    /// Records ever set aside in `rejected-*.jsonl` by this process.
+    pub rejected: Counter,
+    /// Records in `rejected-*.jsonl` now: stays above 0 until an operator has dealt with them.
+    pub set_aside: Gauge,
+    /// Attempts to load that failed (the database out): the records stay and are retried.
+    pub load_errors: Counter,
+}
+
+impl SpoolMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            waiting: register(
+                registry,
+                "spool_records",
+                "Deliveries in this process's spool (SPOOL_DIR) waiting to be loaded into the inbox",
+                Gauge::default(),
+            ),
+            rejected: register(
+                registry,
+                "spool_rejected_records",
+                "Spooled records the inbox refused or that could not be read, kept in rejected-*.jsonl",
+                Counter::default(),
+            ),
+            set_aside: register(
+                registry,
+                "spool_set_aside_records",
+                "Spooled records in SPOOL_DIR/rejected-*.jsonl now; not loaded until `thryve-bridge spool reload`",
+                Gauge::default(),
+            ),
+            load_errors: register(
+                registry,
+                "spool_load_errors",
+                "Attempts to load the spool into the inbox that failed because the database is out; the records stay",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// The built-in fetcher's calls to Thryve and what became of its ranges.
+#[derive(Clone)]
+pub struct FetcherMetrics {
+    pub calls: Family<FetchCallLabels, Counter>,
+    pub call_seconds: Family<EndpointLabels, Histogram>,
+    pub values_written: Counter,
+    pub ranges: Family<FetchOutcomeLabels, Counter>,
+    pub paused: Gauge,
+}
+
+impl FetcherMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            calls: register(
+                registry,
+                "fetcher_calls",
+                "Calls to Thryve's data API by endpoint and answer (HTTP status, timeout, connect_error, too_large)",
+                Family::default(),
+            ),
+            call_seconds: register(
+                registry,
+                "fetcher_call_duration_seconds",
+                "Time per call to Thryve's data API, request to last byte",
+                Family::new_with_constructor(|| {
+                    Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+                }),
+            ),
+            values_written: register(
+                registry,
+                "fetcher_values_written",
+                "Value rows the fetcher inserted or changed",
+                Counter::default(),
+            ),
+            ranges: register(
+                registry,
+                "fetcher_ranges",
+                "Ranges the fetcher handled, by outcome (done, retry, failed, lost)",
+                Family::default(),
+            ),
+            paused: register(
+                registry,
+                "fetcher_paused",
+                "1 while fetching is paused because Thryve answered 401 (credentials wrong)",
+                Gauge::default(),
+            ),
+        }
     }
 }
 

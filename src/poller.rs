@@ -7,32 +7,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::{postgres::PgListener, PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    config::PollerConfig,
     db::{self, Failure, Phase},
     inbox::{self, PendingRow, Status},
     metrics::Metrics,
     ranges::{self, Granularity, MergedSpan},
+    service::{Backoff, Pass, Service, Services, Wake},
     sources,
     thryve::{
         self, ConnectionChange, DailyValue, DaySpan, Effects, EpochValue, InstantSpan, Parsed, Span,
     },
-    values::{self, Versioned},
+    values::{self, Origin, Versioned},
 };
-
-/// How the poller runs.
-#[derive(Debug, Clone, Copy)]
-pub struct PollerConfig {
-    /// Most inbox rows per transaction.
-    pub batch_size: i64,
-    /// Longest sleep between polls when nothing wakes the poller.
-    pub interval: Duration,
-    /// Also wake on `NOTIFY thryve_inbox` from other processes.
-    pub listen: bool,
-}
 
 /// What one batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,7 +53,9 @@ pub const MAX_ROW_TIMEOUTS: u32 = 3;
 /// The longest pause between polls while they keep failing (an outage, a lock held).
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Turns pending inbox rows into their effects. Any number may run against one database.
+/// Turns pending inbox rows into their effects. Any number may run against one database; as
+/// a [`Service`], a batch per pass, woken by local commits, `NOTIFY thryve_inbox` or its
+/// interval.
 #[derive(Clone)]
 pub struct Poller {
     pool: PgPool,
@@ -73,11 +66,52 @@ pub struct Poller {
     timeouts: Arc<Mutex<HashMap<i64, u32>>>,
 }
 
+impl Service for Poller {
+    const NAME: &'static str = "poller";
+    const FAILED: &'static str = "poller batch failed; its rows stay pending and are retried";
+    type Error = sqlx::Error;
+
+    /// One batch; more at once when it was full.
+    async fn run_once(&mut self, _: &CancellationToken) -> sqlx::Result<Pass> {
+        let started = Instant::now();
+        let report = match self.poll_once().await {
+            Ok(report) => report,
+            Err(error) => {
+                if let Some(m) = &self.metrics {
+                    m.poller.errors.inc();
+                }
+                return Err(error);
+            }
+        };
+        if report.rows > 0 {
+            tracing::debug!(?report, "poller batch");
+            if let Some(m) = &self.metrics {
+                m.poller.batch_rows.observe(report.rows as f64);
+                m.poller
+                    .batch_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+        }
+        Ok(if report.rows as i64 >= self.config.poll_batch_size {
+            Pass::More
+        } else {
+            Pass::Idle
+        })
+    }
+
+    /// While polls keep failing: the interval doubled, doubling up to [`BACKOFF_MAX`] (never
+    /// shorter than the interval).
+    fn backoff(&self) -> Backoff {
+        let interval = self.config.interval();
+        Backoff::new(interval.saturating_mul(2), BACKOFF_MAX.max(interval))
+    }
+}
+
 impl Poller {
-    pub fn new(pool: PgPool, config: PollerConfig) -> Self {
+    pub fn new(pool: PgPool, config: &PollerConfig) -> Self {
         Self {
             pool,
-            config,
+            config: config.clone(),
             metrics: None,
             timeouts: Arc::default(),
         }
@@ -89,61 +123,18 @@ impl Poller {
         self
     }
 
-    /// Polls until `shutdown`; a batch under way is finished first. `wake` changes when this
-    /// process commits a delivery.
-    pub async fn run(self, mut wake: watch::Receiver<u64>, shutdown: CancellationToken) {
-        let mut listener = None;
-        let mut wake_open = true;
-        let mut failures = 0u32;
-        while !shutdown.is_cancelled() {
-            wake.borrow_and_update();
-            let started = Instant::now();
-            let more = match self.poll_once().await {
-                Ok(report) => {
-                    if report.rows > 0 {
-                        tracing::debug!(?report, "poller batch");
-                        if let Some(m) = &self.metrics {
-                            m.poller_batch_rows.observe(report.rows as f64);
-                            m.poller_batch_seconds
-                                .observe(started.elapsed().as_secs_f64());
-                        }
-                    }
-                    failures = 0;
-                    report.rows as i64 >= self.config.batch_size
-                }
-                Err(error) => {
-                    if let Some(m) = &self.metrics {
-                        m.poller_errors.inc();
-                    }
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(%error, failures, "poller batch failed; its rows stay pending and are retried");
-                    false
-                }
-            };
-            if more {
-                continue;
-            }
-            if self.config.listen && listener.is_none() {
-                listener = self.listen().await;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                changed = wake.changed(), if wake_open => wake_open = changed.is_ok(),
-                _ = tokio::time::sleep(backoff(self.config.interval, failures)) => {}
-                notified = recv(&mut listener) => {
-                    if notified.is_err() {
-                        listener = None;
-                    }
-                }
-            }
+    /// Starts `POLL_CONCURRENCY` pollers in `services`: while one batch waits on the database
+    /// for its statements or its commit, another is parsing, so both of the database's cores
+    /// work. Each wakes on its interval, on `commits` (this process's inbox writes) and, with
+    /// `POLL_NOTIFY`, on `NOTIFY thryve_inbox` (one LISTEN for all of them).
+    pub fn start(self, services: &mut Services, commits: watch::Receiver<u64>) {
+        let mut wake = Wake::every(self.config.interval()).or(commits);
+        if self.config.poll_notify {
+            wake = wake.or(services.listen(self.pool.clone(), db::INBOX_CHANNEL));
         }
-        tracing::info!("poller stopped");
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
-        listener.listen(db::INBOX_CHANNEL).await.ok()?;
-        Some(listener)
+        for _ in 0..self.config.poll_concurrency {
+            services.start(self.clone(), wake.clone());
+        }
     }
 
     /// Processes pending rows until none is left; returns how many rows were handled.
@@ -164,7 +155,7 @@ impl Poller {
     /// rows stay pending for the next poll.
     pub async fn poll_once(&self) -> sqlx::Result<BatchReport> {
         let mut tx = self.pool.begin().await?;
-        let rows = inbox::claim_pending(&mut tx, self.config.batch_size).await?;
+        let rows = inbox::claim_pending(&mut tx, self.config.poll_batch_size).await?;
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(BatchReport::default());
@@ -278,20 +269,6 @@ async fn commit_plan(mut tx: Transaction<'_, Postgres>, plan: &Plan) -> sqlx::Re
     }
 }
 
-/// The pause after `failures` failed polls in a row: the interval, doubling up to
-/// [`BACKOFF_MAX`] (never shorter than the interval).
-fn backoff(interval: Duration, failures: u32) -> Duration {
-    let doubled = interval.saturating_mul(1 << failures.min(16));
-    doubled.min(BACKOFF_MAX.max(interval))
-}
-
-async fn recv(listener: &mut Option<PgListener>) -> sqlx::Result<()> {
-    match listener {
-        Some(l) => l.recv().await.map(drop),
-        None => std::future::pending().await,
-    }
-}
-
 /// Everything one batch writes, worked out without I/O.
 #[derive(Debug, Default)]
 struct Plan {
@@ -394,7 +371,7 @@ fn plan(rows: &[PendingRow]) -> Plan {
 fn versioned<V>(user: &str, row: &PendingRow, update: bool, value: V) -> Versioned<V> {
     Versioned {
         end_user_id: user.to_owned(),
-        inbox_id: row.id,
+        origin: Origin::Delivery(row.id),
         version_at: row.version_at,
         update,
         value,

@@ -1,31 +1,27 @@
-//! Builds the service from its configuration and runs it until told to stop.
+//! Builds the service from its configuration, one component from each settings group, and
+//! runs it until told to stop.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use sqlx::PgPool;
-use tokio::{
-    net::TcpListener,
-    sync::{watch, Semaphore},
-    task::JoinHandle,
-};
+use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{ConfigError, ServeConfig},
     db,
-    fetcher::{Fetcher, FetcherSettings, ThryveClient},
+    fetcher::Fetcher,
     housekeeping::Housekeeping,
     http::{
         self,
-        auth::Authenticator,
-        hmac::HmacVerifier,
-        listener::{self, ListenerOptions},
-        AppState, Limits,
+        listener::{self, ListenError, Listener},
+        AppState, Receiver,
     },
-    inbox::InboxWriter,
+    inbox::{InboxWriter, Notifier},
     metrics::Metrics,
-    poller::{Poller, PollerConfig},
-    spool::{Spool, SpoolLoader, SpoolMetrics},
+    poller::Poller,
+    service::Services,
+    spool::{Spool, SpoolLoader},
 };
 
 /// Why the service could not start or stopped with an error.
@@ -33,252 +29,146 @@ use crate::{
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot listen on {addr} (BIND_ADDR): {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
-    #[error("{0}")]
-    Tls(String),
 }
 
 /// A bound, ready-to-run service: the listener is open, so `local_addr` is known (port 0 in
 /// tests) before any request is served.
 pub struct Application {
-    listener: TcpListener,
+    listener: Listener,
     state: AppState,
+    receiver: Option<Receiving>,
+    background: Background,
+}
+
+/// The webhook route's component and the tasks it leaves to finish at shutdown.
+struct Receiving {
+    receiver: Arc<Receiver>,
     writers: Vec<JoinHandle<()>>,
-    /// The poller and how many of its batches run at once.
-    poller: Option<(Poller, usize)>,
+}
+
+/// Every background component this process runs, built and not yet started.
+struct Background {
+    /// Bumped after each commit of this process (inbox writers, spool loader).
+    commits: watch::Receiver<u64>,
+    poller: Option<Poller>,
     housekeeping: Option<Housekeeping>,
     fetcher: Option<Fetcher>,
-    wake: watch::Receiver<u64>,
-    notify: Option<PgPool>,
-    listener_options: ListenerOptions,
+    notifier: Option<Notifier>,
     spool: Option<(SpoolLoader, std::thread::JoinHandle<()>)>,
 }
 
 impl Application {
-    /// Checks the configuration ([`ServeConfig::validate`]), optionally migrates, and binds
-    /// the listener.
+    /// Checks the configuration ([`ServeConfig::validate`]), optionally migrates, binds the
+    /// listener and builds each component this process runs from its settings group.
     pub async fn build(config: &ServeConfig, pool: PgPool) -> Result<Self, StartError> {
         config.validate()?;
         // The settings are checked: what follows fails only on the disk, the network or the
         // database (TLS files, the pool's size, the spool directory).
-        let auth = Authenticator::from_config(
-            config.webhook_basic_auth.as_ref(),
-            config.webhook_auth_header.as_ref(),
-            HmacVerifier::from_config(config)?,
-            config.webhook_allow_unauthenticated,
-        )?;
-        let tls = match (&config.tls_cert_path, &config.tls_key_path) {
-            (Some(cert), Some(key)) => {
-                Some(listener::tls_acceptor(cert, key).map_err(StartError::Tls)?)
-            }
-            _ => None,
-        };
         let metrics = Arc::new(Metrics::new());
-        let listener_options = ListenerOptions {
-            tls,
-            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
-            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
-            max_connections: listener::fit_connections(
-                config.max_connections,
-                pool.options().get_max_connections(),
-            )
-            .map_err(|problem| ConfigError::new("MAX_CONNECTIONS", problem))?,
-            open_connections: metrics.http_connections_open.clone(),
-        };
         if config.migrate_on_start {
             db::migrate(&pool).await?;
             tracing::info!("migrations applied");
         }
-        let listener = TcpListener::bind(config.bind_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.bind_addr,
-                source,
-            })?;
-        let (committed, wake) = watch::channel(0u64);
+        let listener = Listener::bind(
+            &config.listener,
+            pool.options().get_max_connections(),
+            metrics.receiver.http_connections_open.clone(),
+        )
+        .await?;
+        let (committed, commits) = watch::channel(0u64);
         let committed = Arc::new(committed);
-        let (writer, writers) = InboxWriter::start(
-            pool.clone(),
-            config.ingest_writers,
-            config.ingest_batch_max,
-            committed.clone(),
-        );
-        let spool = match &config.spool_dir {
-            Some(dir) => {
-                let (spool, thread) = Spool::open(
-                    dir,
-                    SpoolMetrics {
-                        waiting: metrics.spool_records.clone(),
-                        rejected: metrics.spool_rejected.clone(),
-                        set_aside: metrics.spool_set_aside.clone(),
-                        load_errors: metrics.spool_load_errors.clone(),
-                    },
-                )
-                .map_err(|e| ConfigError::new("SPOOL_DIR", e.to_string()))?;
-                let loader = SpoolLoader::new(spool.clone(), pool.clone(), committed.clone());
-                Some((spool, loader, thread))
-            }
-            None => None,
-        };
-        let poller = config.poller_enabled.then(|| {
-            Poller::new(
-                pool.clone(),
-                PollerConfig {
-                    batch_size: config.poll_batch_size,
-                    interval: Duration::from_millis(config.poll_interval_ms),
-                    listen: config.poll_notify,
-                },
-            )
-            .with_metrics(metrics.clone())
-        });
-        let poller = poller.map(|p| (p, config.poll_concurrency));
-        let housekeeping = config.housekeeping_enabled.then(|| {
-            Housekeeping::new(
-                pool.clone(),
-                config.retention.clone(),
-                Duration::from_secs(config.housekeeping_interval_secs),
-            )
-        });
-        let fetcher = match config.fetcher.fetcher_enabled {
-            true => Some(Fetcher::new(
-                pool.clone(),
-                ThryveClient::new(&config.fetcher, metrics.clone())
-                    .map_err(|e| ConfigError::new("THRYVE_API_URL", e.to_string()))?,
-                FetcherSettings::from_config(&config.fetcher),
-                metrics.clone(),
-            )),
+        let spool = open_spool(config, &pool, &metrics, &committed)?;
+        let receiver = match config.receiver.receiver_enabled {
+            true => Some(receiving(config, &pool, &metrics, &committed, &spool)?),
             false => None,
         };
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            bind_addr = %listener.local_addr().map_err(StartError::Serve)?,
-            tls = listener_options.tls.is_some(),
-            auth = %auth.modes(),
-            max_body_bytes = config.max_body_bytes,
-            body_budget_bytes = config.body_budget_bytes,
-            max_connections = listener_options.max_connections,
-            ack_deadline_ms = config.ack_deadline_ms,
-            ingest_writers = config.ingest_writers,
-            ingest_batch_max = config.ingest_batch_max,
-            receiver = config.receiver_enabled,
-            poller = config.poller_enabled,
-            poll_batch_size = config.poll_batch_size,
-            poll_concurrency = config.poll_concurrency,
-            poll_interval_ms = config.poll_interval_ms,
-            poll_notify = config.poll_notify,
-            housekeeping = config.housekeeping_enabled,
-            fetcher = config.fetcher.fetcher_enabled,
-            thryve_api_url = config.fetcher.fetcher_enabled.then_some(config.fetcher.thryve_api_url.as_str()),
-            inbox_retention_secs = config.retention.inbox_retention.as_secs(),
-            range_retention_secs = config.retention.range_retention.as_secs(),
-            payload_retention_secs = config.retention.payload_retention.map(|d| d.as_secs()),
-            spool_dir = config.spool_dir.as_ref().map(|d| d.display().to_string()),
-            spool_margin_ms = config.spool_dir.as_ref().map(|_| config.spool_margin_ms),
-            "thryve-bridge started"
-        );
+        let background = Background::build(config, &pool, &metrics, commits, spool)?;
         let state = AppState {
-            pool: pool.clone(),
-            writer,
-            auth: Arc::new(auth),
-            limits: Limits {
-                max_body_bytes: config.max_body_bytes,
-                ack_deadline: config.ack_deadline(),
-                retry_after_secs: config.retry_after_secs,
-                spool_margin: Duration::from_millis(config.spool_margin_ms),
-                signing_window: Duration::from_secs(config.webhook_hmac_window_secs),
-            },
-            receiver_enabled: config.receiver_enabled,
+            pool,
             metrics,
-            spool: spool.as_ref().map(|(spool, _, _)| spool.clone()),
-            body_budget: Arc::new(Semaphore::new(
-                config.body_budget_bytes.min(Semaphore::MAX_PERMITS),
-            )),
-            parse_slots: Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map_or(2, usize::from),
-            )),
-            fetcher: fetcher.as_ref().map(Fetcher::status),
+            database_timeout: config.receiver.ack_deadline(),
+            fetcher: background.fetcher.as_ref().map(Fetcher::status),
         };
-        Ok(Self {
+        let app = Self {
             listener,
             state,
-            writers,
-            poller,
-            housekeeping,
-            fetcher,
-            wake,
-            notify: (config.poll_notify && config.receiver_enabled).then_some(pool),
-            listener_options,
-            spool: spool.map(|(_, loader, thread)| (loader, thread)),
-        })
+            receiver,
+            background,
+        };
+        app.log_start(config);
+        Ok(app)
+    }
+
+    fn log_start(&self, config: &ServeConfig) {
+        let (receiver, poller, fetcher) = (&config.receiver, &config.poller, &config.fetcher);
+        let retention = &config.housekeeping.retention;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            bind_addr = %self.local_addr(),
+            tls = self.listener.tls(),
+            max_connections = self.listener.max_connections(),
+            receiver = receiver.receiver_enabled,
+            auth = self.receiver.as_ref().map(|r| r.receiver.auth_modes()),
+            max_body_bytes = receiver.max_body_bytes,
+            body_budget_bytes = receiver.body_budget_bytes,
+            ack_deadline_ms = receiver.ack_deadline_ms,
+            ingest_writers = receiver.ingest_writers,
+            ingest_batch_max = receiver.ingest_batch_max,
+            poller = poller.poller_enabled,
+            poll_batch_size = poller.poll_batch_size,
+            poll_concurrency = poller.poll_concurrency,
+            poll_interval_ms = poller.poll_interval_ms,
+            poll_notify = poller.poll_notify,
+            housekeeping = config.housekeeping.housekeeping_enabled,
+            fetcher = fetcher.fetcher_enabled,
+            thryve_api_url = fetcher.fetcher_enabled.then_some(fetcher.api.thryve_api_url.as_str()),
+            inbox_retention_secs = retention.inbox_retention.as_secs(),
+            range_retention_secs = retention.range_retention.as_secs(),
+            payload_retention_secs = retention.payload_retention.map(|d| d.as_secs()),
+            spool_dir = config.spool.spool_dir.as_ref().map(|d| d.display().to_string()),
+            spool_margin_ms = config.spool.spool_dir.as_ref().map(|_| config.spool.spool_margin_ms),
+            "thryve-bridge started"
+        );
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr()
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests
     /// finish (each still commits before its answer), waits for the inbox writers to drain
     /// and for the poller, housekeeping, the fetcher and the spool loader to finish their
-    /// batches (the fetcher abandons calls under way: their ranges' leases lapse).
+    /// passes (the fetcher abandons calls under way: their ranges' leases lapse).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let Self {
             listener,
             state,
-            writers,
-            poller,
-            housekeeping,
-            fetcher,
-            wake,
-            notify,
-            listener_options,
-            spool,
+            receiver,
+            background,
         } = self;
-        let (spool_loader, spool_thread) = spool.unzip();
-        let spool_loader =
-            spool_loader.map(|l| tokio::spawn(l.run(wake.clone(), shutdown.clone())));
-        // Batches of one process at once: while one waits on the database for its statements
-        // or its commit, another is parsing, so both of the database's cores work.
-        let pollers: Vec<_> = poller
-            .map(|(p, n)| vec![p; n])
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| tokio::spawn(p.run(wake.clone(), shutdown.clone())))
-            .collect();
-        let housekeeping = housekeeping.map(|h| tokio::spawn(h.run(shutdown.clone())));
-        let fetcher = fetcher.map(|f| tokio::spawn(f.run(shutdown.clone())));
-        let notifier = notify.map(|pool| tokio::spawn(notify_loop(pool, wake, shutdown.clone())));
-        let router = http::app(state);
-        let grace = listener_options.shutdown_timeout;
-        let served = listener::serve(listener, router, listener_options, shutdown.clone())
+        let mut services = Services::new(shutdown.clone());
+        let spool_thread = background.start(&mut services);
+        let (receiver, writers) = receiver.map(|r| (r.receiver, r.writers)).unzip();
+        let router = http::app(state, receiver);
+        let grace = listener.shutdown_timeout();
+        let served = listener::serve(listener, router, shutdown.clone())
             .await
             .map_err(StartError::Serve);
-        // Also stop the background tasks if the server ended by itself.
+        // Also stop the background services if the server ended by itself.
         shutdown.cancel();
         // The writers end once the last request holding the router is gone; connections cut
         // off at the shutdown timeout may still hold it, so this wait is bounded too.
         let drained = async {
-            for writer in writers {
+            for writer in writers.into_iter().flatten() {
                 let _ = writer.await;
             }
-            for task in pollers
-                .into_iter()
-                .chain(housekeeping)
-                .chain(fetcher)
-                .chain(notifier)
-                .chain(spool_loader)
-            {
-                let _ = task.await;
-            }
+            services.stopped().await;
             // Last: its thread ends (and the spool directory's lock goes) once the requests
             // and the loader have dropped their handles.
             if let Some(thread) = spool_thread {
@@ -294,25 +184,106 @@ impl Application {
     }
 }
 
-/// Tells pollers in other processes that the inbox has new rows: one `NOTIFY` per burst of
-/// commits, sent from here rather than inside each commit so it adds nothing to ack latency.
-async fn notify_loop(
-    pool: PgPool,
-    mut committed: watch::Receiver<u64>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = committed.changed() => if changed.is_err() { return },
+/// With `SPOOL_DIR`: the spool (and its writer thread) and the loader that empties it.
+fn open_spool(
+    config: &ServeConfig,
+    pool: &PgPool,
+    metrics: &Metrics,
+    committed: &Arc<watch::Sender<u64>>,
+) -> Result<Option<(Spool, SpoolLoader, std::thread::JoinHandle<()>)>, ConfigError> {
+    let Some(dir) = &config.spool.spool_dir else {
+        return Ok(None);
+    };
+    let (spool, thread) = Spool::open(dir, metrics.spool.clone())
+        .map_err(|e| ConfigError::new("SPOOL_DIR", e.to_string()))?;
+    let loader = SpoolLoader::new(spool.clone(), pool.clone(), committed.clone());
+    Ok(Some((spool, loader, thread)))
+}
+
+/// The receiver and its inbox writers (`INGEST_WRITERS` tasks).
+fn receiving(
+    config: &ServeConfig,
+    pool: &PgPool,
+    metrics: &Arc<Metrics>,
+    committed: &Arc<watch::Sender<u64>>,
+    spool: &Option<(Spool, SpoolLoader, std::thread::JoinHandle<()>)>,
+) -> Result<Receiving, ConfigError> {
+    let settings = &config.receiver;
+    let (writer, writers) = InboxWriter::start(
+        pool.clone(),
+        settings.ingest_writers,
+        settings.ingest_batch_max,
+        committed.clone(),
+    );
+    let spool = spool
+        .as_ref()
+        .map(|(spool, _, _)| (spool.clone(), &config.spool));
+    let receiver = Receiver::new(settings, writer, spool, metrics.clone())?;
+    Ok(Receiving {
+        receiver: Arc::new(receiver),
+        writers,
+    })
+}
+
+impl Background {
+    /// Each component whose switch is on, from its settings group.
+    fn build(
+        config: &ServeConfig,
+        pool: &PgPool,
+        metrics: &Arc<Metrics>,
+        commits: watch::Receiver<u64>,
+        spool: Option<(Spool, SpoolLoader, std::thread::JoinHandle<()>)>,
+    ) -> Result<Self, ConfigError> {
+        let poller = config
+            .poller
+            .poller_enabled
+            .then(|| Poller::new(pool.clone(), &config.poller).with_metrics(metrics.clone()));
+        let housekeeping = config.housekeeping.housekeeping_enabled.then(|| {
+            Housekeeping::new(
+                pool.clone(),
+                config.housekeeping.retention.clone(),
+                config.housekeeping.interval(),
+            )
+        });
+        let fetcher = match config.fetcher.fetcher_enabled {
+            true => Some(
+                Fetcher::new(pool.clone(), &config.fetcher, metrics.clone())
+                    .map_err(|e| ConfigError::new("THRYVE_API_URL", e.to_string()))?,
+            ),
+            false => None,
+        };
+        // Receivers tell pollers in other processes about their commits.
+        let notifier = (config.poller.poll_notify && config.receiver.receiver_enabled)
+            .then(|| Notifier::new(pool.clone()));
+        Ok(Self {
+            commits,
+            poller,
+            housekeeping,
+            fetcher,
+            notifier,
+            spool: spool.map(|(_, loader, thread)| (loader, thread)),
+        })
+    }
+
+    /// Starts every component in `services`, the one place background work starts; returns
+    /// the spool's writer thread, to be joined after everything else has stopped.
+    fn start(self, services: &mut Services) -> Option<std::thread::JoinHandle<()>> {
+        let (loader, spool_thread) = self.spool.unzip();
+        if let Some(loader) = loader {
+            loader.start(services, self.commits.clone());
         }
-        committed.borrow_and_update();
-        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(db::INBOX_CHANNEL)
-            .execute(&pool)
-            .await
-        {
-            tracing::debug!(%error, "NOTIFY failed; pollers elsewhere fall back to their interval");
+        if let Some(poller) = self.poller {
+            poller.start(services, self.commits.clone());
         }
+        if let Some(housekeeping) = self.housekeeping {
+            housekeeping.start(services);
+        }
+        if let Some(fetcher) = self.fetcher {
+            fetcher.start(services);
+        }
+        if let Some(notifier) = self.notifier {
+            notifier.start(services, self.commits);
+        }
+        spool_thread
     }
 }

@@ -1,4 +1,5 @@
-//! One end user's rows across every table: counting them, and erasing them (GDPR) at once.
+//! End users' rows across every table: who the bridge knows, counting one user's rows, and
+//! erasing them (GDPR) at once.
 
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgExecutor};
@@ -11,6 +12,19 @@ pub struct UserRows {
     pub source_connections: i64,
     pub epoch_values: i64,
     pub daily_values: i64,
+}
+
+/// Every end user the bridge knows of, in order: those of a stored connection, a delivery or a
+/// dirty range (each table's user index makes this a walk of the indexes).
+pub async fn known(executor: impl PgExecutor<'_>) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT end_user_id FROM thryve.source_connections
+         UNION SELECT end_user_id FROM thryve.inbox WHERE end_user_id IS NOT NULL
+         UNION SELECT end_user_id FROM thryve.dirty_ranges
+         ORDER BY 1",
+    )
+    .fetch_all(executor)
+    .await
 }
 
 /// Counts the user's rows in every table, changing nothing.

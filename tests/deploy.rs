@@ -1,11 +1,20 @@
 //! Static checks of what cannot run here (no Docker engine): docker-compose.yml, Dockerfile
-//! and .env.example agree with each other and with the settings the binary reads.
+//! and .env.example agree with each other and with the settings the binary reads, and every
+//! default is written down as the binary has it. (Starting the shipped deployments is
+//! `tests/api/deployments.rs`.)
 
-use std::{collections::BTreeSet, fs};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+};
 
 use clap::CommandFactory;
 use thryve_bridge::cli::Cli;
 use yaml_rust2::{Yaml, YamlLoader};
+
+/// The document whose "Configuration" table lists every variable with its default. Issue 24
+/// moves the README's reference parts into docs/: change it here.
+const CONFIGURATION_TABLE: &str = "README.md";
 
 fn read(path: &str) -> String {
     fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path)
@@ -27,6 +36,114 @@ fn variables_read() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     walk(&Cli::command(), &mut out);
     out
+}
+
+/// Every variable `serve` and the global settings read (the health check's too), with the
+/// default the binary declares: `None` when it has none (`DATABASE_URL`), `""` for "unset".
+/// The one place each default is defined is its `#[arg]`; everything else is checked
+/// against this.
+fn declared_defaults() -> BTreeMap<String, Option<String>> {
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").expect("serve");
+    let healthcheck = cli.find_subcommand("healthcheck").expect("healthcheck");
+    cli.get_arguments()
+        .chain(serve.get_arguments())
+        .chain(healthcheck.get_arguments())
+        .filter_map(|arg| {
+            let env = arg.get_env()?.to_string_lossy().into_owned();
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            Some((env, (!defaults.is_empty()).then(|| defaults.join(","))))
+        })
+        .collect()
+}
+
+/// `NAME=value` of every setting line of `.env.example`.
+fn env_example_values() -> BTreeMap<String, String> {
+    read(".env.example")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect()
+}
+
+/// The configuration table's rows: each variable with the default the table gives it (a
+/// row may name several, `A` / `B`, with as many defaults or none); `None` for
+/// "(required)", `""` for an empty cell or "(empty...)".
+fn documented_defaults() -> BTreeMap<String, Option<String>> {
+    let doc = read(CONFIGURATION_TABLE);
+    let table = &doc[doc
+        .find("## Configuration")
+        .expect("a Configuration section")..];
+    let mut rows = BTreeMap::new();
+    for line in table.lines().skip_while(|l| !l.starts_with("| `")) {
+        if !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (names, default) = (cells[1], cells[2]);
+        let names: Vec<&str> = names.split(" / ").map(|n| n.trim_matches('`')).collect();
+        let defaults: Vec<Option<String>> = if default == "(required)" {
+            vec![None; names.len()]
+        } else if default.is_empty() || default.starts_with("(empty") {
+            vec![Some(String::new()); names.len()]
+        } else {
+            default
+                .split(" / ")
+                .map(|d| Some(d.trim_matches('`').to_owned()))
+                .collect()
+        };
+        assert_eq!(names.len(), defaults.len(), "{line}");
+        rows.extend(names.into_iter().map(str::to_owned).zip(defaults));
+    }
+    rows
+}
+
+#[test]
+fn every_default_in_env_example_and_the_configuration_table_is_the_binarys() {
+    let declared = declared_defaults();
+    let example = env_example_values();
+    let documented = documented_defaults();
+    for (variable, default) in &declared {
+        let documented = documented
+            .get(variable)
+            .unwrap_or_else(|| panic!("{CONFIGURATION_TABLE}'s table lacks {variable}"));
+        assert_eq!(documented, default, "{CONFIGURATION_TABLE}: {variable}");
+        let example = example
+            .get(variable)
+            .unwrap_or_else(|| panic!(".env.example lacks {variable}"));
+        // Without a default (DATABASE_URL) the example's value is an example.
+        if let Some(default) = default {
+            assert_eq!(example, default, ".env.example: {variable}");
+        }
+    }
+    for variable in documented.keys() {
+        assert!(
+            declared.contains_key(variable),
+            "{CONFIGURATION_TABLE}'s table lists {variable}, which nothing reads"
+        );
+    }
+}
+
+#[test]
+fn every_flag_of_serve_is_its_variable_in_kebab_case() {
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").expect("serve");
+    for arg in cli.get_arguments().chain(serve.get_arguments()) {
+        let Some(env) = arg.get_env() else { continue };
+        let env = env.to_string_lossy();
+        assert_eq!(
+            arg.get_long(),
+            Some(env.to_lowercase().replace('_', "-").as_str()),
+            "{env}"
+        );
+    }
 }
 
 fn env_example() -> BTreeSet<String> {

@@ -387,6 +387,10 @@ fn each_corpus_file_gets_its_outcome_in_every_encoding() {
         ("push-epoch-page-1000.zst.b64", Status::Pending),
         ("push-epoch-sparse.zst.b64", Status::Pending),
         ("push-epoch-unix.zst.b64", Status::Pending),
+        ("push-v6-daily-iso-object.zst.b64", Status::Pending),
+        ("push-v6-epoch-iso-object.zst.b64", Status::Pending),
+        ("push-v6-epoch-unix-annotated.zst.b64", Status::Pending),
+        ("push-v6-epoch-unix-object-plain.zst.b64", Status::Pending),
         (
             "quarantined-epoch-start-after-end.json",
             Status::Quarantined,

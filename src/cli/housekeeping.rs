@@ -25,7 +25,7 @@ pub(super) async fn run(
     retention.validate()?;
     // One pass, so the interval between passes plays no part.
     let report = Housekeeping::new(operator_pool(database)?, retention, Duration::ZERO)
-        .run_once(&CancellationToken::new())
+        .pass(&CancellationToken::new())
         .await?;
     print_json(&report);
     Ok(())

@@ -90,7 +90,7 @@ pub enum Command {
     Inbox(InboxCommand),
     /// Counts and ages per table and status, and seconds since the last delivery (JSON out).
     Stats,
-    /// Erase one end user's rows (JSON out).
+    /// Erase one end user's rows, or reconcile users' connections with Thryve (JSON out).
     #[command(subcommand)]
     Users(UsersCommand),
     /// Run housekeeping (retention) by hand (JSON out).

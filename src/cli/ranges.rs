@@ -30,6 +30,10 @@ pub enum RangesCommand {
         range_id: i64,
         #[arg(long)]
         worker: String,
+        /// The range's `claim_token` as `ranges claim` printed it: only that claim may finish
+        /// it. Without it, any claim of --worker may (a person at a shell is one worker).
+        #[arg(long)]
+        token: Option<uuid::Uuid>,
     },
     /// Record a failed attempt: retried after --retry-in-secs, or failed when out of attempts.
     Fail {
@@ -40,6 +44,9 @@ pub enum RangesCommand {
         error: String,
         #[arg(long, default_value_t = 60)]
         retry_in_secs: u64,
+        /// As for `complete`.
+        #[arg(long)]
+        token: Option<uuid::Uuid>,
     },
     /// Extend a claimed range's lease (exit 1 if the worker no longer holds it).
     Extend {
@@ -48,6 +55,9 @@ pub enum RangesCommand {
         worker: String,
         #[arg(long, default_value_t = 300)]
         lease_secs: u64,
+        /// As for `complete`.
+        #[arg(long)]
+        token: Option<uuid::Uuid>,
     },
     /// Enqueue re-fetch work for recent days (recovery after Thryve disabled the webhook or
     /// deliveries were lost): for every connected (user, source) in source_connections, or the
@@ -91,41 +101,19 @@ pub enum GranularityArg {
 }
 
 pub(super) async fn run(command: RangesCommand, pool: PgPool) -> Result<(), CliError> {
-    let held = |range_id: i64, action: &str, ok: bool| {
-        println!(
-            "{}",
-            serde_json::json!({ "range_id": range_id, action: ok })
-        );
-        if ok {
-            Ok(())
-        } else {
-            Err(CliError::Failed(format!("range {range_id}: this worker does not hold its claim (lease expired and re-claimed, or never claimed)")))
-        }
-    };
     match command {
         RangesCommand::Claim {
             worker,
             max,
             lease_secs,
             mode,
+        } => claim(pool, worker, mode, max, Duration::from_secs(lease_secs)).await,
+        RangesCommand::Complete {
+            range_id,
+            worker,
+            token,
         } => {
-            let claimed = Consumer::new(pool, worker)
-                .claim_for(mode, max, Duration::from_secs(lease_secs))
-                .await?;
-            let out: Vec<serde_json::Value> = claimed
-                .iter()
-                .map(|range| {
-                    let (path, body) = range.thryve_request();
-                    let mut value = serde_json::to_value(range).expect("a range serialises");
-                    value["thryve_request"] = serde_json::json!({ "path": path, "body": body });
-                    value
-                })
-                .collect();
-            println!("{}", serde_json::Value::Array(out));
-            Ok(())
-        }
-        RangesCommand::Complete { range_id, worker } => {
-            let ok = Consumer::new(pool, worker).complete(range_id).await?;
+            let ok = ranges::complete(&pool, range_id, &worker, token).await?;
             held(range_id, "completed", ok)
         }
         RangesCommand::Fail {
@@ -133,20 +121,20 @@ pub(super) async fn run(command: RangesCommand, pool: PgPool) -> Result<(), CliE
             worker,
             error,
             retry_in_secs,
+            token,
         } => {
-            let ok = Consumer::new(pool, worker)
-                .fail(range_id, &error, Duration::from_secs(retry_in_secs))
-                .await?;
+            let retry_in = Duration::from_secs(retry_in_secs);
+            let ok = ranges::fail(&pool, range_id, &worker, &error, retry_in, token).await?;
             held(range_id, "failed", ok)
         }
         RangesCommand::Extend {
             range_id,
             worker,
             lease_secs,
+            token,
         } => {
-            let ok = Consumer::new(pool, worker)
-                .extend_lease(range_id, Duration::from_secs(lease_secs))
-                .await?;
+            let lease = Duration::from_secs(lease_secs);
+            let ok = ranges::extend(&pool, range_id, &worker, lease, token).await?;
             held(range_id, "extended", ok)
         }
         RangesCommand::Dirty {
@@ -167,33 +155,17 @@ pub(super) async fn run(command: RangesCommand, pool: PgPool) -> Result<(), CliE
                 (Some(user), Some(source)) => vec![(user, source)],
                 (user, source) => sources::connected(&pool, user.as_deref(), source).await?,
             };
-            let granularities = match granularity {
-                GranularityArg::Epoch => vec![ranges::Granularity::Epoch],
-                GranularityArg::Daily => vec![ranges::Granularity::Daily],
-                GranularityArg::Both => {
-                    vec![ranges::Granularity::Epoch, ranges::Granularity::Daily]
-                }
-            };
             let mut data_type_ids = types;
             data_type_ids.sort_unstable();
             data_type_ids.dedup();
             let refetch = ranges::Refetch {
                 targets,
-                granularities,
+                granularities: granularity.granularities(),
                 since,
                 until,
                 data_type_ids,
             };
-            let spans = ranges::enqueue_refetch(&pool, &refetch).await?;
-            print_json(&serde_json::json!({
-                "since": refetch.since,
-                "until": refetch.until,
-                "targets": refetch.targets.len(),
-                "granularities": refetch.granularities.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
-                "data_type_ids": refetch.data_type_ids,
-                "spans_merged": spans,
-            }));
-            Ok(())
+            dirty(&pool, &refetch).await
         }
         RangesCommand::List { status, limit } => {
             let ranges = ranges::list(&pool, status, limit).await?;
@@ -201,4 +173,65 @@ pub(super) async fn run(command: RangesCommand, pool: PgPool) -> Result<(), CliE
             Ok(())
         }
     }
+}
+
+impl GranularityArg {
+    fn granularities(self) -> Vec<ranges::Granularity> {
+        match self {
+            GranularityArg::Epoch => vec![ranges::Granularity::Epoch],
+            GranularityArg::Daily => vec![ranges::Granularity::Daily],
+            GranularityArg::Both => vec![ranges::Granularity::Epoch, ranges::Granularity::Daily],
+        }
+    }
+}
+
+/// Prints the claimed ranges, each with the Thryve call that re-fetches it.
+async fn claim(
+    pool: PgPool,
+    worker: String,
+    mode: ClaimMode,
+    max: i32,
+    lease: Duration,
+) -> Result<(), CliError> {
+    let claimed = Consumer::new(pool, worker)
+        .claim_for(mode, max, lease)
+        .await?;
+    let out: Vec<serde_json::Value> = claimed
+        .iter()
+        .map(|range| {
+            let (path, body) = range.thryve_request();
+            let mut value = serde_json::to_value(range).expect("a range serialises");
+            value["thryve_request"] = serde_json::json!({ "path": path, "body": body });
+            value
+        })
+        .collect();
+    println!("{}", serde_json::Value::Array(out));
+    Ok(())
+}
+
+/// `{"range_id": .., action: ok}`, and exit 1 when the claim was not held.
+fn held(range_id: i64, action: &str, ok: bool) -> Result<(), CliError> {
+    println!(
+        "{}",
+        serde_json::json!({ "range_id": range_id, action: ok })
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!("range {range_id}: this worker does not hold its claim (lease expired and re-claimed, or never claimed)")))
+    }
+}
+
+/// Enqueues `refetch` and prints what it asked for.
+async fn dirty(pool: &PgPool, refetch: &ranges::Refetch) -> Result<(), CliError> {
+    let spans = ranges::enqueue_refetch(pool, refetch).await?;
+    print_json(&serde_json::json!({
+        "since": refetch.since,
+        "until": refetch.until,
+        "targets": refetch.targets.len(),
+        "granularities": refetch.granularities.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+        "data_type_ids": refetch.data_type_ids,
+        "spans_merged": spans,
+    }));
+    Ok(())
 }

@@ -18,7 +18,7 @@ pub(super) async fn serve(config: &ServeConfig, database: &DatabaseConfig) -> Re
     let pool = db::pool(
         database.url()?,
         database.database_max_connections,
-        config.ack_deadline(),
+        config.receiver.ack_deadline(),
     )
     .map_err(CliError::Pool)?;
     let app = Application::build(config, pool).await?;

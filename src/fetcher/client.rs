@@ -1,5 +1,6 @@
-//! The HTTP side of the fetcher: one call to Thryve's data API with both credentials, the
-//! rate cap, the answer-size limit, and retries with backoff on what may pass.
+//! The HTTP side of the fetcher: one call to Thryve's API (the data calls, and the user
+//! information `users reconcile` asks for) with both credentials, the rate cap, the
+//! answer-size limit, and retries with backoff on what may pass.
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,9 +9,11 @@ use base64::Engine;
 use tokio::{sync::Mutex, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::FetcherStatus;
 use crate::{
-    config::FetcherConfig,
+    config::ThryveApiConfig,
     metrics::{EndpointLabels, FetchCallLabels, Metrics},
+    service::Backoff,
 };
 
 /// How a call ended when it brought no values.
@@ -34,6 +37,10 @@ pub enum CallError {
     /// Shutdown began while the call waited.
     #[error("shutting down")]
     Cancelled,
+    /// Fetching was paused (another call met a 401) while this one waited for its turn
+    /// under the rate cap: not sent, as the credentials are known to be refused.
+    #[error("not called: fetching is paused until Thryve accepts the credentials again")]
+    Paused,
 }
 
 /// One try's failure that another try may cure, with the wait Thryve asked for, if any.
@@ -85,10 +92,11 @@ pub struct ThryveClient {
     app_authorization: HeaderValue,
     max_bytes: usize,
     max_tries: u32,
-    backoff: Duration,
-    backoff_max: Duration,
+    backoff: Backoff,
     rate: RateCap,
     metrics: Arc<Metrics>,
+    /// The fetcher's pause, checked once a call's turn comes.
+    pause: Option<Arc<FetcherStatus>>,
 }
 
 fn basic(user: &str, password: &str) -> HeaderValue {
@@ -100,8 +108,8 @@ fn basic(user: &str, password: &str) -> HeaderValue {
 }
 
 impl ThryveClient {
-    /// From validated settings ([`FetcherConfig::validate`]).
-    pub fn new(config: &FetcherConfig, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
+    /// From validated settings ([`ThryveApiConfig::validate`]).
+    pub fn new(config: &ThryveApiConfig, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
         let secret = |s: &Option<crate::config::Secret>| {
             s.as_ref()
                 .map(|s| s.expose().to_owned())
@@ -109,7 +117,7 @@ impl ThryveClient {
         };
         Ok(Self {
             http: reqwest::Client::builder()
-                .timeout(Duration::from_millis(config.fetcher_timeout_ms))
+                .timeout(config.timeout())
                 .connect_timeout(Duration::from_millis(config.fetcher_timeout_ms.min(10_000)))
                 .user_agent(concat!("thryve-bridge/", env!("CARGO_PKG_VERSION")))
                 .build()?,
@@ -121,11 +129,17 @@ impl ThryveClient {
             app_authorization: basic(&config.thryve_app_id, &secret(&config.thryve_app_secret)),
             max_bytes: config.fetcher_max_response_bytes,
             max_tries: config.fetcher_max_tries,
-            backoff: Duration::from_millis(config.fetcher_backoff_ms),
-            backoff_max: Duration::from_millis(config.fetcher_backoff_max_ms),
+            backoff: Backoff::new(config.backoff(), config.backoff_max()).with_full_jitter(),
             rate: RateCap::new(config.fetcher_rate_per_sec),
             metrics,
+            pause: None,
         })
+    }
+
+    /// Sends nothing while `status` says fetching is paused ([`CallError::Paused`]).
+    pub fn with_pause(mut self, status: Arc<FetcherStatus>) -> Self {
+        self.pause = Some(status);
+        self
     }
 
     /// POSTs `form` to `path` until an answer, a permanent refusal or the last try; between
@@ -141,6 +155,9 @@ impl ThryveClient {
             if !self.rate.wait(shutdown).await {
                 return Err(CallError::Cancelled);
             }
+            if self.pause.as_ref().is_some_and(|p| p.paused().is_some()) {
+                return Err(CallError::Paused);
+            }
             match self.try_once(path, form).await {
                 Try::Done(body) => return Ok(body),
                 Try::Stop(error) => return Err(error),
@@ -152,7 +169,7 @@ impl ThryveClient {
                     let wait = transient
                         .retry_after
                         .map(|d| d.min(Duration::from_secs(3600)))
-                        .unwrap_or_else(|| self.backoff_for(attempt));
+                        .unwrap_or_else(|| self.backoff.delay(attempt));
                     tracing::debug!(path, reason = %transient.reason, wait_ms = wait.as_millis() as u64, "Thryve call will be tried again");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -165,14 +182,20 @@ impl ThryveClient {
         Err(CallError::Exhausted(last))
     }
 
-    /// Full jitter: uniform in [0, min(max, base * 2^attempt)].
-    fn backoff_for(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .backoff
-            .saturating_mul(1u32.checked_shl(attempt).unwrap_or(u32::MAX))
-            .min(self.backoff_max);
-        let unit = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;
-        ceiling.mul_f64(unit)
+    /// Asks `/v5/userInformation` about one end user (its answer lists the user's
+    /// `connectedSources`, see [`crate::thryve::api::connected_sources`]), with the data
+    /// calls' credentials, rate cap and retries.
+    pub async fn user_information(
+        &self,
+        end_user_id: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<bytes::Bytes, CallError> {
+        self.call(
+            "/v5/userInformation",
+            &[("authenticationToken", end_user_id.to_owned())],
+            shutdown,
+        )
+        .await
     }
 
     async fn try_once(&self, path: &'static str, form: &[(&'static str, String)]) -> Try {
@@ -180,7 +203,8 @@ impl ThryveClient {
         let started = std::time::Instant::now();
         let outcome = self.send(path, form).await;
         self.metrics
-            .fetcher_call_seconds
+            .fetcher
+            .call_seconds
             .get_or_create(&EndpointLabels { endpoint })
             .observe(started.elapsed().as_secs_f64());
         let status = match &outcome {
@@ -188,7 +212,8 @@ impl ThryveClient {
             Err(failure) => failure.label().to_owned(),
         };
         self.metrics
-            .fetcher_calls
+            .fetcher
+            .calls
             .get_or_create(&FetchCallLabels { endpoint, status })
             .inc();
         match outcome {

@@ -15,15 +15,19 @@ use std::{
 };
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
-use sqlx::{postgres::PgListener, PgPool};
-use tokio::{sync::Notify, task::JoinSet, time::Instant};
+use sqlx::PgPool;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::FetcherConfig,
     metrics::{FetchOutcomeLabels, Metrics},
     ranges::{self, Consumer, DirtyRange},
-    thryve::{api, DailyValue, EpochValue},
+    service::{self, Backoff, Pass, Service, Services, Wake},
+    thryve::{
+        api::{self, TypeName},
+        DailyValue, EpochValue,
+    },
     values,
 };
 
@@ -213,47 +217,15 @@ pub fn calls(range: &DirtyRange) -> Vec<Call> {
         .collect()
 }
 
-/// The fetcher's settings in the units it uses.
-#[derive(Debug, Clone)]
-pub struct FetcherSettings {
-    pub worker: String,
-    pub concurrency: usize,
-    pub lease: Duration,
-    pub interval: Duration,
-    pub auth_pause: Duration,
-    pub backoff: Duration,
-    pub backoff_max: Duration,
-}
-
-impl FetcherSettings {
-    pub fn from_config(config: &FetcherConfig) -> Self {
-        let worker = if config.fetcher_worker.is_empty() {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
-            format!(
-                "fetcher-{host}-{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            )
-        } else {
-            config.fetcher_worker.clone()
-        };
-        Self {
-            worker,
-            concurrency: config.fetcher_concurrency,
-            lease: Duration::from_secs(config.fetcher_lease_secs),
-            interval: Duration::from_millis(config.fetcher_interval_ms),
-            auth_pause: Duration::from_secs(config.fetcher_auth_pause_secs),
-            backoff: Duration::from_millis(config.fetcher_backoff_ms),
-            backoff_max: Duration::from_millis(config.fetcher_backoff_max_ms),
-        }
-    }
-}
-
-/// The fetcher task: `concurrency` loops, each claiming one range at a time, so at most that
-/// many calls are in flight; all share the rate cap and wake on `NOTIFY thryve_dirty_ranges`.
+/// The fetcher: `FETCHER_CONCURRENCY` claim loops, each claiming one range at a time, so at
+/// most that many calls are in flight; all share the rate cap and wake on `NOTIFY
+/// thryve_dirty_ranges`. A status reporter writes this process's row of `thryve.fetchers`.
 pub struct Fetcher {
     pool: PgPool,
     client: Arc<ThryveClient>,
-    settings: FetcherSettings,
+    config: FetcherConfig,
+    /// This process's name in `claimed_by` (each loop adds `-<n>`) and `thryve.fetchers`.
+    worker: String,
     status: Arc<FetcherStatus>,
     metrics: Arc<Metrics>,
 }
@@ -283,20 +255,37 @@ impl Outcome {
     }
 }
 
+/// How often a fetcher writes its row of `thryve.fetchers`.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// The longest wait after claims that keep failing (the database out), or the interval.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 impl Fetcher {
+    /// From validated settings ([`FetcherConfig::validate`]).
     pub fn new(
         pool: PgPool,
-        client: ThryveClient,
-        settings: FetcherSettings,
+        config: &FetcherConfig,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, reqwest::Error> {
+        let worker = if config.fetcher_worker.is_empty() {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
+            format!(
+                "fetcher-{host}-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        } else {
+            config.fetcher_worker.clone()
+        };
+        let status = Arc::<FetcherStatus>::default();
+        let client = ThryveClient::new(&config.api, metrics.clone())?.with_pause(status.clone());
+        Ok(Self {
             pool,
             client: Arc::new(client),
-            settings,
-            status: Arc::default(),
+            config: config.clone(),
+            worker,
+            status,
             metrics,
-        }
+        })
     }
 
     /// Shared with `/readyz`: whether a 401 paused fetching.
@@ -304,77 +293,35 @@ impl Fetcher {
         self.status.clone()
     }
 
-    /// Fetches until `shutdown`; calls under way end early, their ranges' leases lapse and
-    /// other fetchers take them (nothing of theirs was committed).
-    pub async fn run(self, shutdown: CancellationToken) {
-        let this = Arc::new(self);
-        let wake = Arc::new(Notify::new());
-        let mut tasks = JoinSet::new();
-        tasks.spawn(listen(this.pool.clone(), wake.clone(), shutdown.clone()));
-        tasks.spawn(
-            this.clone()
-                .report_every(Duration::from_secs(5), shutdown.clone()),
-        );
-        for i in 0..this.settings.concurrency {
-            let consumer =
-                Consumer::new(this.pool.clone(), format!("{}-{i}", this.settings.worker));
-            tasks.spawn(this.clone().work(consumer, wake.clone(), shutdown.clone()));
-        }
+    /// Starts the claim loops (woken by `NOTIFY thryve_dirty_ranges` or their interval) and
+    /// the status reporter in `services`. On shutdown calls under way end early, their
+    /// ranges' leases lapse and other fetchers take them (nothing of theirs was committed).
+    pub fn start(self, services: &mut Services) {
+        let notified = services.listen(self.pool.clone(), ranges::CHANNEL);
+        let wake = Wake::every(self.config.interval()).or(notified);
         tracing::info!(
-            worker = %this.settings.worker,
-            concurrency = this.settings.concurrency,
+            worker = %self.worker,
+            concurrency = self.config.fetcher_concurrency,
             "fetcher started"
         );
-        while tasks.join_next().await.is_some() {}
-        tracing::info!("fetcher stopped");
-    }
-
-    async fn report_every(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
-        let started_at = Utc::now();
-        loop {
-            if let Err(error) = self
-                .status
-                .report(&self.pool, &self.settings.worker, started_at)
-                .await
-            {
-                tracing::debug!(%error, "fetcher: status row not written");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.cancelled() => break,
-            }
+        let this = Arc::new(self);
+        for i in 0..this.config.fetcher_concurrency {
+            let consumer = Consumer::new(this.pool.clone(), format!("{}-{i}", this.worker));
+            services.start(
+                ClaimLoop {
+                    fetcher: this.clone(),
+                    consumer,
+                },
+                wake.clone(),
+            );
         }
-    }
-
-    async fn work(
-        self: Arc<Self>,
-        consumer: Consumer,
-        wake: Arc<Notify>,
-        shutdown: CancellationToken,
-    ) {
-        while !shutdown.is_cancelled() {
-            if let Some(at) = self.status.resume_at() {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            match self.fetch_one(&consumer, &shutdown).await {
-                Ok(Some(_)) => continue,
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "fetcher: database error; retrying after the interval")
-                }
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep(self.settings.interval) => {}
-                _ = shutdown.cancelled() => break,
-            }
-        }
+        services.start(
+            StatusReporter {
+                fetcher: this,
+                started_at: Utc::now(),
+            },
+            Wake::every(REPORT_EVERY),
+        );
     }
 
     /// Claims one range and fetches it; `None` when no range was claimable.
@@ -383,13 +330,14 @@ impl Fetcher {
         consumer: &Consumer,
         shutdown: &CancellationToken,
     ) -> sqlx::Result<Option<Outcome>> {
-        let Some(range) = consumer.claim(1, self.settings.lease).await?.pop() else {
+        let Some(range) = consumer.claim(1, self.config.lease()).await?.pop() else {
             return Ok(None);
         };
         let outcome = self.fetch(consumer, &range, shutdown).await?;
         self.status.count(outcome);
         self.metrics
-            .fetcher_ranges
+            .fetcher
+            .ranges
             .get_or_create(&FetchOutcomeLabels {
                 outcome: outcome.label(),
             })
@@ -404,27 +352,31 @@ impl Fetcher {
         range: &DirtyRange,
         shutdown: &CancellationToken,
     ) -> sqlx::Result<Outcome> {
-        let version = values::fetch_version(&self.pool).await?;
         let version_at = chrono::Utc::now();
         // Retries and backoffs can outlast a lease: keep it while the range is worked on.
         let keeper = CancellationToken::new();
         let _stop_keeper = keeper.clone().drop_guard();
-        tokio::spawn(keep_lease(
-            consumer.clone(),
-            range.clone(),
-            self.settings.lease,
+        let lease = self.config.lease();
+        tokio::spawn(service::run(
+            LeaseKeeper {
+                consumer: consumer.clone(),
+                range: range.clone(),
+                lease,
+            },
+            Wake::after(lease / 3),
             keeper,
         ));
         let mut epoch: Vec<EpochValue> = Vec::new();
         let mut daily: Vec<DailyValue> = Vec::new();
+        let mut types: Vec<TypeName> = Vec::new();
         for (i, call) in calls(range).into_iter().enumerate() {
-            if i > 0 && !consumer.extend_claimed(range, self.settings.lease).await? {
+            if i > 0 && !consumer.extend(range, lease).await? {
                 return Ok(Outcome::Lost);
             }
             let answer = match self.client.call(call.path, &call.form, shutdown).await {
                 Ok(answer) => {
                     if self.status.resume() {
-                        self.metrics.fetcher_paused.set(0);
+                        self.metrics.fetcher.paused.set(0);
                         tracing::info!(
                             "fetcher: Thryve accepts the credentials again; fetching resumed"
                         );
@@ -434,9 +386,15 @@ impl Fetcher {
                 Err(error) => return self.give_up(consumer, range, error).await,
             };
             let parsed = if call.path == "/v5/dailyDynamicValues" {
-                api::daily_values(&answer).map(|v| daily.extend(v))
+                api::daily_values(&answer).map(|a| {
+                    daily.extend(a.values);
+                    types.extend(a.types);
+                })
             } else {
-                api::epoch_values(&answer).map(|v| epoch.extend(v))
+                api::epoch_values(&answer).map(|a| {
+                    epoch.extend(a.values);
+                    types.extend(a.types);
+                })
             };
             if let Err(error) = parsed {
                 let reason = format!("unreadable answer from Thryve: {error}");
@@ -448,12 +406,13 @@ impl Fetcher {
         let values_written = values::apply_fetched(
             &mut tx,
             &range.end_user_id,
-            version,
+            range.id,
             version_at,
             epoch,
             daily,
         )
         .await?;
+        values::learn_type_names(&mut *tx, range.granularity, &types).await?;
         if !consumer.complete_in(&mut *tx, range).await? {
             tx.rollback().await?;
             tracing::warn!(
@@ -463,7 +422,7 @@ impl Fetcher {
             return Ok(Outcome::Lost);
         }
         tx.commit().await?;
-        self.metrics.fetcher_values_written.inc_by(values_written);
+        self.metrics.fetcher.values_written.inc_by(values_written);
         tracing::info!(
             range_id = range.id,
             end_user_id = %range.end_user_id,
@@ -484,21 +443,30 @@ impl Fetcher {
         let reason = error.to_string();
         match error {
             CallError::Unauthorized(_) => {
-                self.status.pause(reason.clone(), self.settings.auth_pause);
-                self.metrics.fetcher_paused.set(1);
+                let pause = self.config.auth_pause();
+                self.status.pause(reason.clone(), pause);
+                self.metrics.fetcher.paused.set(1);
                 tracing::error!(
                     %reason,
-                    pause_secs = self.settings.auth_pause.as_secs(),
+                    pause_secs = pause.as_secs(),
                     "fetcher PAUSED: Thryve refuses the credentials; check THRYVE_API_USER/THRYVE_API_PASSWORD and THRYVE_APP_ID/THRYVE_APP_SECRET"
                 );
-                consumer
-                    .fail(range.id, &reason, self.settings.auth_pause)
-                    .await?;
+                consumer.fail(range, &reason, pause).await?;
+                Ok(Outcome::Retry)
+            }
+            CallError::Paused => {
+                // Back when the pause ends, without a call that would meet the 401 again.
+                let until = self
+                    .status
+                    .resume_at()
+                    .map(|at| at.saturating_duration_since(Instant::now()));
+                let retry_in = until.unwrap_or_else(|| self.config.auth_pause());
+                consumer.fail(range, &reason, retry_in).await?;
                 Ok(Outcome::Retry)
             }
             CallError::Forbidden(_) | CallError::Refused { .. } => {
                 tracing::warn!(range_id = range.id, end_user_id = %range.end_user_id, %reason, "fetcher: range failed for good");
-                Ok(if consumer.abandon(range.id, &reason).await? {
+                Ok(if consumer.abandon(range, &reason).await? {
                     Outcome::Failed
                 } else {
                     Outcome::Lost
@@ -515,19 +483,16 @@ impl Fetcher {
         }
     }
 
+    /// Puts the range back after a backoff that grows with its attempts.
     async fn retry(
         &self,
         consumer: &Consumer,
         range: &DirtyRange,
         reason: &str,
     ) -> sqlx::Result<Outcome> {
-        let exponent = range.attempts.clamp(1, 16) as u32 - 1;
-        let retry_in = self
-            .settings
-            .backoff
-            .saturating_mul(1 << exponent)
-            .min(self.settings.backoff_max);
-        Ok(if consumer.fail_claimed(range, reason, retry_in).await? {
+        let backoff = Backoff::new(self.config.api.backoff(), self.config.api.backoff_max());
+        let retry_in = backoff.delay(range.attempts.max(1) as u32 - 1);
+        Ok(if consumer.fail(range, reason, retry_in).await? {
             Outcome::Retry
         } else {
             Outcome::Lost
@@ -535,58 +500,93 @@ impl Fetcher {
     }
 }
 
-/// Extends `range_id`'s lease every third of it until `stop`, or until the claim is lost.
-async fn keep_lease(
+/// One of the fetcher's claim loops: a range per pass, more at once while there are any.
+struct ClaimLoop {
+    fetcher: Arc<Fetcher>,
     consumer: Consumer,
-    range: DirtyRange,
-    lease: Duration,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(lease / 3) => {}
-            _ = stop.cancelled() => return,
-        }
-        match consumer.extend_claimed(&range, lease).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(error) => {
-                tracing::debug!(%error, range_id = range.id, "fetcher: lease not extended")
+}
+
+impl Service for ClaimLoop {
+    const NAME: &'static str = "fetcher";
+    const FAILED: &'static str = "fetcher: database error; claiming again after a backoff";
+    type Error = sqlx::Error;
+
+    async fn run_once(&mut self, shutdown: &CancellationToken) -> sqlx::Result<Pass> {
+        if let Some(at) = self.fetcher.status.resume_at() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = shutdown.cancelled() => return Ok(Pass::Done),
             }
         }
+        Ok(
+            match self.fetcher.fetch_one(&self.consumer, shutdown).await? {
+                Some(_) => Pass::More,
+                None => Pass::Idle,
+            },
+        )
+    }
+
+    fn backoff(&self) -> Backoff {
+        let interval = self.fetcher.config.interval();
+        Backoff::new(interval, BACKOFF_MAX.max(interval))
+    }
+
+    fn stopped(&self) {
+        tracing::debug!(worker = self.consumer.worker(), "fetcher loop stopped");
     }
 }
 
-/// LISTENs on [`ranges::CHANNEL`] and wakes every idle loop; reconnects after errors.
-async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        let listener = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(ranges::CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = match listener.await {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::debug!(%error, "fetcher: LISTEN failed; claiming on the interval meanwhile");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        };
-        // Ranges may have appeared while the LISTEN was down.
-        wake.notify_waiters();
-        loop {
-            tokio::select! {
-                received = listener.recv() => match received {
-                    Ok(_) => wake.notify_waiters(),
-                    Err(_) => break,
-                },
-                _ = shutdown.cancelled() => return,
-            }
-        }
+/// Writes this process's row of `thryve.fetchers` every [`REPORT_EVERY`].
+struct StatusReporter {
+    fetcher: Arc<Fetcher>,
+    started_at: DateTime<Utc>,
+}
+
+impl Service for StatusReporter {
+    const NAME: &'static str = "fetcher status";
+    const FAILED: &'static str = "fetcher: status row not written";
+    type Error = sqlx::Error;
+
+    async fn run_once(&mut self, _: &CancellationToken) -> sqlx::Result<Pass> {
+        let f = &self.fetcher;
+        f.status.report(&f.pool, &f.worker, self.started_at).await?;
+        Ok(Pass::Idle)
     }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(REPORT_EVERY, BACKOFF_MAX)
+    }
+
+    fn stopped(&self) {
+        tracing::info!("fetcher stopped");
+    }
+}
+
+/// Extends a claimed range's lease every third of it while the range is worked on; ends
+/// when the claim is lost.
+struct LeaseKeeper {
+    consumer: Consumer,
+    range: DirtyRange,
+    lease: Duration,
+}
+
+impl Service for LeaseKeeper {
+    const NAME: &'static str = "lease keeper";
+    const FAILED: &'static str = "fetcher: lease not extended";
+    type Error = sqlx::Error;
+
+    async fn run_once(&mut self, _: &CancellationToken) -> sqlx::Result<Pass> {
+        Ok(match self.consumer.extend(&self.range, self.lease).await? {
+            true => Pass::Idle,
+            false => Pass::Done,
+        })
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.lease / 3, self.lease / 3)
+    }
+
+    fn stopped(&self) {}
 }
 
 #[cfg(test)]

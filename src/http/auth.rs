@@ -10,7 +10,7 @@ use super::{
     headers::{single_header, RepeatedHeader},
     hmac::{Check, Forms, HmacVerifier},
 };
-use crate::config::{self, ConfigError, Secret};
+use crate::config::{self, ConfigError, ReceiverConfig, Secret};
 
 /// The credentials a delivery must present: any one of the static credentials (if any is
 /// configured) and, if a secret is configured, a valid HMAC signature as well.
@@ -25,10 +25,20 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// The receiver's checker, from its `WEBHOOK_*` settings.
+    pub fn from_config(config: &ReceiverConfig) -> Result<Self, ConfigError> {
+        Self::new(
+            config.webhook_basic_auth.as_ref(),
+            config.webhook_auth_header.as_ref(),
+            HmacVerifier::from_config(config)?,
+            config.webhook_allow_unauthenticated,
+        )
+    }
+
     /// Builds the checker from `WEBHOOK_BASIC_AUTH` / `WEBHOOK_AUTH_HEADER` and the HMAC
     /// settings, with the checks of [`config`]: refuses a malformed entry, and a configuration
     /// with no credential unless `allow_unauthenticated`.
-    pub fn from_config(
+    pub fn new(
         basic: Option<&Secret>,
         header: Option<&Secret>,
         hmac: Option<HmacVerifier>,
@@ -201,7 +211,7 @@ mod tests {
 
     #[test]
     fn any_of_several_basic_credentials_is_admitted() {
-        let auth = Authenticator::from_config(
+        let auth = Authenticator::new(
             Some(&Secret::new("thryve:old, thryve:new")),
             None,
             None,
@@ -217,7 +227,7 @@ mod tests {
 
     #[test]
     fn fixed_header_credentials() {
-        let auth = Authenticator::from_config(
+        let auth = Authenticator::new(
             None,
             Some(&Secret::new("X-Api-Key: k1,Authorization: Bearer t")),
             None,
@@ -239,7 +249,7 @@ mod tests {
 
     #[test]
     fn every_configured_credential_is_compared_once_in_constant_time_whatever_the_request() {
-        let auth = Authenticator::from_config(
+        let auth = Authenticator::new(
             Some(&Secret::new("thryve:one,thryve:two,thryve:three")),
             None,
             None,
@@ -262,7 +272,7 @@ mod tests {
         }
         assert_eq!(counted(&auth, &HeaderMap::new()), (false, 3));
 
-        let both = Authenticator::from_config(
+        let both = Authenticator::new(
             Some(&Secret::new("thryve:one,thryve:two,thryve:three")),
             Some(&Secret::new("X-Api-Key: k1,X-Api-Key: k2")),
             None,
@@ -279,7 +289,7 @@ mod tests {
 
     #[test]
     fn a_repeated_credential_header_is_refused_even_when_one_copy_is_right() {
-        let auth = Authenticator::from_config(
+        let auth = Authenticator::new(
             Some(&Secret::new("thryve:old,thryve:new")),
             Some(&Secret::new("X-Api-Key: k1")),
             None,
@@ -312,13 +322,11 @@ mod tests {
 
     #[test]
     fn no_credentials_needs_explicit_opt_in() {
-        let err = Authenticator::from_config(None, None, None, false)
-            .err()
-            .unwrap();
+        let err = Authenticator::new(None, None, None, false).err().unwrap();
         assert!(err
             .to_string()
             .contains("WEBHOOK_ALLOW_UNAUTHENTICATED=true"));
-        assert!(Authenticator::from_config(None, None, None, true)
+        assert!(Authenticator::new(None, None, None, true)
             .unwrap()
             .admits(&HeaderMap::new()));
     }
@@ -332,7 +340,7 @@ mod tests {
             300,
         )
         .unwrap();
-        let auth = Authenticator::from_config(None, None, Some(hmac), false).unwrap();
+        let auth = Authenticator::new(None, None, Some(hmac), false).unwrap();
         assert_eq!(auth.modes(), "hmac(wire+timestamp, enforce)");
         assert!(auth.admits(&HeaderMap::new()));
         let check = auth
@@ -343,7 +351,7 @@ mod tests {
 
     #[test]
     fn malformed_settings_name_the_variable_without_the_secret() {
-        let err = Authenticator::from_config(
+        let err = Authenticator::new(
             Some(&Secret::new("user-without-password-hunter2")),
             None,
             None,
@@ -354,10 +362,9 @@ mod tests {
         .to_string();
         assert!(err.starts_with("WEBHOOK_BASIC_AUTH: entry 1"), "{err}");
         assert!(!err.contains("hunter2"));
-        let err =
-            Authenticator::from_config(None, Some(&Secret::new("bad header: v")), None, false)
-                .err()
-                .unwrap();
+        let err = Authenticator::new(None, Some(&Secret::new("bad header: v")), None, false)
+            .err()
+            .unwrap();
         assert!(err
             .to_string()
             .starts_with("WEBHOOK_AUTH_HEADER: entry 1: not a valid header name"));

@@ -8,6 +8,7 @@ use axum::{
 use serde_json::json;
 
 use super::{decode::DecodeError, hmac::HmacError};
+pub use crate::inbox::MaybeStored;
 
 /// Everything a webhook request can fail with. Internal details (database errors) are logged
 /// by the handler, never sent.
@@ -39,25 +40,6 @@ pub enum ApiError {
         stored: MaybeStored,
         retry_after_secs: u64,
     },
-}
-
-/// What a 503 can truthfully say about the delivery: a write under way at the deadline (or
-/// cut off with its connection) may still commit after the answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MaybeStored {
-    /// The database never got it (no connection), or refused it.
-    No,
-    /// It may have been stored; a resend is counted as a duplicate of it if so.
-    Maybe,
-}
-
-impl std::fmt::Display for MaybeStored {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            MaybeStored::No => "nothing was stored, resend later",
-            MaybeStored::Maybe => "not acknowledged; it may have been stored, resend",
-        })
-    }
 }
 
 impl ApiError {

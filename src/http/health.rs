@@ -25,7 +25,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             Json(json!({ "error": format!("fetcher paused: {reason}") })),
         );
     }
-    let check = tokio::time::timeout(state.limits.ack_deadline, db::readiness(&state.pool)).await;
+    let check = tokio::time::timeout(state.database_timeout, db::readiness(&state.pool)).await;
     match check {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
         Ok(Err(e)) => (
@@ -42,12 +42,12 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 /// Refreshes the database gauges (within the ack deadline; stale values are kept if the
 /// database does not answer) and renders every metric.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let m = &state.metrics;
+    let m = &state.metrics.database;
     let size = i64::from(state.pool.size());
     m.pool_connections_open.set(size);
     m.pool_connections_in_use
         .set(size - state.pool.num_idle() as i64);
-    match tokio::time::timeout(state.limits.ack_deadline, stats::collect(&state.pool)).await {
+    match tokio::time::timeout(state.database_timeout, stats::collect(&state.pool)).await {
         Ok(Ok(stats)) => {
             for (status, figures) in &stats.inbox {
                 m.inbox_rows
@@ -78,6 +78,6 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        m.render(),
+        state.metrics.render(),
     )
 }

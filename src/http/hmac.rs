@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::{self, ConfigError, Secret, ServeConfig};
+use crate::config::{self, ConfigError, ReceiverConfig, Secret};
 
 pub const SIGNATURE_HEADER: &str = "x-hmac-signature";
 pub const TIMESTAMP_HEADER: &str = "x-hmac-timestamp";
@@ -201,8 +201,8 @@ impl HmacVerifier {
         })
     }
 
-    /// The signature check of `serve`'s settings, when `WEBHOOK_HMAC_SECRET` is set.
-    pub fn from_config(config: &ServeConfig) -> Result<Option<Self>, ConfigError> {
+    /// The receiver's signature check, when `WEBHOOK_HMAC_SECRET` is set.
+    pub fn from_config(config: &ReceiverConfig) -> Result<Option<Self>, ConfigError> {
         config
             .webhook_hmac_secret
             .clone()

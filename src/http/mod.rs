@@ -18,56 +18,38 @@ use axum::{
     Router,
 };
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
 
 pub use delivery::{decode_delivery, parse_content, parse_delivery};
 pub use error::ApiError;
+pub use webhook::Receiver;
 
-use crate::{inbox::InboxWriter, metrics::Metrics, spool::Spool};
-use auth::Authenticator;
+use crate::{fetcher::FetcherStatus, metrics::Metrics};
 
-/// Limits a webhook request is held to.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-    pub ack_deadline: Duration,
-    pub retry_after_secs: u64,
-    /// With a spool: stop waiting for the commit this long before the ack deadline.
-    pub spool_margin: Duration,
-    /// `x-hmac-timestamp` within this of the receipt is taken as the delivery's signing time.
-    pub signing_window: Duration,
-}
-
-/// What every handler can reach.
+/// What the health and metrics handlers reach.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
-    pub writer: InboxWriter,
-    pub auth: Arc<Authenticator>,
-    pub limits: Limits,
-    /// False on a poller-only instance: the webhook route is not served.
-    pub receiver_enabled: bool,
     pub metrics: Arc<Metrics>,
-    /// `SPOOL_DIR`: where deliveries go when the database cannot take them in time.
-    pub spool: Option<Spool>,
-    /// `BODY_BUDGET_BYTES`: one permit per body byte held by a request.
-    pub body_budget: Arc<Semaphore>,
-    /// One permit per core: large bodies parsed at once, off the async workers.
-    pub parse_slots: Arc<Semaphore>,
+    /// How long `/readyz` and `/metrics` wait for the database (`ACK_DEADLINE_MS`).
+    pub database_timeout: Duration,
     /// On a fetcher instance: whether Thryve's 401 paused fetching (`/readyz` then says so).
-    pub fetcher: Option<Arc<crate::fetcher::FetcherStatus>>,
+    pub fetcher: Option<Arc<FetcherStatus>>,
 }
 
-/// The router, apart from any listener, so tests can drive it in-process or over a socket.
-pub fn app(state: AppState) -> Router {
-    let router = if state.receiver_enabled {
-        Router::new().route("/webhooks/thryve", post(webhook::receive))
-    } else {
-        Router::new()
-    };
-    router
+/// The router, apart from any listener, so tests can drive it in-process or over a socket:
+/// health and metrics always, `POST /webhooks/thryve` with a receiver (none on a poller-only
+/// instance).
+pub fn app(state: AppState, receiver: Option<Arc<Receiver>>) -> Router {
+    let health = Router::new()
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(health::metrics))
-        .with_state(state)
+        .with_state(state);
+    match receiver {
+        Some(receiver) => Router::new()
+            .route("/webhooks/thryve", post(webhook::receive))
+            .with_state(receiver)
+            .merge(health),
+        None => health,
+    }
 }

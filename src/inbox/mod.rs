@@ -1,18 +1,19 @@
 //! The `thryve.inbox` table: turning a decoded body into a row, and the queries on it.
 
+mod columns;
 mod writer;
 
-pub use writer::{InboxWriter, WriteError};
+pub use writer::{InboxWriter, MaybeStored, Notifier, WriteError};
 
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sqlx::{Connection, PgConnection, PgExecutor};
+use sqlx::{postgres::PgArguments, Arguments, Connection, PgConnection, PgExecutor};
 
 use crate::{
-    db::{self, int_array_literal},
+    db,
     thryve::{self, ConnectionChange, DaySpan, Event, InstantSpan, Parsed},
 };
 
@@ -240,109 +241,13 @@ pub async fn insert_batch(
     executor: impl PgExecutor<'_>,
     batch: &[(&NewDelivery, i32)],
 ) -> sqlx::Result<Vec<InsertedRow>> {
-    let mut fingerprints = Vec::with_capacity(batch.len());
-    let mut event_types = Vec::with_capacity(batch.len());
-    let mut users = Vec::with_capacity(batch.len());
-    let mut aliases = Vec::with_capacity(batch.len());
-    let mut payloads = Vec::with_capacity(batch.len());
-    let mut statuses = Vec::with_capacity(batch.len());
-    let mut errors = Vec::with_capacity(batch.len());
-    let mut counts = Vec::with_capacity(batch.len());
-    let mut sources = Vec::with_capacity(batch.len());
-    let mut types = Vec::with_capacity(batch.len());
-    let mut start_times = Vec::with_capacity(batch.len());
-    let mut end_times = Vec::with_capacity(batch.len());
-    let mut start_days = Vec::with_capacity(batch.len());
-    let mut end_days = Vec::with_capacity(batch.len());
-    let mut connected = Vec::with_capacity(batch.len());
-    let mut event_times = Vec::with_capacity(batch.len());
-    let mut received = Vec::with_capacity(batch.len());
-    let mut signed = Vec::with_capacity(batch.len());
-    let mut traceparents = Vec::with_capacity(batch.len());
-    for (d, count) in batch {
-        fingerprints.push(d.fingerprint.to_vec());
-        event_types.push(d.event_type.as_deref());
-        users.push(d.end_user_id.as_deref());
-        aliases.push(d.end_user_alias.as_deref());
-        payloads.push(d.payload.as_str());
-        statuses.push(d.status.as_str());
-        errors.push(d.error.as_deref());
-        counts.push(*count);
-        sources.push(d.typed.data_source_id);
-        // unnest() would flatten an int[][] of ragged rows, so the arrays travel as text.
-        types.push(
-            d.typed
-                .data_type_ids
-                .as_ref()
-                .map(|ids| int_array_literal(ids)),
-        );
-        start_times.push(d.typed.start_time);
-        end_times.push(d.typed.end_time);
-        start_days.push(d.typed.start_day);
-        end_days.push(d.typed.end_day);
-        connected.push(d.typed.connected);
-        event_times.push(d.typed.event_time);
-        received.push(d.received_at);
-        signed.push(d.signed_at);
-        traceparents.push(d.traceparent.as_deref());
+    let mut rows = columns::Rows::default();
+    for (delivery, count) in batch {
+        rows.push(delivery, *count);
     }
-    sqlx::query_as::<_, InsertedRow>(
-        r#"
-        INSERT INTO thryve.inbox AS i (
-            fingerprint, event_type, end_user_id, end_user_alias, payload, status, error,
-            delivery_count, data_source_id, data_type_ids, start_time, end_time, start_day,
-            end_day, connected, event_time, first_received_at, last_received_at, signed_at,
-            traceparent)
-        SELECT f, et, u, a, p::jsonb, s, e, c, ds, dt::integer[], st, en, sd, ed, cn, ev,
-               coalesce(r, now()), coalesce(r, now()), sg, tp
-        FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                    $7::text[], $8::integer[], $9::integer[], $10::text[], $11::timestamptz[],
-                    $12::timestamptz[], $13::date[], $14::date[], $15::boolean[],
-                    $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::text[])
-             AS t(f, et, u, a, p, s, e, c, ds, dt, st, en, sd, ed, cn, ev, r, sg, tp)
-        ORDER BY f
-        ON CONFLICT (fingerprint) DO UPDATE SET
-            delivery_count   = i.delivery_count + EXCLUDED.delivery_count,
-            -- A spooled delivery loaded late keeps the time it was received.
-            first_received_at = least(i.first_received_at, EXCLUDED.first_received_at),
-            last_received_at = greatest(i.last_received_at, EXCLUDED.last_received_at),
-            -- The same content signed again (Thryve re-sends with a fresh signature) is not
-            -- newer data: its version stays the earliest signing seen.
-            signed_at        = least(i.signed_at, EXCLUDED.signed_at),
-            -- The latest delivery's trace id (a spooled one loaded late does not win).
-            traceparent      = CASE WHEN EXCLUDED.traceparent IS NOT NULL
-                                     AND EXCLUDED.last_received_at >= i.last_received_at
-                                    THEN EXCLUDED.traceparent ELSE i.traceparent END,
-            -- Same fingerprint, same content: a blanked payload can be had back for free, and
-            -- the poller needs it where the typed columns do not describe the event.
-            payload          = CASE WHEN i.payload = 'null'::jsonb THEN EXCLUDED.payload
-                                    ELSE i.payload END,
-            status           = CASE WHEN i.status = 'processed' THEN 'pending' ELSE i.status END,
-            processed_at     = CASE WHEN i.status = 'processed' THEN NULL ELSE i.processed_at END
-        RETURNING fingerprint, id, (xmax = 0) AS inserted
-        "#,
-    )
-    .bind(fingerprints)
-    .bind(event_types)
-    .bind(users)
-    .bind(aliases)
-    .bind(payloads)
-    .bind(statuses)
-    .bind(errors)
-    .bind(counts)
-    .bind(sources)
-    .bind(types)
-    .bind(start_times)
-    .bind(end_times)
-    .bind(start_days)
-    .bind(end_days)
-    .bind(connected)
-    .bind(event_times)
-    .bind(received)
-    .bind(signed)
-    .bind(traceparents)
-    .fetch_all(executor)
-    .await
+    sqlx::query_as_with::<_, InsertedRow, _>(&columns::INSERT, rows.arguments()?)
+        .fetch_all(executor)
+        .await
 }
 
 /// A pending row as the poller sees it: the typed columns, and the payload only where the
@@ -617,6 +522,16 @@ pub async fn blank_payloads(
     .await
 }
 
+/// `NOTIFY thryve_inbox` ([`db::INBOX_CHANNEL`]): pollers in every process look for pending
+/// rows at once (delivered when the surrounding transaction commits).
+pub async fn notify(executor: impl PgExecutor<'_>) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(db::INBOX_CHANNEL)
+        .execute(executor)
+        .await
+        .map(drop)
+}
+
 /// Where [`replay`] put each row it read again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReplayReport {
@@ -651,46 +566,34 @@ pub async fn replay(
     .fetch_all(&mut *tx)
     .await?;
     let mut report = ReplayReport::default();
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut deliveries = Vec::with_capacity(rows.len());
     for (id, payload) in rows {
         let Value::Object(body) = payload else {
             continue;
         };
         let delivery = NewDelivery::from_body(&body);
-        let t = &delivery.typed;
-        sqlx::query(
-            "UPDATE thryve.inbox SET status = $2, error = $3, event_type = $4, end_user_id = $5,
-                 end_user_alias = $6, data_source_id = $7, data_type_ids = $8, start_time = $9,
-                 end_time = $10, start_day = $11, end_day = $12, connected = $13, event_time = $14
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(delivery.status.as_str())
-        .bind(&delivery.error)
-        .bind(&delivery.event_type)
-        .bind(&delivery.end_user_id)
-        .bind(&delivery.end_user_alias)
-        .bind(t.data_source_id)
-        .bind(&t.data_type_ids)
-        .bind(t.start_time)
-        .bind(t.end_time)
-        .bind(t.start_day)
-        .bind(t.end_day)
-        .bind(t.connected)
-        .bind(t.event_time)
-        .execute(&mut *tx)
-        .await?;
         match delivery.status {
             Status::Pending | Status::Processed => report.pending.push(id),
             Status::Quarantined => report.quarantined.push(id),
             Status::Ignored => report.ignored.push(id),
         }
+        ids.push(id);
+        deliveries.push(delivery);
     }
+    let mut classified = columns::Classified::default();
+    for delivery in &deliveries {
+        classified.push(delivery);
+    }
+    let mut args = PgArguments::default();
+    args.add(ids).map_err(sqlx::Error::Encode)?;
+    classified.arguments(&mut args)?;
+    sqlx::query_with(&columns::REPLAY, args)
+        .execute(&mut *tx)
+        .await?;
     if !report.pending.is_empty() {
         // Delivered at commit, so pollers in every process start on the rows at once.
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(db::INBOX_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
+        notify(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(report)

@@ -1,15 +1,19 @@
 //! Group commit: concurrent deliveries share one INSERT (one commit), each answered only after it.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::{
     sync::{mpsc, oneshot, watch, Mutex},
     task::JoinHandle,
 };
+use tokio_util::sync::CancellationToken;
 
-use super::{insert_batch, NewDelivery, Outcome, Receipt};
-use crate::db::{self, Failure, Phase};
+use super::{insert_batch, notify, NewDelivery, Outcome, Receipt};
+use crate::{
+    db::{self, Failure, Phase},
+    service::{Backoff, Pass, Service, Services, Wake},
+};
 
 /// Why a delivery was not committed.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +28,38 @@ pub enum WriteError {
     Closed,
 }
 
+/// What a 503 can truthfully say about a delivery: a write under way at the deadline (or cut
+/// off with its connection) may still commit after the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaybeStored {
+    /// The database never got it (no connection), or refused it.
+    No,
+    /// It may have been stored; a resend is counted as a duplicate of it if so.
+    Maybe,
+}
+
+impl std::fmt::Display for MaybeStored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MaybeStored::No => "nothing was stored, resend later",
+            MaybeStored::Maybe => "not acknowledged; it may have been stored, resend",
+        })
+    }
+}
+
 impl WriteError {
+    /// Whether the delivery may be in the inbox after this error. An error the database sent
+    /// back means the INSERT (its own transaction) did not commit; a connection lost
+    /// mid-statement leaves that unknown.
+    pub fn stored(&self) -> MaybeStored {
+        match self {
+            WriteError::Connect(_)
+            | WriteError::Closed
+            | WriteError::Statement(sqlx::Error::Database(_)) => MaybeStored::No,
+            WriteError::Statement(_) => MaybeStored::Maybe,
+        }
+    }
+
     /// Whether the database was out (the same write may succeed later, from the spool) or
     /// refused this delivery.
     pub fn failure(&self) -> Failure {
@@ -178,21 +213,23 @@ async fn write_loop(
     }
 }
 
-/// Identical deliveries in one batch become one row with their count; the first of them gets
-/// the row's outcome and the rest `duplicate`, as if they had come one after another.
+/// Writes a batch on one connection. Identical deliveries in one batch become one row with
+/// their count; the first of them gets the row's outcome and the rest `duplicate`, as if they
+/// had come one after another.
 async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &watch::Sender<u64>) {
-    let mut groups: Vec<Vec<Job>> = Vec::new();
-    let mut index: HashMap<[u8; 32], usize> = HashMap::new();
-    for job in batch {
-        match index.get(&job.delivery.fingerprint) {
-            Some(&i) => groups[i].push(job),
-            None => {
-                index.insert(job.delivery.fingerprint, groups.len());
-                groups.push(vec![job]);
-            }
-        }
+    // Acquired apart from the statement, so that a failure to connect is never mistaken for
+    // the database refusing these rows.
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(error) => return fail(group(batch), WriteError::Connect(error)),
+    };
+    // Waiting for the connection may outlast a requester's deadline: it has been answered
+    // (503, or spooled), and its delivery written now would only add work after an outage.
+    let groups = group(batch.into_iter().filter(|job| !job.reply.is_closed()));
+    if groups.is_empty() {
+        return;
     }
-    match write_groups(pool, &groups).await {
+    match write_groups(&mut conn, &groups).await {
         Ok(receipts) => {
             committed.send_modify(|n| *n += 1);
             answer(groups, receipts);
@@ -202,7 +239,7 @@ async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &watch::Sender<u
         Err(error) if groups.len() > 1 && error.retried_one_by_one() => {
             for group in groups {
                 let group = vec![group];
-                match write_groups(pool, &group).await {
+                match write_groups(&mut conn, &group).await {
                     Ok(receipts) => {
                         committed.send_modify(|n| *n += 1);
                         answer(group, receipts);
@@ -215,14 +252,30 @@ async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &watch::Sender<u
     }
 }
 
-async fn write_groups(pool: &PgPool, groups: &[Vec<Job>]) -> Result<Vec<Receipt>, WriteError> {
+/// Jobs of identical content together, in the order each content first came.
+fn group(batch: impl IntoIterator<Item = Job>) -> Vec<Vec<Job>> {
+    let mut groups: Vec<Vec<Job>> = Vec::new();
+    let mut index: HashMap<[u8; 32], usize> = HashMap::new();
+    for job in batch {
+        match index.get(&job.delivery.fingerprint) {
+            Some(&i) => groups[i].push(job),
+            None => {
+                index.insert(job.delivery.fingerprint, groups.len());
+                groups.push(vec![job]);
+            }
+        }
+    }
+    groups
+}
+
+async fn write_groups(
+    conn: &mut PgConnection,
+    groups: &[Vec<Job>],
+) -> Result<Vec<Receipt>, WriteError> {
     let rows: Vec<(&NewDelivery, i32)> = groups
         .iter()
         .map(|g| (&g[0].delivery, i32::try_from(g.len()).unwrap_or(i32::MAX)))
         .collect();
-    // Acquired apart from the statement, so that a failure to connect is never mistaken for
-    // the database refusing these rows.
-    let mut conn = pool.acquire().await.map_err(WriteError::Connect)?;
     let written = insert_batch(&mut *conn, &rows)
         .await
         .map_err(WriteError::Statement)?;
@@ -268,5 +321,38 @@ fn fail(groups: Vec<Vec<Job>>, error: WriteError) {
     let error = Arc::new(error);
     for job in groups.into_iter().flatten() {
         let _ = job.reply.send(Err(error.clone()));
+    }
+}
+
+/// Tells pollers in other processes that the inbox has new rows: one `NOTIFY thryve_inbox` per
+/// burst of commits, sent from here rather than inside each commit so it adds nothing to ack
+/// latency.
+pub struct Notifier {
+    pool: PgPool,
+}
+
+impl Notifier {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// A NOTIFY per change of `commits` (the writers' and the spool loader's).
+    pub fn start(self, services: &mut Services, commits: watch::Receiver<u64>) {
+        services.start(self, Wake::on(commits));
+    }
+}
+
+impl Service for Notifier {
+    const NAME: &'static str = "notifier";
+    const FAILED: &'static str = "NOTIFY failed; pollers elsewhere fall back to their interval";
+    type Error = sqlx::Error;
+
+    async fn run_once(&mut self, _: &CancellationToken) -> sqlx::Result<Pass> {
+        notify(&self.pool).await?;
+        Ok(Pass::Idle)
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(Duration::from_millis(250), Duration::from_secs(5))
     }
 }

@@ -1,5 +1,6 @@
 //! `thryve.dirty_ranges`: merging new spans in, and the consumer API that claims, completes,
-//! fails and extends ranges (thin wrappers over the SQL functions users may call directly).
+//! fails, extends and abandons ranges (thin wrappers over the SQL functions users may call
+//! directly).
 
 mod coalesce;
 
@@ -57,7 +58,7 @@ pub struct DirtyRange {
     /// True when something in the range came from a notification and must be fetched from
     /// Thryve; false when only data pushes made it (their values are stored).
     pub needs_fetch: bool,
-    /// Set by each claim; the `*_claimed` methods of [`Consumer`] pass it back.
+    /// Set by each claim; every call of [`Consumer`] on the range passes it back.
     pub claim_token: Option<uuid::Uuid>,
 }
 
@@ -258,7 +259,9 @@ pub async fn enqueue_refetch(
     merge_spans(executor, &spans).await
 }
 
-/// A downstream worker's handle on the dirty ranges: claim, then complete or fail each.
+/// A downstream worker's handle on the dirty ranges: claim, then complete, fail, extend or
+/// abandon each claimed range. Every call after the claim passes the range's `claim_token`,
+/// so a stale process of the same worker name cannot finish another's claim.
 ///
 /// ```no_run
 /// # async fn job(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
@@ -268,7 +271,7 @@ pub async fn enqueue_refetch(
 /// for range in consumer.claim(10, Duration::from_secs(300)).await? {
 ///     let (path, body) = range.thryve_request();
 ///     // POST body to https://api.thryve.de{path}; store what comes back ...
-///     consumer.complete(range.id).await?;
+///     consumer.complete(&range).await?;
 /// }
 /// # Ok(()) }
 /// ```
@@ -279,10 +282,7 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// `worker` names this claimer. With [`complete`](Self::complete), [`fail`](Self::fail) and
-    /// [`extend_lease`](Self::extend_lease) it must be unique among running workers; the
-    /// `*_claimed` methods also check the claim's token, so a stale process of the same name
-    /// cannot finish another's claim.
+    /// `worker` names this claimer in `claimed_by`.
     pub fn new(pool: PgPool, worker: impl Into<String>) -> Self {
         Self {
             pool,
@@ -312,7 +312,7 @@ impl Consumer {
     ///         // fetch range.thryve_request() from Thryve first ...
     ///     }
     ///     // recompute from thryve.epoch_values / daily_values over the range ...
-    ///     consumer.complete_claimed(&range).await?;
+    ///     consumer.complete(&range).await?;
     /// }
     /// # Ok(()) }
     /// ```
@@ -335,105 +335,141 @@ impl Consumer {
 
     /// Marks a range this very claim holds done: false if the claim is gone, even when
     /// another worker of the same name holds the range now.
-    pub async fn complete_claimed(&self, range: &DirtyRange) -> sqlx::Result<bool> {
-        sqlx::query_scalar("SELECT thryve.complete_dirty_range($1, $2, $3)")
-            .bind(range.id)
-            .bind(&self.worker)
-            .bind(range.claim_token)
-            .fetch_one(&self.pool)
-            .await
+    pub async fn complete(&self, range: &DirtyRange) -> sqlx::Result<bool> {
+        self.complete_in(&self.pool, range).await
     }
 
-    /// [`fail`](Self::fail) for the claim that returned `range` only.
-    pub async fn fail_claimed(
-        &self,
-        range: &DirtyRange,
-        error: &str,
-        retry_in: Duration,
-    ) -> sqlx::Result<bool> {
-        sqlx::query_scalar(
-            "SELECT thryve.fail_dirty_range($1, $2, $3, make_interval(secs => $4), $5)",
-        )
-        .bind(range.id)
-        .bind(&self.worker)
-        .bind(error)
-        .bind(retry_in.as_secs_f64())
-        .bind(range.claim_token)
-        .fetch_one(&self.pool)
-        .await
-    }
-
-    /// [`extend_lease`](Self::extend_lease) for the claim that returned `range` only.
-    pub async fn extend_claimed(&self, range: &DirtyRange, lease: Duration) -> sqlx::Result<bool> {
-        sqlx::query_scalar(
-            "SELECT thryve.extend_dirty_range_lease($1, $2, make_interval(secs => $3), $4)",
-        )
-        .bind(range.id)
-        .bind(&self.worker)
-        .bind(lease.as_secs_f64())
-        .bind(range.claim_token)
-        .fetch_one(&self.pool)
-        .await
-    }
-
-    /// Marks a claimed range done; false if this worker no longer holds it.
-    pub async fn complete(&self, range_id: i64) -> sqlx::Result<bool> {
-        sqlx::query_scalar("SELECT thryve.complete_dirty_range($1, $2)")
-            .bind(range_id)
-            .bind(&self.worker)
-            .fetch_one(&self.pool)
-            .await
-    }
-
-    /// Records a failed attempt: the range retries after `retry_in`, or ends `failed` once out
-    /// of attempts. False if this worker no longer holds it.
-    pub async fn fail(&self, range_id: i64, error: &str, retry_in: Duration) -> sqlx::Result<bool> {
-        sqlx::query_scalar("SELECT thryve.fail_dirty_range($1, $2, $3, make_interval(secs => $4))")
-            .bind(range_id)
-            .bind(&self.worker)
-            .bind(error)
-            .bind(retry_in.as_secs_f64())
-            .fetch_one(&self.pool)
-            .await
-    }
-
-    /// Fails a claimed range for good, with no retry (`thryve.abandon_dirty_range`): for an
-    /// answer that asking again cannot change. False if this worker no longer holds it.
-    pub async fn abandon(&self, range_id: i64, error: &str) -> sqlx::Result<bool> {
-        sqlx::query_scalar("SELECT thryve.abandon_dirty_range($1, $2, $3)")
-            .bind(range_id)
-            .bind(&self.worker)
-            .bind(error)
-            .fetch_one(&self.pool)
-            .await
-    }
-
-    /// [`Consumer::complete_claimed`] on a connection of the caller's, so that the range's
+    /// [`complete`](Self::complete) on a connection of the caller's, so that the range's
     /// completion commits with what the job wrote for it, or not at all.
     pub async fn complete_in(
         &self,
         executor: impl PgExecutor<'_>,
         range: &DirtyRange,
     ) -> sqlx::Result<bool> {
-        sqlx::query_scalar("SELECT thryve.complete_dirty_range($1, $2, $3)")
-            .bind(range.id)
-            .bind(&self.worker)
-            .bind(range.claim_token)
-            .fetch_one(executor)
-            .await
+        match range.claim_token {
+            Some(token) => complete(executor, range.id, &self.worker, Some(token)).await,
+            None => Ok(false),
+        }
     }
 
-    /// Keeps a long job's claim: the lease now ends `lease` from now. False if lost.
-    pub async fn extend_lease(&self, range_id: i64, lease: Duration) -> sqlx::Result<bool> {
-        sqlx::query_scalar(
-            "SELECT thryve.extend_dirty_range_lease($1, $2, make_interval(secs => $3))",
-        )
-        .bind(range_id)
-        .bind(&self.worker)
-        .bind(lease.as_secs_f64())
-        .fetch_one(&self.pool)
-        .await
+    /// Records a failed attempt of this claim: the range retries after `retry_in`, or ends
+    /// `failed` once out of attempts. False if the claim is gone.
+    pub async fn fail(
+        &self,
+        range: &DirtyRange,
+        error: &str,
+        retry_in: Duration,
+    ) -> sqlx::Result<bool> {
+        match range.claim_token {
+            Some(token) => {
+                fail(
+                    &self.pool,
+                    range.id,
+                    &self.worker,
+                    error,
+                    retry_in,
+                    Some(token),
+                )
+                .await
+            }
+            None => Ok(false),
+        }
     }
+
+    /// Keeps a long job's claim: the lease now ends `lease` from now. False if the claim is
+    /// gone.
+    pub async fn extend(&self, range: &DirtyRange, lease: Duration) -> sqlx::Result<bool> {
+        match range.claim_token {
+            Some(token) => extend(&self.pool, range.id, &self.worker, lease, Some(token)).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Fails this claim's range for good, with no retry: for an answer that asking again
+    /// cannot change. False if the claim is gone.
+    pub async fn abandon(&self, range: &DirtyRange, error: &str) -> sqlx::Result<bool> {
+        match range.claim_token {
+            Some(token) => abandon(&self.pool, range.id, &self.worker, error, Some(token)).await,
+            None => Ok(false),
+        }
+    }
+}
+
+// The calls on a claimed range, by id, worker name and claim token. A token of `None` is
+// SQL's NULL, which the functions take as "any claim of this worker": only `ranges complete`
+// and its siblings pass it, for a person at a shell who gave no `--token`.
+
+/// `thryve.complete_dirty_range`: the range done, if `worker` (with `token`) holds it.
+pub async fn complete(
+    executor: impl PgExecutor<'_>,
+    range_id: i64,
+    worker: &str,
+    token: Option<uuid::Uuid>,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT thryve.complete_dirty_range($1, $2, $3)")
+        .bind(range_id)
+        .bind(worker)
+        .bind(token)
+        .fetch_one(executor)
+        .await
+}
+
+/// `thryve.fail_dirty_range`: a failed attempt, retried after `retry_in` (or `failed` when
+/// out of attempts), if `worker` (with `token`) holds the range.
+pub async fn fail(
+    executor: impl PgExecutor<'_>,
+    range_id: i64,
+    worker: &str,
+    error: &str,
+    retry_in: Duration,
+    token: Option<uuid::Uuid>,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT thryve.fail_dirty_range($1, $2, $3, make_interval(secs => $4), $5)")
+        .bind(range_id)
+        .bind(worker)
+        .bind(error)
+        .bind(retry_in.as_secs_f64())
+        .bind(token)
+        .fetch_one(executor)
+        .await
+}
+
+/// `thryve.extend_dirty_range_lease`: the lease ends `lease` from now, if `worker` (with
+/// `token`) holds the range.
+pub async fn extend(
+    executor: impl PgExecutor<'_>,
+    range_id: i64,
+    worker: &str,
+    lease: Duration,
+    token: Option<uuid::Uuid>,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT thryve.extend_dirty_range_lease($1, $2, make_interval(secs => $3), $4)",
+    )
+    .bind(range_id)
+    .bind(worker)
+    .bind(lease.as_secs_f64())
+    .bind(token)
+    .fetch_one(executor)
+    .await
+}
+
+/// `thryve.abandon_dirty_range`: the range `failed` for good, if `worker` (with `token`)
+/// holds it.
+pub async fn abandon(
+    executor: impl PgExecutor<'_>,
+    range_id: i64,
+    worker: &str,
+    error: &str,
+    token: Option<uuid::Uuid>,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT thryve.abandon_dirty_range($1, $2, $3, $4)")
+        .bind(range_id)
+        .bind(worker)
+        .bind(error)
+        .bind(token)
+        .fetch_one(executor)
+        .await
 }
 
 /// The channel on which the database NOTIFYs when a statement leaves pending ranges behind

@@ -3,6 +3,7 @@
 //! and the readers it calls.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{Map, Value};
 
 /// Who a delivery is about and what kind it is; present, as far as it can be read, for every
 /// JSON object, valid or not.
@@ -119,7 +120,7 @@ pub struct ConnectionChange {
     pub at: Option<DateTime<Utc>>,
 }
 
-/// One epoch value carried by a data-push webhook.
+/// One epoch value carried by a data-push webhook (or a data-API answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochValue {
     pub data_source_id: i32,
@@ -128,9 +129,10 @@ pub struct EpochValue {
     pub end: Option<DateTime<Utc>>,
     pub timezone_offset: Option<i32>,
     pub value: String,
+    pub details: Details,
 }
 
-/// One daily value carried by a data-push webhook.
+/// One daily value carried by a data-push webhook (or a data-API answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DailyValue {
     pub data_source_id: i32,
@@ -138,6 +140,23 @@ pub struct DailyValue {
     pub day: NaiveDate,
     pub timezone_offset: Option<i32>,
     pub value: String,
+    pub details: Details,
+}
+
+/// What Thryve says about a value besides the value ("data annotations"): a push's
+/// `additionalDetails`, the data API's `details`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Details {
+    /// The annotations object without `timezoneOffset` (the value's own field holds that, read
+    /// from beside the object or inside it), so a pushed and a fetched copy of one value
+    /// compare equal; `None` when absent or nothing else is in it.
+    pub annotations: Option<Map<String, Value>>,
+    /// `generation` of the annotations (`manual_entry`, `tracker`, ...): part of an epoch
+    /// value's identity at Thryve.
+    pub generation: Option<String>,
+    /// `thirdPartyDataSourceId`, beside the value or in its annotations: part of an epoch
+    /// value's identity at Thryve.
+    pub third_party_data_source_id: Option<String>,
 }
 
 /// One data source's epoch values from an `event.data.epoch.*` push, in payload order.

@@ -189,6 +189,24 @@ pub(super) fn positive_i32(value: Option<&Value>, field: &str) -> Result<i32, Pa
         })
 }
 
+/// A value's `dataTypeId`: zero or more. Thryve's own data-push example names type 0.
+pub(super) fn type_id(value: Option<&Value>, field: &str) -> Result<i32, ParseError> {
+    let value = value.ok_or_else(|| ParseError::new(field, "missing"))?;
+    value
+        .as_i64()
+        .and_then(|n| i32::try_from(n).ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            ParseError::new(
+                field,
+                format!(
+                    "expected a non-negative 32-bit integer, got {}",
+                    short(value)
+                ),
+            )
+        })
+}
+
 /// Most entries a `dataTypeIds` array may have, duplicates included: bounds the work done
 /// before de-duplicating.
 pub(super) const MAX_DATA_TYPES: usize = 10_000;

@@ -19,8 +19,8 @@ pub use canonical::{canonical_json, canonical_object, fingerprint};
 pub use dispatch::parse;
 pub use effects::{Effects, Span};
 pub use event::{
-    ConnectionChange, DailyValue, DaySpan, Envelope, EpochValue, Event, InstantSpan, Notification,
-    ParseError, Parsed, SourceDailyValues, SourceEpochValues,
+    ConnectionChange, DailyValue, DaySpan, Details, Envelope, EpochValue, Event, InstantSpan,
+    Notification, ParseError, Parsed, SourceDailyValues, SourceEpochValues,
 };
 pub use fields::{json_kind, MAX_DISTINCT_DATA_TYPES, MAX_ID_BYTES};
 pub use legacy::LEGACY_EVENT_TYPE;

@@ -1,16 +1,24 @@
-//! Data-push webhooks (`event.data.*`): the values themselves, one `data` element per data source.
+//! Data-push webhooks (`event.data.*`): the values themselves, one `data` element per data
+//! source (`data` is one element, as Thryve's v6 example has it, or an array of them, as real
+//! traffic has it), each value with its annotations.
 
 use serde_json::{Map, Value};
 
 use super::{
-    event::{DailyValue, EpochValue, ParseError, SourceDailyValues, SourceEpochValues},
-    fields::{day, instant, json_kind, object, positive_i32, short, Form, MAX_DISTINCT_DATA_TYPES},
+    event::{DailyValue, Details, EpochValue, ParseError, SourceDailyValues, SourceEpochValues},
+    fields::{
+        day, instant, json_kind, object, positive_i32, short, type_id, Form,
+        MAX_DISTINCT_DATA_TYPES, MAX_ID_BYTES,
+    },
 };
 
 /// Most data points one push may carry, over all its data sources. The default 1 MiB body
 /// limit allows about 10,000; the cap keeps a raised limit from turning one delivery into a
 /// transaction that holds the poller for minutes.
 pub const MAX_DATA_POINTS: usize = 100_000;
+
+/// Where a push puts a value's annotations.
+const ANNOTATIONS: &str = "additionalDetails";
 
 pub(super) fn epoch(
     data: &Value,
@@ -28,16 +36,18 @@ pub(super) fn epoch(
                 format!("{start} is after endTimestamp {end}"),
             ));
         }
+        let (timezone_offset, details) = annotations(point, ANNOTATIONS)?;
         Ok(EpochValue {
             data_source_id,
-            data_type_id: positive_i32(point.get("dataTypeId"), "dataTypeId")?,
+            data_type_id: type_id(point.get("dataTypeId"), "dataTypeId")?,
             start,
             end,
-            timezone_offset: timezone_offset(point.get("timezoneOffset"))?,
+            timezone_offset,
             value: value_text(point.get("value"))?,
+            details,
         })
     })
-    .and_then(|sources| types_within_cap(sources, "epochData", |v| v.data_type_id))
+    .and_then(|sources| types_within_cap(sources, data, "epochData", |v| v.data_type_id))
     .map(|sources| {
         sources
             .into_iter()
@@ -57,15 +67,17 @@ pub(super) fn daily(
     form: Option<Form>,
 ) -> Result<Vec<SourceDailyValues>, ParseError> {
     per_source(data, "dailyData", |point, data_source_id| {
+        let (timezone_offset, details) = annotations(point, ANNOTATIONS)?;
         Ok(DailyValue {
             data_source_id,
-            data_type_id: positive_i32(point.get("dataTypeId"), "dataTypeId")?,
+            data_type_id: type_id(point.get("dataTypeId"), "dataTypeId")?,
             day: day(point.get("day"), "day", form)?,
-            timezone_offset: timezone_offset(point.get("timezoneOffset"))?,
+            timezone_offset,
             value: value_text(point.get("value"))?,
+            details,
         })
     })
-    .and_then(|sources| types_within_cap(sources, "dailyData", |v| v.data_type_id))
+    .and_then(|sources| types_within_cap(sources, data, "dailyData", |v| v.data_type_id))
     .map(|sources| {
         sources
             .into_iter()
@@ -80,20 +92,27 @@ pub(super) fn daily(
     })
 }
 
-/// Walks `data[i].<list>[j]`, reading each point with `read` (whose error fields are relative
-/// to the point) and returning each element's data source, its name and its points.
+/// Walks the data-source elements of `data` (one object, or an array of them) and their
+/// `<list>[j]`, reading each point with `read` (whose error fields are relative to the point)
+/// and returning each element's data source, its name and its points. Errors name the path
+/// as the body has it: `data.epochData[3]` for one element, `data[1].epochData[3]` in an array.
 fn per_source<T>(
     data: &Value,
     list: &str,
     mut read: impl FnMut(&Map<String, Value>, i32) -> Result<T, ParseError>,
 ) -> Result<Vec<Sourced<T>>, ParseError> {
-    let elements = match data {
-        Value::Array(elements) => elements,
+    let elements: Vec<(String, &Value)> = match data {
+        Value::Array(elements) => elements
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (format!("data[{i}]"), e))
+            .collect(),
+        Value::Object(_) => vec![("data".to_owned(), data)],
         other => {
             return Err(ParseError::new(
                 "data",
                 format!(
-                    "expected an array of data-source elements, got {}",
+                    "expected a data-source element or an array of them, got {}",
                     json_kind(other)
                 ),
             ))
@@ -102,7 +121,7 @@ fn per_source<T>(
     // Counted before anything is read, so an oversized push costs no parsing.
     let points: usize = elements
         .iter()
-        .filter_map(|e| e.get(list).and_then(Value::as_array).map(Vec::len))
+        .filter_map(|(_, e)| e.get(list).and_then(Value::as_array).map(Vec::len))
         .sum();
     if points > MAX_DATA_POINTS {
         return Err(ParseError::new(
@@ -112,27 +131,25 @@ fn per_source<T>(
     }
     elements
         .iter()
-        .enumerate()
-        .map(|(i, element)| {
-            let at = || format!("data[{i}]");
-            let element = object(element, &at())?;
+        .map(|(at, element)| {
+            let element = object(element, at)?;
             let data_source_id = positive_i32(element.get("dataSourceId"), "dataSourceId")
-                .map_err(|e| e.within(&at()))?;
+                .map_err(|e| e.within(at))?;
             let items = match element.get(list) {
                 Some(Value::Array(items)) => items,
                 Some(other) => {
                     return Err(ParseError::new(
-                        format!("{}.{list}", at()),
+                        format!("{at}.{list}"),
                         format!("expected an array, got {}", json_kind(other)),
                     ))
                 }
-                None => return Err(ParseError::new(format!("{}.{list}", at()), "missing")),
+                None => return Err(ParseError::new(format!("{at}.{list}"), "missing")),
             };
             let values = items
                 .iter()
                 .enumerate()
                 .map(|(j, item)| {
-                    let at = || format!("data[{i}].{list}[{j}]");
+                    let at = || format!("{at}.{list}[{j}]");
                     read(object(item, &at())?, data_source_id).map_err(|e| e.within(&at()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -156,6 +173,7 @@ const MAX_NAME_BYTES: usize = 256;
 /// most [`MAX_DISTINCT_DATA_TYPES`], like a notification.
 fn types_within_cap<T>(
     sources: Vec<Sourced<T>>,
+    data: &Value,
     list: &str,
     type_of: impl Fn(&T) -> i32,
 ) -> Result<Vec<Sourced<T>>, ParseError> {
@@ -167,8 +185,13 @@ fn types_within_cap<T>(
         ids.sort_unstable();
         ids.dedup();
         if ids.len() > MAX_DISTINCT_DATA_TYPES {
+            let at = if data.is_array() {
+                format!("data[{i}]")
+            } else {
+                "data".to_owned()
+            };
             return Err(ParseError::new(
-                format!("data[{i}].{list}"),
+                format!("{at}.{list}"),
                 format!(
                     "{} distinct dataTypeIds, more than the {MAX_DISTINCT_DATA_TYPES} accepted per data source",
                     ids.len()
@@ -179,24 +202,96 @@ fn types_within_cap<T>(
     Ok(sources)
 }
 
-fn timezone_offset(value: Option<&Value>) -> Result<Option<i32>, ParseError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_i64()
-            .and_then(|n| i32::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                ParseError::new(
-                    "timezoneOffset",
-                    format!("expected a 32-bit integer, got {}", short(v)),
-                )
-            }),
+/// A value's timezone offset and annotations, from `item` and its annotations object under
+/// `key` (`additionalDetails` in a push, `details` in a data-API answer). `timezoneOffset` is
+/// read beside the object first, then inside it (Thryve's own example puts it beside);
+/// `thirdPartyDataSourceId` likewise. A `null` or `"null"` is no value.
+pub(super) fn annotations(
+    item: &Map<String, Value>,
+    key: &str,
+) -> Result<(Option<i32>, Details), ParseError> {
+    let mut inner = match item.get(key) {
+        None => None,
+        Some(v) if is_null(v) => None,
+        Some(Value::Object(map)) => Some(map.clone()),
+        Some(other) => {
+            return Err(ParseError::new(
+                key,
+                format!("expected an object, got {}", json_kind(other)),
+            ))
+        }
+    };
+    let inside = |field: &str| inner.as_ref().and_then(|m| m.get(field));
+    let beside_or_inside = |field: &'static str| match item.get(field).filter(|v| !is_null(v)) {
+        Some(v) => Some((field.to_owned(), v)),
+        None => inside(field)
+            .filter(|v| !is_null(v))
+            .map(|v| (format!("{key}.{field}"), v)),
+    };
+    let timezone_offset = beside_or_inside("timezoneOffset")
+        .map(|(field, v)| {
+            v.as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| {
+                    ParseError::new(
+                        field,
+                        format!("expected a 32-bit integer, got {}", short(v)),
+                    )
+                })
+        })
+        .transpose()?;
+    let third_party_data_source_id = beside_or_inside("thirdPartyDataSourceId")
+        .map(|(field, v)| key_text(v, &field))
+        .transpose()?;
+    let generation = inside("generation")
+        .filter(|v| !is_null(v))
+        .map(|v| key_text(v, &format!("{key}.generation")))
+        .transpose()?;
+    if let Some(map) = inner.as_mut() {
+        map.remove("timezoneOffset");
     }
+    Ok((
+        timezone_offset,
+        Details {
+            annotations: inner.filter(|m| !m.is_empty()),
+            generation,
+            third_party_data_source_id,
+        },
+    ))
 }
 
-/// Thryve sends values as strings (in pushes and in the data API's answers); a sender that
-/// writes a bare number means its text.
+/// A string or an integer as text, bounded like the ids: part of a value's key, which an
+/// index holds.
+fn key_text(value: &Value, field: &str) -> Result<String, ParseError> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        other => {
+            return Err(ParseError::new(
+                field,
+                format!("expected a string or an integer, got {}", short(other)),
+            ))
+        }
+    };
+    if text.len() > MAX_ID_BYTES {
+        return Err(ParseError::new(
+            field,
+            format!(
+                "{} bytes, more than the {MAX_ID_BYTES} accepted",
+                text.len()
+            ),
+        ));
+    }
+    Ok(text)
+}
+
+/// JSON `null`, or the string `"null"` that Thryve's data API writes for a missing end.
+pub(super) fn is_null(value: &Value) -> bool {
+    matches!(value, Value::Null) || value.as_str() == Some("null")
+}
+
+/// Thryve sends values as strings in real traffic and in its data API; its v6 documentation
+/// writes a bare number, which means its text.
 pub(super) fn value_text(value: Option<&Value>) -> Result<String, ParseError> {
     match value {
         Some(Value::String(s)) => Ok(s.clone()),
@@ -265,6 +360,7 @@ mod tests {
                         end: Some(at(1763084220000)),
                         timezone_offset: Some(0),
                         value: "true".into(),
+                        details: Details::default(),
                     },
                     EpochValue {
                         data_source_id: 8,
@@ -273,6 +369,7 @@ mod tests {
                         end: None,
                         timezone_offset: Some(-120),
                         value: "102".into(),
+                        details: Details::default(),
                     },
                     EpochValue {
                         data_source_id: 8,
@@ -281,6 +378,7 @@ mod tests {
                         end: None,
                         timezone_offset: None,
                         value: "61.5".into(),
+                        details: Details::default(),
                     },
                 ],
             }])
@@ -322,6 +420,7 @@ mod tests {
                         day: ymd(2025, 12, 13),
                         timezone_offset: Some(60),
                         value: "59".into(),
+                        details: Details::default(),
                     },
                     DailyValue {
                         data_source_id: 8,
@@ -329,6 +428,7 @@ mod tests {
                         day: ymd(2025, 12, 14),
                         timezone_offset: None,
                         value: "4200".into(),
+                        details: Details::default(),
                     },
                 ],
             },
@@ -347,6 +447,92 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn thryves_v6_example_one_element_iso_in_capitals_a_numeric_value() {
+        // The "Data push" page's body, item as on the "Data annotations" page.
+        let body = json!({"endUserId": "123accessToken", "endUserAlias": "YourEndUserAlias",
+            "timestampType": "ISO", "type": "event.data.epoch.create",
+            "data": {"dataSourceId": 5, "dataSourceName": "Apple", "epochData": [
+                {"startTimestamp": "2025-05-31T11:11:13+06:00", "endTimestamp": "2025-05-31T11:11:13+06:00",
+                 "timezoneOffset": 240, "dataTypeId": 0, "value": 0, "additionalDetails": {}}]}});
+        let at: DateTime<Utc> = "2025-05-31T05:11:13Z".parse().unwrap();
+        assert_eq!(
+            valid(&body).event,
+            Event::EpochPush(vec![SourceEpochValues {
+                data_source_id: 5,
+                data_source_name: Some("Apple".into()),
+                values: vec![EpochValue {
+                    data_source_id: 5,
+                    data_type_id: 0,
+                    start: at,
+                    end: Some(at),
+                    timezone_offset: Some(240),
+                    value: "0".into(),
+                    details: Details::default(),
+                }],
+            }])
+        );
+    }
+
+    #[test]
+    fn annotations_are_kept_with_the_offset_read_beside_or_inside() {
+        let item = |extra: Value| {
+            let mut item = json!({"day": "2025-12-13", "dataTypeId": 1000, "value": "4200"});
+            item.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            item
+        };
+        let body = push(
+            "event.data.daily.create",
+            "iso",
+            json!({"dataSourceId": 1, "dailyData": [
+                item(json!({"additionalDetails": {"timezoneOffset": 60, "generation": "manual_entry",
+                    "trustworthiness": "doubt_from_user", "medicalGrade": false, "chronologicalExactness": 5}})),
+                item(json!({"timezoneOffset": -300, "additionalDetails": {"timezoneOffset": 60, "generation": "tracker",
+                    "thirdPartyDataSourceId": 77}})),
+                item(json!({"timezoneOffset": 0})),
+            ]}),
+        );
+        let Event::DailyPush(sources) = valid(&body).event else {
+            panic!()
+        };
+        let got: Vec<_> = sources[0]
+            .values
+            .iter()
+            .map(|v| {
+                (
+                    v.timezone_offset,
+                    v.details.generation.as_deref(),
+                    v.details.third_party_data_source_id.as_deref(),
+                    v.details.annotations.clone().map(Value::Object),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Some(60),
+                    Some("manual_entry"),
+                    None,
+                    Some(
+                        json!({"generation": "manual_entry", "trustworthiness": "doubt_from_user",
+                                "medicalGrade": false, "chronologicalExactness": 5})
+                    )
+                ),
+                // Beside wins over inside; the offset leaves the annotations either way.
+                (
+                    Some(-300),
+                    Some("tracker"),
+                    Some("77"),
+                    Some(json!({"generation": "tracker", "thirdPartyDataSourceId": 77}))
+                ),
+                (Some(0), None, None, None),
+            ]
+        );
     }
 
     #[test]
@@ -396,8 +582,20 @@ mod tests {
         };
         let cases = [
             (
+                push("event.data.epoch.create", "unix", json!(7)),
+                "data: expected a data-source element or an array of them, got a number",
+            ),
+            (
                 push("event.data.epoch.create", "unix", json!({"dataSourceId": 8})),
-                "data: expected an array of data-source elements, got an object",
+                "data.epochData: missing",
+            ),
+            (
+                push(
+                    "event.data.daily.create",
+                    "unix",
+                    json!({"dataSourceId": 8, "dailyData": [{"day": 1, "dataTypeId": 1, "value": "v", "additionalDetails": []}]}),
+                ),
+                "data.dailyData[0].additionalDetails: expected an object, got an array",
             ),
             (
                 push("event.data.daily.create", "unix", json!([7])),
@@ -445,8 +643,20 @@ mod tests {
                 "data[0].epochData[1].endTimestamp: timestampType is unix",
             ),
             (
-                epoch(json!({"startTimestamp": 5, "dataTypeId": 0, "value": "v"})),
-                "data[0].epochData[1].dataTypeId: expected a positive 32-bit integer",
+                epoch(json!({"startTimestamp": 5, "dataTypeId": -1, "value": "v"})),
+                "data[0].epochData[1].dataTypeId: expected a non-negative 32-bit integer",
+            ),
+            (
+                epoch(json!({"startTimestamp": 5, "dataTypeId": 1, "value": "v", "additionalDetails": {"timezoneOffset": "+01:00"}})),
+                "data[0].epochData[1].additionalDetails.timezoneOffset: expected a 32-bit integer",
+            ),
+            (
+                epoch(json!({"startTimestamp": 5, "dataTypeId": 1, "value": "v", "additionalDetails": {"generation": ["tracker"]}})),
+                "data[0].epochData[1].additionalDetails.generation: expected a string or an integer",
+            ),
+            (
+                epoch(json!({"startTimestamp": 5, "dataTypeId": 1, "value": "v", "thirdPartyDataSourceId": "x".repeat(1025)})),
+                "data[0].epochData[1].thirdPartyDataSourceId: 1025 bytes, more than the 1024 accepted",
             ),
             (
                 epoch(json!({"startTimestamp": 5, "value": "v"})),

@@ -6,8 +6,8 @@ use serde_json::Value;
 use sqlx::Connection;
 
 use crate::{
-    helpers::{admin_url, TestDb},
     poller::{poller, store},
+    support::{admin_url, TestDb},
 };
 
 /// Runs `thryve-bridge args...` against `database_url`, from a directory without a `.env`.
@@ -58,13 +58,13 @@ async fn ranges_commands_claim_complete_and_fail_by_hand() {
     store(
         &db,
         &[
-            crate::helpers::epoch_notification(
+            crate::support::epoch_notification(
                 "cli-a",
                 1_700_000_000_000,
                 1_700_000_060_000,
                 &[1000],
             ),
-            crate::helpers::epoch_notification(
+            crate::support::epoch_notification(
                 "cli-b",
                 1_700_000_000_000,
                 1_700_000_060_000,

@@ -1,5 +1,6 @@
-//! A fake of Thryve's data API: a real HTTP server on port 0 that records every request and
-//! answers as a test's script says, in the documented format.
+//! A fake of Thryve's API (the data calls and `/v5/userInformation`): a real HTTP server on
+//! port 0 that records every request and answers as a test's script says, in the documented
+//! format.
 
 use std::{
     net::SocketAddr,
@@ -37,7 +38,7 @@ impl Seen {
     }
 
     /// POST, form-encoded, with the test credentials in both headers (see
-    /// `helpers::test_fetcher_config`).
+    /// `support::test_fetcher_config`).
     pub fn assert_well_formed(&self) {
         let basic = |s: &str| {
             format!(
@@ -47,7 +48,12 @@ impl Seen {
         };
         assert_eq!(self.method, Method::POST);
         assert!(
-            self.path == "/v5/dynamicEpochValues" || self.path == "/v5/dailyDynamicValues",
+            [
+                "/v5/dynamicEpochValues",
+                "/v5/dailyDynamicValues",
+                "/v5/userInformation"
+            ]
+            .contains(&self.path.as_str()),
             "{}",
             self.path
         );
@@ -63,7 +69,10 @@ impl Seen {
             self.content_type.as_deref(),
             Some("application/x-www-form-urlencoded")
         );
-        assert_eq!(self.field("detailed"), Some("true"));
+        if self.path != "/v5/userInformation" {
+            assert_eq!(self.field("detailed"), Some("true"));
+        }
+        assert!(self.field("authenticationToken").is_some());
     }
 }
 
@@ -203,4 +212,19 @@ pub fn answer(user: &str, pages: &[&[(i32, Vec<Value>)]]) -> Value {
             })
             .collect(),
     )
+}
+
+/// A `/v5/userInformation` answer in the documented shape: an array with one `UserInformation`
+/// per user asked about, its `connectedSources` naming each source (`dataSource`) and when it
+/// was connected.
+pub fn user_information(user: &str, connected: &[i32]) -> Value {
+    json!([{
+        "authenticationToken": user,
+        "partnerUserID": format!("partner-{user}"),
+        "height": 180, "weight": 70.5, "birthdate": "1980-01-01", "gender": "male",
+        "connectedSources": connected.iter().map(|source| json!({
+            "dataSource": source, "connectedAt": "2025-11-02T10:00:00Z",
+        })).collect::<Vec<_>>(),
+        "devices": [],
+    }])
 }

@@ -10,8 +10,8 @@ use std::{
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde_json::{json, Value};
 use thryve_bridge::{
-    config::FetcherConfig,
-    fetcher::{Fetcher, FetcherSettings, Outcome, ThryveClient},
+    config::{parse_env, FetcherConfig},
+    fetcher::{Fetcher, Outcome},
     metrics::Metrics,
     ranges::{self, Consumer, DirtyRange, Extent, MergedSpan},
 };
@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     fake_thryve::{answer, FakeThryve, Reply, Seen},
-    helpers::{spawn_app_with, test_config, test_fetcher_config, TestDb},
     poller::{poller, store},
+    support::{spawn_app_with, test_config, TestDb},
 };
 
-fn at(s: &str) -> DateTime<Utc> {
+pub fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
@@ -31,26 +31,35 @@ fn day(s: &str) -> NaiveDate {
     s.parse().unwrap()
 }
 
-fn config(fake: &FakeThryve) -> FetcherConfig {
-    FetcherConfig {
-        fetcher_enabled: true,
-        thryve_api_url: fake.url(),
-        ..test_fetcher_config()
-    }
+/// The default settings with the fetcher on, pointed at `fake` with the credentials it checks
+/// (`Seen::assert_well_formed`), under a worker name `stats` can be asked about.
+pub fn config(fake: &FakeThryve) -> FetcherConfig {
+    parse_env([
+        ("FETCHER_ENABLED", "true".to_owned()),
+        ("THRYVE_API_URL", fake.url()),
+        ("THRYVE_API_USER", "partner".to_owned()),
+        ("THRYVE_API_PASSWORD", "partner-pw".to_owned()),
+        ("THRYVE_APP_ID", "app-id".to_owned()),
+        ("THRYVE_APP_SECRET", "app-secret".to_owned()),
+        ("FETCHER_WORKER", "test-fetcher".to_owned()),
+    ])
+    .unwrap()
+}
+
+/// Tries 10 ms apart (at most 100 ms) instead of the default 1 s doubling with jitter, for a
+/// test that sits through every try: the defaults would make it wait up to 15 s, and could
+/// not be told from a `Retry-After`.
+fn quick_retries(config: &mut FetcherConfig) {
+    config.api.fetcher_backoff_ms = 10;
+    config.api.fetcher_backoff_max_ms = 100;
 }
 
 fn fetcher(db: &TestDb, config: &FetcherConfig) -> Fetcher {
     config.validate().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    Fetcher::new(
-        db.pool.clone(),
-        ThryveClient::new(config, metrics.clone()).unwrap(),
-        FetcherSettings::from_config(config),
-        metrics,
-    )
+    Fetcher::new(db.pool.clone(), config, Arc::new(Metrics::new())).unwrap()
 }
 
-async fn add(db: &TestDb, user: &str, source: i32, types: &[i32], extent: Extent) {
+pub async fn add(db: &TestDb, user: &str, source: i32, types: &[i32], extent: Extent) {
     let span = MergedSpan {
         end_user_id: user.to_owned(),
         data_source_id: source,
@@ -63,7 +72,7 @@ async fn add(db: &TestDb, user: &str, source: i32, types: &[i32], extent: Extent
 }
 
 /// Claims and fetches one range with a fetcher of `config`.
-async fn fetch_one(db: &TestDb, config: &FetcherConfig) -> Outcome {
+pub async fn fetch_one(db: &TestDb, config: &FetcherConfig) -> Outcome {
     let consumer = Consumer::new(db.pool.clone(), "test-worker");
     fetcher(db, config)
         .fetch_one(&consumer, &CancellationToken::new())
@@ -331,8 +340,10 @@ async fn a_429_is_retried_after_its_retry_after() {
         _ => Reply::ok(answer("u4", &[])),
     })
     .await;
+    let mut config = config(&fake);
+    quick_retries(&mut config);
     assert_eq!(
-        fetch_one(&db, &config(&fake)).await,
+        fetch_one(&db, &config).await,
         Outcome::Done { values_written: 0 }
     );
     let seen = fake.seen();
@@ -473,8 +484,8 @@ async fn a_slow_answer_past_the_client_timeout_is_tried_again_then_fails_the_att
     attempt_fails(
         Reply::ok(answer("u7", &[&[(8, vec![value])]])).after(Duration::from_secs(2)),
         |c| {
-            c.fetcher_timeout_ms = 300;
-            c.fetcher_max_tries = 2;
+            c.api.fetcher_timeout_ms = 300;
+            c.api.fetcher_max_tries = 2;
         },
         "timeout",
         2,
@@ -503,7 +514,7 @@ async fn an_answer_over_the_size_limit_fails_the_attempt() {
         .collect();
     attempt_fails(
         Reply::ok(answer("u7", &[&[(8, values)]])),
-        |c| c.fetcher_max_response_bytes = 2_000,
+        |c| c.api.fetcher_max_response_bytes = 2_000,
         "FETCHER_MAX_RESPONSE_BYTES",
         1,
     )
@@ -512,7 +523,17 @@ async fn an_answer_over_the_size_limit_fails_the_attempt() {
 
 #[tokio::test]
 async fn repeated_5xx_fail_the_attempt_after_every_try() {
-    attempt_fails(Reply::status(503, "maintenance"), |_| {}, "503", 3).await;
+    let tries = parse_env::<FetcherConfig, &str, &str>([])
+        .unwrap()
+        .api
+        .fetcher_max_tries as usize;
+    attempt_fails(
+        Reply::status(503, "maintenance"),
+        quick_retries,
+        "503",
+        tries,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -566,14 +587,52 @@ async fn fetched_values_equal_to_pushed_ones_are_the_same_rows() {
 }
 
 #[tokio::test]
+async fn a_call_waiting_under_the_rate_cap_when_a_401_pauses_fetching_is_not_sent() {
+    let db = TestDb::new().await;
+    for user in ["first", "second"] {
+        add(
+            &db,
+            user,
+            8,
+            &[3000],
+            Extent::Epoch(at("2025-12-01T00:00:00Z"), at("2025-12-01T01:00:00Z")),
+        )
+        .await;
+    }
+    let fake = FakeThryve::start(|_, _| Reply::status(401, "Unauthorized")).await;
+    let mut config = config(&fake);
+    // One call a second: the second range's call waits its turn while the first meets the 401.
+    config.api.fetcher_rate_per_sec = 1.0;
+    let fetcher = fetcher(&db, &config);
+    let (a, b) = (
+        Consumer::new(db.pool.clone(), "loop-0"),
+        Consumer::new(db.pool.clone(), "loop-1"),
+    );
+    let stop = CancellationToken::new();
+    let (first, second) = tokio::join!(fetcher.fetch_one(&a, &stop), fetcher.fetch_one(&b, &stop));
+    assert_eq!(
+        (first.unwrap(), second.unwrap()),
+        (Some(Outcome::Retry), Some(Outcome::Retry))
+    );
+    assert_eq!(fake.seen().len(), 1, "only the first call was sent");
+    let mut reasons: Vec<String> = all_ranges(&db)
+        .await
+        .into_iter()
+        .map(|r| r.last_error.unwrap())
+        .collect();
+    reasons.sort();
+    assert!(reasons[0].starts_with("401 from Thryve"), "{reasons:?}");
+    assert!(
+        reasons[1].starts_with("not called: fetching is paused"),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_401_pauses_all_fetching_and_readyz_says_so() {
     let fake = FakeThryve::start(|_, _| Reply::status(401, "Unauthorized")).await;
     let mut config = test_config();
-    config.fetcher = FetcherConfig {
-        fetcher_concurrency: 2,
-        fetcher_interval_ms: 50,
-        ..self::config(&fake)
-    };
+    config.fetcher = self::config(&fake);
     let app = spawn_app_with(config).await;
     assert_eq!(app.get_status("/readyz").await, 200);
     for user in ["a", "b", "c"] {
@@ -608,7 +667,9 @@ async fn a_401_pauses_all_fetching_and_readyz_says_so() {
     assert!(metrics.contains(
         r#"thryve_bridge_fetcher_calls_total{endpoint="dynamicEpochValues",status="401"}"#
     ));
-    // Paused: nothing more is called, though ranges wait (at most one call per loop raced in).
+    // Paused: nothing more is called, though ranges wait (at most one more call raced in:
+    // the rate cap spaces calls 200 ms apart, and one whose turn comes in the pause is not
+    // sent).
     let calls = fake.seen().len();
     assert!(calls <= 2, "{calls}");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -636,12 +697,9 @@ async fn the_whole_loop_notification_range_call_values_done() {
     })
     .await;
     let mut config = test_config();
-    config.poller_enabled = true;
+    config.fetcher = self::config(&fake);
     // Only the NOTIFY can wake the fetcher within the test's patience.
-    config.fetcher = FetcherConfig {
-        fetcher_interval_ms: 600_000,
-        ..self::config(&fake)
-    };
+    config.fetcher.fetcher_interval_ms = 600_000;
     let app = spawn_app_with(config).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // its LISTEN is up
     let notification = json!({"endUserId": "loop-user", "timestampType": "iso",
@@ -927,10 +985,7 @@ async fn ranges_dirty_enqueues_each_connected_source_once_however_often_it_runs(
 async fn stats_shows_each_fetcher_and_what_it_did() {
     let fake = FakeThryve::start(|_, _| Reply::ok(answer("s", &[]))).await;
     let mut config = test_config();
-    config.fetcher = FetcherConfig {
-        fetcher_interval_ms: 50,
-        ..self::config(&fake)
-    };
+    config.fetcher = self::config(&fake);
     let app = spawn_app_with(config).await;
     add(
         &app.db,
@@ -973,10 +1028,9 @@ async fn a_call_longer_than_the_lease_keeps_its_claim() {
         Reply::ok(answer("slow", &[])).after(Duration::from_millis(2_500))
     })
     .await;
-    let config = FetcherConfig {
-        fetcher_lease_secs: 1,
-        ..self::config(&fake)
-    };
+    let mut config = config(&fake);
+    config.fetcher_lease_secs = 1; // the call (2.5 s) outlasts the lease
+
     let first = tokio::spawn({
         let fetcher = fetcher(&db, &config);
         let consumer = Consumer::new(db.pool.clone(), "first");

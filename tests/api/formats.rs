@@ -3,24 +3,12 @@
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use thryve_bridge::{
-    config::Secret,
-    http::hmac::{Layout, LayoutSetting},
+use thryve_bridge::http::hmac::{HmacMode, Layout, LayoutSetting};
+
+use crate::support::{
+    answer, gzip, receiver_only, signed_config, spawn_app, spawn_app_with, test_config,
+    thryve_wire, zstd, TestApp, HMAC_SECRET, PASSWORD, USER,
 };
-
-use crate::helpers::{
-    answer, gzip, spawn_app, spawn_app_with, test_config, thryve_wire, zstd, TestApp, PASSWORD,
-    USER,
-};
-
-const HMAC_SECRET: &str = "thryve-hmac-secret";
-
-async fn inbox_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM thryve.inbox")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap()
-}
 
 /// The row's identity columns and its typed columns (nulls left out, instants as epoch ms).
 async fn stored_row(app: &TestApp, inbox_id: &Value) -> Value {
@@ -39,17 +27,6 @@ async fn stored_row(app: &TestApp, inbox_id: &Value) -> Value {
     .fetch_one(&app.db.pool)
     .await
     .unwrap()
-}
-
-async fn post_encoded(app: &TestApp, encoding: &str, body: Vec<u8>) -> reqwest::Response {
-    app.webhook()
-        .basic_auth(USER, Some(PASSWORD))
-        .header("content-type", "application/json")
-        .header("content-encoding", encoding)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
 }
 
 fn data_push(event_type: &str, form: &str, value: &str) -> Value {
@@ -80,7 +57,8 @@ fn data_push(event_type: &str, form: &str, value: &str) -> Value {
 
 #[tokio::test]
 async fn data_pushes_of_each_type_base64_zstd_or_gzip_are_stored_without_typed_columns() {
-    let app = spawn_app().await;
+    // The server's poller off: the test reads rows (`pending`) as the receiver stored them.
+    let app = spawn_app_with(receiver_only()).await;
     for event_type in [
         "event.data.epoch.create",
         "event.data.epoch.update",
@@ -95,7 +73,7 @@ async fn data_pushes_of_each_type_base64_zstd_or_gzip_are_stored_without_typed_c
             } else {
                 gzip(&bytes)
             };
-            let (status, ack) = answer(post_encoded(&app, encoding, packed).await).await;
+            let (status, ack) = answer(app.post_encoded(encoding, packed).await).await;
             assert_eq!(
                 (status, ack["outcome"].as_str()),
                 (200, Some("stored")),
@@ -111,7 +89,7 @@ async fn data_pushes_of_each_type_base64_zstd_or_gzip_are_stored_without_typed_c
             );
         }
     }
-    assert_eq!(inbox_count(&app).await, 8);
+    assert_eq!(app.inbox_count().await, 8);
 }
 
 #[tokio::test]
@@ -119,8 +97,11 @@ async fn a_data_push_with_a_bad_point_is_quarantined_naming_it() {
     let app = spawn_app().await;
     let mut body = data_push("event.data.epoch.update", "unix", "v");
     body["data"][0]["epochData"][1]["value"] = json!(true);
-    let (status, ack) =
-        answer(post_encoded(&app, "zstd", thryve_wire(body.to_string().as_bytes())).await).await;
+    let (status, ack) = answer(
+        app.post_encoded("zstd", thryve_wire(body.to_string().as_bytes()))
+            .await,
+    )
+    .await;
     assert_eq!(
         (status, ack["outcome"].as_str()),
         (200, Some("quarantined"))
@@ -149,7 +130,7 @@ async fn a_corrupt_zstd_stream_gets_400_and_nothing_is_stored() {
         ("flipped", flipped),
         ("garbage", b"(\xb5/\xfd not really zstd".to_vec()),
     ] {
-        let (status, error) = answer(post_encoded(&app, "zstd", body).await).await;
+        let (status, error) = answer(app.post_encoded("zstd", body).await).await;
         assert_eq!(status, 400, "{name}");
         assert!(
             error["error"]
@@ -163,7 +144,7 @@ async fn a_corrupt_zstd_stream_gets_400_and_nothing_is_stored() {
             "{name}: {error}"
         );
     }
-    assert_eq!(inbox_count(&app).await, 0);
+    assert_eq!(app.inbox_count().await, 0);
 }
 
 #[tokio::test]
@@ -171,13 +152,13 @@ async fn a_zstd_decompression_bomb_gets_413_and_nothing_is_stored() {
     let app = spawn_app().await;
     let bomb = zstd::encode_all(&vec![b' '; 64 * 1024 * 1024][..], 1).unwrap();
     assert!(bomb.len() < 64 * 1024, "{} bytes on the wire", bomb.len());
-    let (status, error) = answer(post_encoded(&app, "zstd", bomb).await).await;
+    let (status, error) = answer(app.post_encoded("zstd", bomb).await).await;
     assert_eq!(status, 413);
     assert_eq!(
         error["error"],
         "decompressed body is larger than the 1048576-byte limit"
     );
-    assert_eq!(inbox_count(&app).await, 0);
+    assert_eq!(app.inbox_count().await, 0);
 }
 
 fn form_body(update: &Value) -> String {
@@ -202,7 +183,8 @@ async fn post_form(app: &TestApp, body: String) -> reqwest::Response {
 
 #[tokio::test]
 async fn each_legacy_shape_is_stored_the_same_as_json_or_as_a_form() {
-    let app = spawn_app().await;
+    // The server's poller off: the test reads rows (`pending`) as the receiver stored them.
+    let app = spawn_app_with(receiver_only()).await;
     let user = json!({"authenticationToken": "legacy-user", "partnerUserID": "partner-1", "dataSource": 1});
     let with = |extra: Value| {
         let mut update = user.clone();
@@ -277,7 +259,7 @@ async fn each_legacy_shape_is_stored_the_same_as_json_or_as_a_form() {
         );
         assert_eq!(again["inbox_id"], first["inbox_id"], "{name}");
     }
-    assert_eq!(inbox_count(&app).await, 6);
+    assert_eq!(app.inbox_count().await, 6);
 }
 
 #[tokio::test]
@@ -320,7 +302,7 @@ async fn form_bodies_without_a_json_source_update_get_400_and_nothing_is_stored(
             "{body:?}: {error}"
         );
     }
-    assert_eq!(inbox_count(&app).await, 0);
+    assert_eq!(app.inbox_count().await, 0);
 }
 
 /// HMAC-SHA256 computed here with the `hmac` crate directly, not with the bridge's helper.
@@ -334,16 +316,6 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn hmac_config(basic: bool, layout: Layout) -> thryve_bridge::config::ServeConfig {
-    let mut config = test_config();
-    if !basic {
-        config.webhook_basic_auth = None;
-    }
-    config.webhook_hmac_secret = Some(Secret::new(HMAC_SECRET));
-    config.webhook_hmac_layout = LayoutSetting::Fixed(layout);
-    config
-}
-
 fn signed(app: &TestApp, body: &[u8], timestamp: &str, signature: &str) -> reqwest::RequestBuilder {
     app.webhook()
         .header("content-type", "application/json")
@@ -355,7 +327,11 @@ fn signed(app: &TestApp, body: &[u8], timestamp: &str, signature: &str) -> reqwe
 
 #[tokio::test]
 async fn a_signed_push_is_accepted_with_the_default_layout_over_the_wire_bytes() {
-    let app = spawn_app_with(hmac_config(false, Layout::WIRE_THEN_TIMESTAMP)).await;
+    let app = spawn_app_with(signed_config(
+        LayoutSetting::Fixed(Layout::WIRE_THEN_TIMESTAMP),
+        HmacMode::Enforce,
+    ))
+    .await;
     let body = thryve_wire(
         data_push("event.data.epoch.update", "unix", "true")
             .to_string()
@@ -380,12 +356,16 @@ async fn a_signed_push_is_accepted_with_the_default_layout_over_the_wire_bytes()
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
-    assert_eq!(inbox_count(&app).await, 1);
+    assert_eq!(app.inbox_count().await, 1);
 }
 
 #[tokio::test]
 async fn the_configured_layout_is_the_one_checked() {
-    let app = spawn_app_with(hmac_config(false, "timestamp.body".parse().unwrap())).await;
+    let app = spawn_app_with(signed_config(
+        LayoutSetting::Fixed("timestamp.body".parse().unwrap()),
+        HmacMode::Enforce,
+    ))
+    .await;
     let body = data_push("event.data.daily.create", "unix", "59").to_string();
     let ts = now_ms().to_string();
     let dotted = signature(format!("{ts}.{body}").as_bytes());
@@ -404,7 +384,11 @@ async fn the_configured_layout_is_the_one_checked() {
 
 #[tokio::test]
 async fn bad_or_missing_hmac_gets_401_naming_the_problem_and_nothing_is_stored() {
-    let app = spawn_app_with(hmac_config(false, Layout::WIRE_THEN_TIMESTAMP)).await;
+    let app = spawn_app_with(signed_config(
+        LayoutSetting::Fixed(Layout::WIRE_THEN_TIMESTAMP),
+        HmacMode::Enforce,
+    ))
+    .await;
     let body = data_push("event.data.daily.update", "unix", "59").to_string();
     let body = body.as_bytes();
     let ts = now_ms().to_string();
@@ -488,14 +472,19 @@ async fn bad_or_missing_hmac_gets_401_naming_the_problem_and_nothing_is_stored()
             "{name}: {error}"
         );
     }
-    assert_eq!(inbox_count(&app).await, 0);
+    assert_eq!(app.inbox_count().await, 0);
     let ok = signed(&app, body, &ts, &good).send().await.unwrap();
     assert_eq!(ok.status(), 200);
 }
 
 #[tokio::test]
 async fn with_basic_and_hmac_configured_both_are_required() {
-    let app = spawn_app_with(hmac_config(true, Layout::WIRE_THEN_TIMESTAMP)).await;
+    let mut config = signed_config(
+        LayoutSetting::Fixed(Layout::WIRE_THEN_TIMESTAMP),
+        HmacMode::Enforce,
+    );
+    config.receiver.webhook_basic_auth = test_config().receiver.webhook_basic_auth;
+    let app = spawn_app_with(config).await;
     let body = data_push("event.data.daily.update", "unix", "59").to_string();
     let ts = now_ms().to_string();
     let good = signature(&[body.as_bytes(), ts.as_bytes()].concat());
@@ -533,7 +522,7 @@ async fn with_basic_and_hmac_configured_both_are_required() {
         .await
         .unwrap();
     assert_eq!(wrong_password.status(), 401);
-    assert_eq!(inbox_count(&app).await, 0);
+    assert_eq!(app.inbox_count().await, 0);
 
     let both = signed(&app, body.as_bytes(), &ts, &good)
         .basic_auth(USER, Some(PASSWORD))

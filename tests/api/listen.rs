@@ -4,16 +4,12 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 
-use crate::helpers::{answer, epoch_notification, spawn_app_with, test_config};
+use crate::support::{answer, epoch_notification, spawn_app};
 
 #[tokio::test]
 async fn a_new_pending_range_wakes_a_listening_worker() {
-    let app = spawn_app_with(thryve_bridge::config::ServeConfig {
-        poller_enabled: true,
-        poll_interval_ms: 100,
-        ..test_config()
-    })
-    .await;
+    // The default poller makes the range from the delivery's commit.
+    let app = spawn_app().await;
     let mut listener = PgListener::connect_with(&app.db.pool).await.unwrap();
     listener.listen("thryve_dirty_ranges").await.unwrap();
 

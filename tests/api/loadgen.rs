@@ -4,13 +4,11 @@ use std::time::Duration;
 
 use thryve_loadgen::{self as loadgen, LoadConfig};
 
-use crate::helpers::{spawn_app_with, test_config, PASSWORD, USER};
+use crate::support::{spawn_app_with, test_config, PASSWORD, USER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_delivery_of_the_mix_is_stored_and_covered() {
-    let mut config = test_config();
-    config.poller_enabled = true;
-    config.poll_interval_ms = 50;
+    let config = test_config();
     let app = spawn_app_with(config).await;
     let run = loadgen::run(&LoadConfig {
         url: app.url("/webhooks/thryve"),

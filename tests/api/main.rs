@@ -1,10 +1,10 @@
 //! Black-box tests: the real server on a random port, a fresh Postgres database per test.
 
 mod cli;
+mod deployments;
 mod fake_thryve;
 mod fetcher;
 mod formats;
-mod helpers;
 mod invariants;
 mod listen;
 mod loadgen;
@@ -14,8 +14,11 @@ mod properties;
 mod proxy;
 mod pushes;
 mod receiver;
+mod reconcile;
 mod reliability;
 mod schema;
 mod server;
+mod support;
 mod trace;
+mod v6;
 mod wire;

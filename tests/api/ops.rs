@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::{bridge, json_out},
-    helpers::{
-        answer, epoch_notification, spawn_app, spawn_on, test_config, test_retention, TestDb,
-    },
     poller::{poller, store},
+    support::{
+        answer, epoch_notification, receiver_only, spawn_app_with, spawn_on, test_config, TestDb,
+    },
 };
 
 fn housekeeping(db: &TestDb, retention: RetentionConfig) -> Housekeeping {
@@ -124,10 +124,10 @@ async fn retention_deletes_only_old_processed_rows_and_done_ranges_in_batches() 
 
     let retention = RetentionConfig {
         housekeeping_batch: 2,
-        ..test_retention()
+        ..test_config().housekeeping.retention
     };
     let report = housekeeping(&db, retention)
-        .run_once(&CancellationToken::new())
+        .pass(&CancellationToken::new())
         .await
         .unwrap();
 
@@ -153,12 +153,9 @@ async fn no_batch_starts_after_shutdown() {
     shutdown.cancel();
     let retention = RetentionConfig {
         payload_retention: Some(Duration::ZERO),
-        ..test_retention()
+        ..test_config().housekeeping.retention
     };
-    let report = housekeeping(&db, retention)
-        .run_once(&shutdown)
-        .await
-        .unwrap();
+    let report = housekeeping(&db, retention).pass(&shutdown).await.unwrap();
     assert_eq!(report, PassReport::default());
     assert_eq!(ids(&db, "inbox").await, rows);
 }
@@ -169,9 +166,8 @@ async fn the_served_housekeeping_runs_at_start_and_stops_at_once_on_shutdown() {
     let rows = store_epochs(&db, "served", 2).await;
     age_inbox(&db, &rows[..1], "processed", 31).await;
     let mut config = test_config();
-    config.housekeeping_enabled = true;
-    config.housekeeping_interval_secs = 3600; // only the pass at start can delete the row
-    let pool = db::pool(&db.url(), 10, config.ack_deadline()).unwrap();
+    config.housekeeping.housekeeping_interval_secs = 3600; // only the pass at start can delete the row
+    let pool = db::pool(&db.url(), 10, config.receiver.ack_deadline()).unwrap();
     let mut app = spawn_on(db, pool, config).await;
     let started = std::time::Instant::now();
     while ids(&app.db, "inbox").await != rows[1..] {
@@ -189,7 +185,8 @@ async fn the_served_housekeeping_runs_at_start_and_stops_at_once_on_shutdown() {
 
 #[tokio::test]
 async fn blanked_payloads_keep_typed_columns_and_a_redelivery_is_still_a_duplicate() {
-    let app = spawn_app().await;
+    // The server's poller off: it would process the redelivered row while the test looks.
+    let app = spawn_app_with(receiver_only()).await;
     let old_body = epoch_notification("blank", 1_700_000_000_000, 1_700_000_060_000, &[1000]);
     let recent_body = epoch_notification("blank", 1_700_000_100_000, 1_700_000_160_000, &[1000]);
     let (_, old) = answer(app.post_json(&old_body).await).await;
@@ -208,11 +205,11 @@ async fn blanked_payloads_keep_typed_columns_and_a_redelivery_is_still_a_duplica
     let retention = RetentionConfig {
         payload_retention: Some(Duration::from_secs(86_400)),
         housekeeping_batch: 1,
-        ..test_retention()
+        ..test_config().housekeeping.retention
     };
     let keeper = housekeeping(&app.db, retention);
 
-    let report = keeper.run_once(&CancellationToken::new()).await.unwrap();
+    let report = keeper.pass(&CancellationToken::new()).await.unwrap();
     assert_eq!(report.payloads_blanked, 1);
     let blanked = inbox::get(&app.db.pool, old_id).await.unwrap().unwrap();
     assert_eq!(blanked.payload, Value::Null);
@@ -228,7 +225,7 @@ async fn blanked_payloads_keep_typed_columns_and_a_redelivery_is_still_a_duplica
             .payload,
         recent_body
     );
-    let again = keeper.run_once(&CancellationToken::new()).await.unwrap();
+    let again = keeper.pass(&CancellationToken::new()).await.unwrap();
     assert_eq!(
         again.payloads_blanked, 0,
         "a blanked row is not blanked again"
@@ -281,7 +278,7 @@ async fn housekeeping_run_through_the_binary_prints_what_it_did() {
 
 #[test]
 fn bad_housekeeping_and_poller_settings_name_their_variable() {
-    let url = crate::helpers::admin_url();
+    let url = crate::support::admin_url();
     for (variable, value) in [
         ("INBOX_RETENTION", "30 days"),
         ("RANGE_RETENTION", "7"),

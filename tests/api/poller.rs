@@ -6,24 +6,22 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde_json::{json, Value};
 use thryve_bridge::{
     inbox::{self, NewDelivery},
-    poller::{Poller, PollerConfig},
+    poller::Poller,
     ranges::{self, Consumer, DirtyRange},
+    service::Services,
 };
 
 use crate::{
-    helpers::{answer, epoch_notification, spawn_app_with, test_config, TestDb},
     invariants::assert_guarantees,
+    support::{
+        answer, epoch_notification, epoch_point, epoch_push, receiver_only, spawn_app_with,
+        test_config, TestDb,
+    },
 };
 
+/// A poller on the default settings, which the test drives itself (`drain`, `poll_once`).
 pub fn poller(db: &TestDb) -> Poller {
-    Poller::new(
-        db.pool.clone(),
-        PollerConfig {
-            batch_size: 100,
-            interval: Duration::from_millis(50),
-            listen: false,
-        },
-    )
+    Poller::new(db.pool.clone(), &test_config().poller)
 }
 
 /// A poller's transaction on a connection of its own that has claimed up to `limit` rows and
@@ -347,7 +345,7 @@ async fn the_same_notification_after_its_range_was_claimed_makes_new_work() {
     store(&db, &[body]).await; // a retry of the same content: the processed row is re-armed
     poller(&db).drain().await.unwrap();
     assert_eq!(pending(&db).await.len(), 1);
-    assert!(worker.complete(range.id).await.unwrap());
+    assert!(worker.complete(&range).await.unwrap());
     assert_eq!(
         pending(&db).await.len(),
         1,
@@ -392,7 +390,7 @@ async fn a_failed_range_merges_back_into_pending_work_after_its_backoff() {
     poller(&db).drain().await.unwrap();
 
     assert!(worker
-        .fail(range.id, "thryve answered 502", Duration::from_secs(3600))
+        .fail(&range, "thryve answered 502", Duration::from_secs(3600))
         .await
         .unwrap());
     let all = pending(&db).await;
@@ -417,10 +415,7 @@ async fn a_failed_range_merges_back_into_pending_work_after_its_backoff() {
         "backing off"
     );
     assert!(
-        !worker
-            .fail(range.id, "again", Duration::ZERO)
-            .await
-            .unwrap(),
+        !worker.fail(&range, "again", Duration::ZERO).await.unwrap(),
         "no longer held"
     );
     assert_guarantees(&db.pool).await;
@@ -454,7 +449,7 @@ async fn a_range_out_of_attempts_ends_failed_with_its_error() {
             .remove(0);
         assert_eq!(range.attempts, attempt);
         assert!(worker
-            .fail(range.id, &format!("boom {attempt}"), Duration::ZERO)
+            .fail(&range, &format!("boom {attempt}"), Duration::ZERO)
             .await
             .unwrap());
     }
@@ -499,14 +494,8 @@ async fn an_expired_lease_is_reclaimed_and_the_stale_worker_is_refused() {
             .is_empty(),
         "held by slow"
     );
-    assert!(slow
-        .extend_lease(range.id, Duration::from_secs(120))
-        .await
-        .unwrap());
-    assert!(
-        !fast.complete(range.id).await.unwrap(),
-        "fast never held it"
-    );
+    assert!(slow.extend(&range, Duration::from_secs(120)).await.unwrap());
+    assert!(!fast.complete(&range).await.unwrap(), "fast never held it");
     // The lease runs out (moved into the past rather than waited for).
     sqlx::query("UPDATE thryve.dirty_ranges SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
         .bind(range.id)
@@ -516,13 +505,10 @@ async fn an_expired_lease_is_reclaimed_and_the_stale_worker_is_refused() {
     let reclaimed = fast.claim(1, Duration::from_secs(60)).await.unwrap();
     assert_eq!(reclaimed.len(), 1);
     assert_eq!((reclaimed[0].id, reclaimed[0].attempts), (range.id, 2));
-    assert!(!slow.complete(range.id).await.unwrap());
-    assert!(!slow.fail(range.id, "late", Duration::ZERO).await.unwrap());
-    assert!(!slow
-        .extend_lease(range.id, Duration::from_secs(60))
-        .await
-        .unwrap());
-    assert!(fast.complete(range.id).await.unwrap());
+    assert!(!slow.complete(&range).await.unwrap());
+    assert!(!slow.fail(&range, "late", Duration::ZERO).await.unwrap());
+    assert!(!slow.extend(&range, Duration::from_secs(60)).await.unwrap());
+    assert!(fast.complete(&reclaimed[0]).await.unwrap());
     assert_eq!(
         ranges::list(&db.pool, Some(ranges::RangeStatus::Done), 10)
             .await
@@ -759,8 +745,7 @@ async fn a_poller_that_dies_mid_batch_leaves_its_rows_pending_for_the_next() {
 #[tokio::test]
 async fn the_serving_poller_wakes_on_a_local_commit() {
     let mut config = test_config();
-    config.poller_enabled = true;
-    config.poll_interval_ms = 3_600_000; // only a wake-up can explain a prompt range
+    config.poller.poll_interval_ms = 3_600_000; // only a wake-up can explain a prompt range
     let app = spawn_app_with(config).await;
     let (status, _) = answer(
         app.post_json(&epoch_notification("wake", 1_000, 2_000, &[7]))
@@ -787,20 +772,15 @@ async fn the_serving_poller_wakes_on_a_local_commit() {
 
 #[tokio::test]
 async fn a_poller_elsewhere_wakes_on_notify() {
-    let mut config = test_config();
-    config.poller_enabled = false;
-    let app = spawn_app_with(config).await;
-    let listening = Poller::new(
-        app.db.pool.clone(),
-        PollerConfig {
-            batch_size: 100,
-            interval: Duration::from_secs(3600),
-            listen: true,
-        },
-    );
-    let (_never, wake) = tokio::sync::watch::channel(0u64);
+    // The server's own poller off: only the one "elsewhere" may find the row.
+    let app = spawn_app_with(receiver_only()).await;
+    let mut elsewhere = test_config().poller;
+    elsewhere.poll_interval_ms = 3_600_000; // only the NOTIFY can explain a prompt range
+    let listening = Poller::new(app.db.pool.clone(), &elsewhere);
+    let (_never, commits) = tokio::sync::watch::channel(0u64);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(listening.run(wake, shutdown.clone()));
+    let mut services = Services::new(shutdown.clone());
+    listening.start(&mut services, commits);
     // The poller must be listening before the commit, or only its interval would find the row.
     let started = std::time::Instant::now();
     loop {
@@ -838,16 +818,15 @@ async fn a_poller_elsewhere_wakes_on_notify() {
         tokio::task::yield_now().await;
     }
     shutdown.cancel();
-    task.await.unwrap();
+    services.stopped().await;
 }
 
 fn push(user: &str, points: &[(i64, i32, &str)]) -> Value {
-    let data: Vec<Value> = points
+    let points = points
         .iter()
-        .map(|(start, t, v)| json!({"startTimestamp": start, "endTimestamp": start + 60_000, "timezoneOffset": 60, "dataTypeId": t, "value": v}))
+        .map(|(start, t, v)| epoch_point(*start, Some(start + 60_000), 60, *t, v))
         .collect();
-    json!({"endUserId": user, "timestampType": "unix", "type": "event.data.epoch.update",
-           "data": [{"dataSourceId": 8, "dataSourceName": "Withings", "epochData": data}]})
+    epoch_push(user, "update", Some("Withings"), points)
 }
 
 async fn epoch_values(db: &TestDb) -> Vec<(i32, String, Option<String>, i64)> {
@@ -954,7 +933,8 @@ async fn a_legacy_source_update_makes_epoch_and_daily_ranges_and_daily_push_valu
 async fn a_duplicate_of_a_row_a_poller_holds_is_counted_without_waiting_for_its_batch() {
     // Thryve sends each push twice ~80 ms apart: the second copy must not wait for the batch
     // the first is in (a 500-row batch holds its transaction for hundreds of milliseconds).
-    let app = spawn_app_with(test_config()).await;
+    // The server's poller off: the test holds the row in a poller transaction of its own.
+    let app = spawn_app_with(receiver_only()).await;
     let body = epoch_notification("held", 1_763_973_390_000, 1_763_973_450_000, &[3000]);
     let (status, first) = answer(app.post_json(&body).await).await;
     assert_eq!((status, first["outcome"].as_str()), (200, Some("stored")));

@@ -19,11 +19,14 @@ use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use thryve_bridge::{
     inbox::{self, NewDelivery},
-    poller::{Poller, PollerConfig},
-    ranges::{ClaimMode, Consumer},
+    poller::Poller,
+    ranges::{ClaimMode, Consumer, DirtyRange},
 };
 
-use crate::{helpers::TestDb, invariants::assert_guarantees};
+use crate::{
+    invariants::assert_guarantees,
+    support::{test_config, TestDb},
+};
 
 const BASE_MS: i64 = 1_735_689_600_000; // 2025-01-01T00:00:00Z
 
@@ -135,14 +138,11 @@ async fn run_case(db: &TestDb, ops: Vec<Op>) {
     .execute(&db.pool)
     .await
     .unwrap();
-    let poller = Poller::new(
-        db.pool.clone(),
-        PollerConfig {
-            batch_size: 3,
-            interval: Duration::from_secs(1),
-            listen: false,
-        },
-    );
+    // Batches of 3, not the default 100: a stream of up to 40 steps must split into several
+    // batches for batching to play any part.
+    let mut config = test_config().poller;
+    config.poll_batch_size = 3;
+    let poller = Poller::new(db.pool.clone(), &config);
     // w0 re-fetches, w1 recomputes (claims every range).
     let workers = [
         Consumer::new(db.pool.clone(), "w0"),
@@ -150,8 +150,8 @@ async fn run_case(db: &TestDb, ops: Vec<Op>) {
     ];
     let modes = [ClaimMode::Fetch, ClaimMode::All];
     let mut sent: Vec<Value> = Vec::new();
-    // (worker index, range id) of claims believed held.
-    let mut held: Vec<(usize, i64)> = Vec::new();
+    // (worker index, claimed range) of claims believed held.
+    let mut held: Vec<(usize, DirtyRange)> = Vec::new();
     for op in ops {
         match op {
             Op::Notify(body) => {
@@ -174,26 +174,26 @@ async fn run_case(db: &TestDb, ops: Vec<Op>) {
                         range.needs_fetch || modes[w] == ClaimMode::All,
                         "a fetching worker never gets a push-only range: {range:?}"
                     );
-                    held.retain(|(_, id)| *id != range.id);
-                    held.push((w, range.id));
+                    held.retain(|(_, held)| held.id != range.id);
+                    held.push((w, range));
                 }
             }
             Op::Complete(i) | Op::Fail(i) if !held.is_empty() => {
-                let (w, id) = held.remove(i % held.len());
+                let (w, range) = held.remove(i % held.len());
                 let ok = if matches!(op, Op::Complete(_)) {
-                    workers[w].complete(id).await.unwrap()
+                    workers[w].complete(&range).await.unwrap()
                 } else {
                     workers[w]
-                        .fail(id, "refetch failed", Duration::ZERO)
+                        .fail(&range, "refetch failed", Duration::ZERO)
                         .await
                         .unwrap()
                 };
                 assert!(ok, "a held claim is honoured");
             }
             Op::ExpireLease(i) if !held.is_empty() => {
-                let (_, id) = held.remove(i % held.len());
+                let (_, range) = held.remove(i % held.len());
                 sqlx::query("UPDATE thryve.dirty_ranges SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
-                    .bind(id)
+                    .bind(range.id)
                     .execute(&db.pool)
                     .await
                     .unwrap();
@@ -312,14 +312,7 @@ async fn pollers_and_consumers_in_parallel_keep_every_guarantee() {
 
     let pollers: Vec<_> = (0..3)
         .map(|_| {
-            let poller = Poller::new(
-                pool.clone(),
-                PollerConfig {
-                    batch_size: 200,
-                    interval: Duration::from_millis(10),
-                    listen: false,
-                },
-            );
+            let poller = Poller::new(pool.clone(), &test_config().poller);
             let done = ingest_done.clone();
             tokio::spawn(async move {
                 loop {
@@ -367,12 +360,12 @@ async fn pollers_and_consumers_in_parallel_keep_every_guarantee() {
                         assert!(range.needs_fetch || mode == ClaimMode::All);
                         let ok = if range.id % 10 == 0 {
                             consumer
-                                .fail(range.id, "simulated", Duration::ZERO)
+                                .fail(&range, "simulated", Duration::ZERO)
                                 .await
                                 .expect("no fail error escapes")
                         } else {
                             consumer
-                                .complete(range.id)
+                                .complete(&range)
                                 .await
                                 .expect("no complete error escapes")
                         };

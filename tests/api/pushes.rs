@@ -12,9 +12,12 @@ use thryve_bridge::{
 };
 
 use crate::{
-    helpers::{answer, epoch_notification, spawn_app, TestApp, TestDb, PASSWORD, USER},
     invariants::assert_guarantees,
     poller::poller,
+    support::{
+        self, answer, epoch_notification, epoch_point, receiver_only, spawn_app, spawn_app_with,
+        TestApp, TestDb, PASSWORD, USER,
+    },
 };
 
 const MINUTE: i64 = 60_000;
@@ -36,19 +39,11 @@ async fn send(app: &TestApp, body: &Value, signed_ms: Option<i64>) -> (u16, Valu
 
 /// An epoch push of (start, end, type, value) points from source 8 ("Withings").
 fn epoch_push(kind: &str, points: &[(i64, Option<i64>, i32, &str)]) -> Value {
-    let data: Vec<Value> = points
+    let points = points
         .iter()
-        .map(|(start, end, t, v)| match end {
-            Some(end) => json!({"startTimestamp": start, "endTimestamp": end, "timezoneOffset": 0, "dataTypeId": t, "value": v}),
-            None => json!({"startTimestamp": start, "timezoneOffset": 0, "dataTypeId": t, "value": v}),
-        })
+        .map(|(start, end, t, v)| epoch_point(*start, *end, 0, *t, v))
         .collect();
-    json!({"endUserId": "u1", "timestampType": "unix", "type": format!("event.data.epoch.{kind}"),
-           "data": [{"dataSourceId": 8, "dataSourceName": "Withings", "epochData": data}]})
-}
-
-async fn drain(app: &TestApp) {
-    poller(&app.db).drain().await.unwrap();
+    support::epoch_push("u1", kind, Some("Withings"), points)
 }
 
 /// (type, start ms, end ms, value) of every stored epoch value, in key order.
@@ -99,7 +94,7 @@ async fn sparse_instants_over_four_weeks_make_tight_push_only_ranges() {
         send(&app, &epoch_push("create", &points), None).await.0,
         200
     );
-    drain(&app).await;
+    app.wait_processed().await;
 
     let ranges = pending(&app).await;
     assert_eq!(ranges.len(), 9, "one range per instant, not a 28-day hull");
@@ -127,7 +122,7 @@ async fn a_point_and_an_aggregate_with_one_start_are_both_kept() {
         ],
     );
     send(&app, &body, None).await;
-    drain(&app).await;
+    app.wait_processed().await;
     assert_eq!(
         values(&app).await,
         vec![
@@ -144,14 +139,15 @@ async fn a_point_and_an_aggregate_with_one_start_are_both_kept() {
     let point = epoch_push("create", &[(T0 + DAY, Some(T0 + DAY + MINUTE), 1011, "9")]);
     send(&app, &later, None).await;
     send(&app, &point, None).await;
-    drain(&app).await;
+    app.wait_processed().await;
     assert_eq!(values(&app).await.len(), 5);
     assert_guarantees(&app.db.pool).await;
 }
 
 #[tokio::test]
 async fn an_end_time_update_replaces_the_value_it_updates() {
-    let app = spawn_app().await;
+    // The server's poller off: the test puts a create and its update in one batch.
+    let app = spawn_app_with(receiver_only()).await;
     // Sleep: created, then updated with a later end.
     send(
         &app,
@@ -159,14 +155,14 @@ async fn an_end_time_update_replaces_the_value_it_updates() {
         None,
     )
     .await;
-    drain(&app).await;
+    poller(&app.db).drain().await.unwrap();
     send(
         &app,
         &epoch_push("update", &[(T0, Some(T0 + 420 * MINUTE), 2000, "420")]),
         None,
     )
     .await;
-    drain(&app).await;
+    poller(&app.db).drain().await.unwrap();
     // An aggregate beside a point of its start grows: the aggregate is replaced, the point kept.
     // Created and updated within one poller batch, too.
     let s = T0 + DAY;
@@ -188,7 +184,7 @@ async fn an_end_time_update_replaces_the_value_it_updates() {
         None,
     )
     .await;
-    drain(&app).await;
+    poller(&app.db).drain().await.unwrap();
     assert_eq!(
         values(&app).await,
         vec![
@@ -216,7 +212,7 @@ async fn the_same_push_twice_80_ms_apart_is_one_row_one_range() {
     assert_eq!(first["outcome"], "stored");
     assert_eq!(second["outcome"], "duplicate");
     assert_eq!(first["inbox_id"], second["inbox_id"]);
-    drain(&app).await;
+    app.wait_processed().await;
     let (rows, deliveries, signed_at): (i64, i64, Option<DateTime<Utc>>) =
         sqlx::query_as("SELECT count(*), sum(delivery_count), min(signed_at) FROM thryve.inbox")
             .fetch_one(&app.db.pool)
@@ -232,7 +228,7 @@ async fn the_same_push_twice_80_ms_apart_is_one_row_one_range() {
     assert_eq!(pending(&app).await.len(), 1);
     // A third copy after the poller ran re-arms the row: still one pending range.
     send(&app, &body, Some(signed + 160)).await;
-    drain(&app).await;
+    app.wait_processed().await;
     assert_eq!(pending(&app).await.len(), 1);
     assert_eq!(values(&app).await.len(), 2);
     assert_guarantees(&app.db.pool).await;
@@ -240,7 +236,8 @@ async fn the_same_push_twice_80_ms_apart_is_one_row_one_range() {
 
 #[tokio::test]
 async fn two_pushes_out_of_order_the_newer_by_signing_time_wins() {
-    let app = spawn_app().await;
+    // The server's poller off: the test decides which deliveries share a batch.
+    let app = spawn_app_with(receiver_only()).await;
     let signed = now_ms() - 10_000;
     let older = epoch_push("update", &[(T0, Some(T0 + MINUTE), 3000, "60")]);
     let newer = epoch_push("update", &[(T0, Some(T0 + MINUTE), 3000, "61")]);
@@ -254,10 +251,10 @@ async fn two_pushes_out_of_order_the_newer_by_signing_time_wins() {
     send(&app, &daily("5000"), Some(signed + 1000)).await;
     send(&app, &older, Some(signed)).await;
     send(&app, &daily("4000"), Some(signed)).await;
-    drain(&app).await;
+    poller(&app.db).drain().await.unwrap();
     let again_older = epoch_push("update", &[(T0, Some(T0 + MINUTE), 3000, "59")]);
     send(&app, &again_older, Some(signed + 500)).await;
-    drain(&app).await;
+    poller(&app.db).drain().await.unwrap();
     assert_eq!(
         values(&app).await,
         vec![(3000, T0, Some(T0 + MINUTE), "61".to_owned())]
@@ -283,7 +280,7 @@ async fn two_pushes_out_of_order_the_newer_by_signing_time_wins() {
         None,
     )
     .await;
-    drain(&app).await;
+    poller(&app.db).drain().await.unwrap();
     assert_eq!(values(&app).await[0].3, "62");
 }
 
@@ -313,7 +310,7 @@ async fn a_fetching_workers_claim_returns_no_push_only_range_and_a_recomputing_w
         None,
     )
     .await;
-    drain(&app).await;
+    app.wait_processed().await;
     let shapes: Vec<((i64, i64), bool)> = pending(&app)
         .await
         .iter()
@@ -355,11 +352,11 @@ async fn a_fetching_workers_claim_returns_no_push_only_range_and_a_recomputing_w
             .collect::<Vec<_>>(),
         vec![((T0, T0), false)]
     );
-    assert!(recomputer.complete_claimed(&all[0]).await.unwrap());
+    assert!(recomputer.complete(&all[0]).await.unwrap());
 
     // Fetch ranges released back to pending are the recomputing worker's as well.
     assert!(fetcher
-        .fail_claimed(&fetched[0], "Thryve 502", Duration::ZERO)
+        .fail(&fetched[0], "Thryve 502", Duration::ZERO)
         .await
         .unwrap());
     let again = recomputer
@@ -384,7 +381,7 @@ async fn push_ranges_can_be_turned_off_and_the_values_still_land() {
         None,
     )
     .await;
-    drain(&app).await;
+    app.wait_processed().await;
     let ranges = pending(&app).await;
     assert_eq!(ranges.len(), 1);
     assert!(ranges[0].needs_fetch);
@@ -396,7 +393,7 @@ async fn push_ranges_can_be_turned_off_and_the_values_still_land() {
 async fn the_data_source_name_stays_readable_after_payloads_are_blanked() {
     let app = spawn_app().await;
     send(&app, &epoch_push("create", &[(T0, None, 3000, "61")]), None).await;
-    drain(&app).await;
+    app.wait_processed().await;
     sqlx::query("UPDATE thryve.inbox SET payload = 'null'::jsonb")
         .execute(&app.db.pool)
         .await
@@ -418,7 +415,7 @@ async fn a_stale_worker_of_the_same_name_cannot_finish_the_current_claim() {
         None,
     )
     .await;
-    drain(&app).await;
+    app.wait_processed().await;
     let lease = Duration::from_secs(300);
     // Two processes that were both started as "worker-1".
     let stale = Consumer::new(app.db.pool.clone(), "worker-1");
@@ -432,14 +429,12 @@ async fn a_stale_worker_of_the_same_name_cannot_finish_the_current_claim() {
     assert_eq!(first.id, second.id);
     assert_ne!(first.claim_token, second.claim_token);
 
-    assert!(!stale.complete_claimed(&first).await.unwrap());
-    assert!(!stale.extend_claimed(&first, lease).await.unwrap());
-    assert!(!stale
-        .fail_claimed(&first, "late", Duration::ZERO)
-        .await
-        .unwrap());
-    assert!(current.extend_claimed(&second, lease).await.unwrap());
-    assert!(current.complete_claimed(&second).await.unwrap());
+    assert!(!stale.complete(&first).await.unwrap());
+    assert!(!stale.extend(&first, lease).await.unwrap());
+    assert!(!stale.fail(&first, "late", Duration::ZERO).await.unwrap());
+    assert!(!stale.abandon(&first, "gone").await.unwrap());
+    assert!(current.extend(&second, lease).await.unwrap());
+    assert!(current.complete(&second).await.unwrap());
     let status: String = sqlx::query_scalar("SELECT status FROM thryve.dirty_ranges WHERE id = $1")
         .bind(second.id)
         .fetch_one(&app.db.pool)
@@ -457,7 +452,7 @@ async fn the_old_calls_without_a_token_check_the_name_only() {
         None,
     )
     .await;
-    drain(&app).await;
+    app.wait_processed().await;
     let worker = Consumer::new(app.db.pool.clone(), "worker-1");
     let range = worker
         .claim(1, Duration::from_secs(300))
@@ -471,9 +466,30 @@ async fn the_old_calls_without_a_token_check_the_name_only() {
         .await
         .unwrap();
     assert!(by_name);
+    assert!(!worker.complete(&range).await.unwrap(), "already done");
+    // And abandoning by name, as before abandoning took a token.
+    send(
+        &app,
+        &epoch_notification("u2", T0, T0 + MINUTE, &[1000]),
+        None,
+    )
+    .await;
+    app.wait_processed().await;
+    let range = worker
+        .claim(1, Duration::from_secs(300))
+        .await
+        .unwrap()
+        .remove(0);
+    let by_name: bool =
+        sqlx::query_scalar("SELECT thryve.abandon_dirty_range($1, 'worker-1', 'gone')")
+            .bind(range.id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(by_name);
     assert!(
-        !worker.complete_claimed(&range).await.unwrap(),
-        "already done"
+        !worker.abandon(&range, "again").await.unwrap(),
+        "already failed"
     );
 }
 
@@ -586,9 +602,10 @@ async fn values_stored_before_the_key_changed_are_migrated() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let name: String = sqlx::query_scalar("SELECT name FROM thryve.data_sources")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM thryve.data_sources WHERE data_source_id = 8")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(name, "Withings");
 }

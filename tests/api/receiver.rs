@@ -6,14 +6,14 @@ use serde_json::{json, Value};
 use sqlx::{ConnectOptions, Connection, Row};
 
 use crate::{
-    helpers::{
-        answer, epoch_notification, spawn_app, spawn_app_with, spawn_on, test_config, TestDb,
-        PASSWORD, ROTATED_PASSWORD, USER,
-    },
     proxy::PgProxy,
+    support::{
+        answer, epoch_notification, receiver_only, spawn_app, spawn_app_with, spawn_on,
+        test_config, TestDb, PASSWORD, ROTATED_PASSWORD, USER,
+    },
 };
 
-async fn inbox_rows(app: &crate::helpers::TestApp) -> Vec<sqlx::postgres::PgRow> {
+async fn inbox_rows(app: &crate::support::TestApp) -> Vec<sqlx::postgres::PgRow> {
     sqlx::query("SELECT * FROM thryve.inbox ORDER BY id")
         .fetch_all(&app.db.pool)
         .await
@@ -22,7 +22,8 @@ async fn inbox_rows(app: &crate::helpers::TestApp) -> Vec<sqlx::postgres::PgRow>
 
 #[tokio::test]
 async fn every_notification_type_in_both_timestamp_forms_is_stored_typed() {
-    let app = spawn_app().await;
+    // The server's poller off: the test reads rows (`pending`) as the receiver stored them.
+    let app = spawn_app_with(receiver_only()).await;
     let cases = [
         (
             json!({"endUserId": "u1", "endUserAlias": "alias-1", "timestampType": "unix", "type": "notification.source.connect",
@@ -279,8 +280,9 @@ async fn both_passwords_work_while_credentials_rotate() {
 #[tokio::test]
 async fn a_fixed_header_credential_is_accepted() {
     let mut config = test_config();
-    config.webhook_basic_auth = None;
-    config.webhook_auth_header = Some(thryve_bridge::config::Secret::new(
+    // The fixed header as the only credential: the test is about it.
+    config.receiver.webhook_basic_auth = None;
+    config.receiver.webhook_auth_header = Some(thryve_bridge::config::Secret::new(
         "X-Thryve-Key: k-old, X-Thryve-Key: k-new",
     ));
     let app = spawn_app_with(config).await;
@@ -306,7 +308,8 @@ async fn a_fixed_header_credential_is_accepted() {
 #[tokio::test]
 async fn oversize_bodies_get_413_and_unknown_encodings_415() {
     let mut config = test_config();
-    config.max_body_bytes = 4096;
+    // 4 KiB instead of 1 MiB, so that oversize bodies are small to send.
+    config.receiver.max_body_bytes = 4096;
     let app = spawn_app_with(config).await;
     let mut big = epoch_notification("u", 1, 2, &[1]);
     big["padding"] = json!("x".repeat(5000));
@@ -437,7 +440,8 @@ where
 
 #[tokio::test]
 async fn a_duplicate_of_a_processed_row_puts_it_back_to_pending() {
-    let app = spawn_app().await;
+    // The server's poller off: it would process the re-armed row while the test looks.
+    let app = spawn_app_with(receiver_only()).await;
     let body = epoch_notification("u", 1, 2, &[1]);
     let (_, ack) = answer(app.post_json(&body).await).await;
     sqlx::query("UPDATE thryve.inbox SET status = 'processed', processed_at = now() WHERE id = $1")
@@ -483,7 +487,7 @@ async fn database_outage_gives_503_with_retry_after_and_the_server_recovers() {
         .unwrap();
     let proxy = PgProxy::start(upstream).await;
     let mut config = test_config();
-    config.ack_deadline_ms = 500;
+    config.receiver.ack_deadline_ms = 500;
     let pool = thryve_bridge::db::pool(
         db.options
             .clone()
@@ -492,7 +496,7 @@ async fn database_outage_gives_503_with_retry_after_and_the_server_recovers() {
             .to_url_lossy()
             .as_str(),
         4,
-        config.ack_deadline(),
+        config.receiver.ack_deadline(),
     )
     .unwrap();
     let app = spawn_on(db, pool, config).await;
@@ -537,11 +541,11 @@ async fn an_unreachable_database_url_gives_503_not_a_crash() {
         .unwrap()
         .port();
     let mut config = test_config();
-    config.ack_deadline_ms = 300;
+    config.receiver.ack_deadline_ms = 300;
     let pool = thryve_bridge::db::pool(
         &format!("postgres://postgres@127.0.0.1:{port}/none"),
         2,
-        config.ack_deadline(),
+        config.receiver.ack_deadline(),
     )
     .unwrap();
     let app = spawn_on(db, pool, config).await;
@@ -554,7 +558,7 @@ async fn an_unreachable_database_url_gives_503_not_a_crash() {
 #[tokio::test]
 async fn a_commit_that_misses_the_ack_deadline_gets_503_and_the_pool_recovers() {
     let mut config = test_config();
-    config.ack_deadline_ms = 400;
+    config.receiver.ack_deadline_ms = 400;
     let app = spawn_app_with(config).await;
     let mut locker = sqlx::PgConnection::connect(&app.db.url()).await.unwrap();
     let mut tx = locker.begin().await.unwrap();

@@ -1,5 +1,5 @@
 //! One readable definition of every SQL object: `schema/thryve.sql` is the schema a fresh
-//! `migrate` makes (tables, constraints, indexes, functions, triggers of schema `thryve`),
+//! `migrate` makes (tables, constraints, indexes, views, functions, triggers of schema `thryve`),
 //! so a reader need not replay the migrations to know which definition of a function wins.
 //! After changing a migration's effect, regenerate it:
 //!
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use sqlx::PgPool;
 
-use crate::helpers::TestDb;
+use crate::support::TestDb;
 
 fn snapshot_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schema/thryve.sql")
@@ -19,7 +19,7 @@ fn snapshot_path() -> PathBuf {
 
 /// The schema as text: each object's definition as Postgres itself prints it, in name order.
 async fn describe(pool: &PgPool) -> String {
-    let sections: [(&str, &str); 5] = [
+    let sections: [(&str, &str); 6] = [
         (
             "tables",
             "SELECT format(E'CREATE TABLE thryve.%I (\\n%s\\n);', c.relname,
@@ -48,6 +48,11 @@ async fn describe(pool: &PgPool) -> String {
             "indexes",
             "SELECT indexdef || ';' FROM pg_indexes WHERE schemaname = 'thryve'
              ORDER BY tablename, indexname",
+        ),
+        (
+            "views",
+            "SELECT format(E'CREATE VIEW thryve.%I AS\n%s', viewname, rtrim(definition))
+             FROM pg_views WHERE schemaname = 'thryve' ORDER BY viewname",
         ),
         (
             "functions",

@@ -1,11 +1,11 @@
 //! Thryve's `traceparent`: kept on the inbox row when well-formed, so an operator can quote it.
 
-use crate::helpers::{answer, epoch_notification, spawn_app, PASSWORD, USER};
+use crate::support::{answer, epoch_notification, spawn_app, PASSWORD, USER};
 
 const FIRST: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const RETRY: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
-async fn traceparent_of(app: &crate::helpers::TestApp, inbox_id: i64) -> Option<String> {
+async fn traceparent_of(app: &crate::support::TestApp, inbox_id: i64) -> Option<String> {
     sqlx::query_scalar("SELECT traceparent FROM thryve.inbox WHERE id = $1")
         .bind(inbox_id)
         .fetch_one(&app.db.pool)
@@ -14,7 +14,7 @@ async fn traceparent_of(app: &crate::helpers::TestApp, inbox_id: i64) -> Option<
 }
 
 async fn post_traced(
-    app: &crate::helpers::TestApp,
+    app: &crate::support::TestApp,
     body: &serde_json::Value,
     traceparent: &str,
 ) -> serde_json::Value {

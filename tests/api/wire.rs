@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use thryve_bridge::{
-    config::Secret,
     http::hmac::{sign, HmacMode, Layout, LayoutSetting, Signed},
     ranges::DirtyRange,
 };
@@ -14,13 +13,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     cli::{bridge, json_out},
-    helpers::{
-        answer, base64, gzip, spawn_app, spawn_app_with, test_config, zstd, TestApp, PASSWORD, USER,
-    },
     poller::{poller, store},
+    support::{
+        answer, base64, epoch_point, epoch_push, gzip, receiver_only, signed_config, spawn_app,
+        spawn_app_with, zstd, TestApp, HMAC_SECRET, PASSWORD, USER,
+    },
 };
-
-const HMAC_SECRET: &str = "thryve-hmac-secret";
 
 fn corpus(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,38 +26,29 @@ fn corpus(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A data push of `values` epoch values (as the real ones: instants and 1-minute points).
+/// A data push of `values` epoch values (as the real ones: 1-minute points).
 fn push(user: &str, values: usize) -> Value {
     let items: Vec<Value> = (0..values as i64)
         .map(|i| {
-            json!({"startTimestamp": 1763083020000_i64 + i * 60_000,
-                   "endTimestamp": 1763083080000_i64 + i * 60_000,
-                   "timezoneOffset": 60, "dataTypeId": 1000, "value": (i * 7 % 120).to_string()})
+            let start = 1763083020000_i64 + i * 60_000;
+            epoch_point(
+                start,
+                Some(start + 60_000),
+                60,
+                1000,
+                &(i * 7 % 120).to_string(),
+            )
         })
         .collect();
-    json!({"endUserId": user, "timestampType": "unix", "type": "event.data.epoch.update",
-           "data": [{"dataSourceId": 8, "dataSourceName": "Nokia", "epochData": items}]})
+    epoch_push(user, "update", Some("Nokia"), items)
 }
 
-async fn post_wire(app: &TestApp, encoding: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    answer(
-        app.webhook()
-            .basic_auth(USER, Some(PASSWORD))
-            .header("content-type", "application/json")
-            .header("content-encoding", encoding)
-            .body(body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-}
-
-async fn inbox_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM thryve.inbox")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap()
+pub async fn post_wire(
+    app: &TestApp,
+    encoding: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    answer(app.post_encoded(encoding, body).await).await
 }
 
 #[tokio::test]
@@ -121,7 +110,7 @@ async fn a_data_push_is_stored_in_every_form_and_one_content_is_one_row() {
         );
         assert_eq!(again["inbox_id"], first["inbox_id"]);
     }
-    assert_eq!(inbox_count(&app).await, 8);
+    assert_eq!(app.inbox_count().await, 8);
     let count: i32 = sqlx::query_scalar("SELECT delivery_count FROM thryve.inbox WHERE id = $1")
         .bind(first["inbox_id"].as_i64().unwrap())
         .fetch_one(&app.db.pool)
@@ -189,7 +178,7 @@ async fn broken_base64_gets_400_naming_the_step_that_failed_and_nothing_is_store
     assert!(bomb.len() < 16 << 10);
     let (status, error) = post_wire(&app, "zstd", bomb).await;
     assert_eq!(status, 413, "{error}");
-    assert_eq!(inbox_count(&app).await, 0);
+    assert_eq!(app.inbox_count().await, 0);
 }
 
 #[tokio::test]
@@ -219,15 +208,6 @@ async fn a_byte_order_mark_and_a_gzip_transfer_coding_are_read_not_refused() {
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"outcome\":\"duplicate\""), "{response}");
-}
-
-fn hmac_config(setting: LayoutSetting, mode: HmacMode) -> thryve_bridge::config::ServeConfig {
-    let mut config = test_config();
-    config.webhook_basic_auth = None;
-    config.webhook_hmac_secret = Some(Secret::new(HMAC_SECRET));
-    config.webhook_hmac_layout = setting;
-    config.webhook_hmac_mode = mode;
-    config
 }
 
 /// A push in its wire form, and its three forms.
@@ -291,8 +271,11 @@ impl Push {
 #[tokio::test]
 async fn enforce_accepts_each_layout_over_its_form_and_refuses_the_others() {
     for layout in Layout::ALL {
-        let app =
-            spawn_app_with(hmac_config(LayoutSetting::Fixed(layout), HmacMode::Enforce)).await;
+        let app = spawn_app_with(signed_config(
+            LayoutSetting::Fixed(layout),
+            HmacMode::Enforce,
+        ))
+        .await;
         let push = wire_push(layout.as_str());
         let (status, ack) = push.send(&app, layout).await;
         assert_eq!(
@@ -316,14 +299,14 @@ async fn enforce_accepts_each_layout_over_its_form_and_refuses_the_others() {
             "thryve_bridge_hmac_checks_total{{result=\"matched\",layout=\"{layout}\",mode=\"enforce\"}} 1"
         );
         assert!(m.contains(&matched), "{layout}: {m}");
-        assert_eq!(inbox_count(&app).await, 1, "{layout}");
+        assert_eq!(app.inbox_count().await, 1, "{layout}");
     }
 }
 
 #[tokio::test]
 async fn enforce_refuses_wrong_missing_and_stale_signatures_over_base64_pushes() {
     let frame_ts: Layout = "frame+timestamp".parse().unwrap();
-    let app = spawn_app_with(hmac_config(
+    let app = spawn_app_with(signed_config(
         LayoutSetting::Fixed(frame_ts),
         HmacMode::Enforce,
     ))
@@ -356,7 +339,7 @@ async fn enforce_refuses_wrong_missing_and_stale_signatures_over_base64_pushes()
             "{name}: {error}"
         );
     }
-    assert_eq!(inbox_count(&app).await, 0);
+    assert_eq!(app.inbox_count().await, 0);
     let (status, _) = push.send(&app, frame_ts).await;
     assert_eq!(status, 200);
     let m = app.metrics().await;
@@ -367,7 +350,7 @@ async fn enforce_refuses_wrong_missing_and_stale_signatures_over_base64_pushes()
 
 #[tokio::test]
 async fn report_stores_every_delivery_and_counts_the_layout_each_matched() {
-    let app = spawn_app_with(hmac_config(
+    let app = spawn_app_with(signed_config(
         LayoutSetting::Fixed(Layout::WIRE_THEN_TIMESTAMP),
         HmacMode::Report,
     ))
@@ -393,7 +376,7 @@ async fn report_stores_every_delivery_and_counts_the_layout_each_matched() {
         .send_signed(&app, &stale, Some(&"0".repeat(64)))
         .await;
     assert_eq!(status, 200);
-    assert_eq!(inbox_count(&app).await, 24);
+    assert_eq!(app.inbox_count().await, 24);
     let m = app.metrics().await;
     assert!(
         m.contains(
@@ -422,10 +405,10 @@ async fn report_stores_every_delivery_and_counts_the_layout_each_matched() {
 
 #[tokio::test]
 async fn auto_learns_the_layout_from_a_push_and_then_enforces_it() {
-    let app = spawn_app_with(hmac_config(LayoutSetting::Auto, HmacMode::Enforce)).await;
+    let app = spawn_app_with(signed_config(LayoutSetting::Auto, HmacMode::Enforce)).await;
     let json_dot: Layout = "timestamp.json".parse().unwrap();
     // A plain notification narrows to the join; a push to the form.
-    let notification = crate::helpers::epoch_notification("n", 1, 2, &[1]).to_string();
+    let notification = crate::support::epoch_notification("n", 1, 2, &[1]).to_string();
     let ts = chrono::Utc::now().timestamp_millis().to_string();
     let signature = sign(
         HMAC_SECRET.as_bytes(),
@@ -449,13 +432,14 @@ async fn auto_learns_the_layout_from_a_push_and_then_enforces_it() {
         .await;
     assert_eq!(status, 401);
     assert_eq!(wire_push("again").send(&app, json_dot).await.0, 200);
-    assert_eq!(inbox_count(&app).await, 3);
+    assert_eq!(app.inbox_count().await, 3);
 }
 
 /// The older trigger and connection bodies, as JSON and as a form, through the poller.
 #[tokio::test]
 async fn legacy_triggers_make_all_type_ranges_and_string_ids_change_connections() {
-    let app = spawn_app().await;
+    // The server's poller off: the test reads the report of one batch of its own.
+    let app = spawn_app_with(receiver_only()).await;
     let update = |update_type: &str, user: &str| {
         json!({"authenticationToken": user, "partnerUserID": "alias", "dataSource": "8",
                "startTimestamp": "2019-08-21T21:17:00Z", "endTimestamp": "2019-08-22T10:00:00Z",
@@ -568,11 +552,12 @@ async fn legacy_triggers_make_all_type_ranges_and_string_ids_change_connections(
 /// "No type list" means all types, and stays so when a typed range merges with it.
 #[tokio::test]
 async fn an_all_types_range_merged_with_a_typed_one_stays_all_types() {
-    let app = spawn_app().await;
+    // The server's poller off: the test orders the merges by polling between deliveries.
+    let app = spawn_app_with(receiver_only()).await;
     let trigger = json!({"sourceUpdate": {"authenticationToken": "u", "dataSource": "8",
         "startTimestamp": "2019-08-21T21:17:00Z", "endTimestamp": "2019-08-22T10:00:00Z",
         "updateType": "MINUTE"}});
-    let typed = crate::helpers::epoch_notification(
+    let typed = crate::support::epoch_notification(
         "u",
         chrono::DateTime::parse_from_rfc3339("2019-08-22T09:00:00Z")
             .unwrap()

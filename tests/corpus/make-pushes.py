@@ -5,7 +5,9 @@ alphabet, padded, no line breaks) of a zstd frame, as Thryve sends them under
 Shapes follow ../shared/reference/thryve-facts.md: epoch pushes of 32 values (the median) and
 1,000 (the page size), sparse instants over four weeks, a 1-minute point and an aggregate with
 one start (type 1011), instants without endTimestamp, sleep values with an end; daily pushes of
-10 values."""
+10 values. The push-v6-* files are the shapes Thryve's current (v6) pages document (the facts'
+"v6" section): `data` as one object, `timestampType` in capitals, values as JSON numbers, and
+the `additionalDetails` annotations; the first is the "Data push" page's own example."""
 import json, random, subprocess, pathlib
 
 HERE = pathlib.Path(__file__).parent
@@ -54,6 +56,50 @@ def epoch_values(n, rng):
     return values[:n]
 
 
+def v6_pushes():
+    # 2025-11-14T07:00:00Z, a morning weigh-in and heart-rate readings.
+    at = 1763103600000
+    return {
+        # Thryve's "Data push" example, verbatim.
+        "push-v6-epoch-iso-object.zst.b64": {
+            "endUserId": "123accessToken", "endUserAlias": "YourEndUserAlias", "timestampType": "ISO",
+            "type": "event.data.epoch.create",
+            "data": {"dataSourceId": 5, "dataSourceName": "Apple", "epochData": [
+                {"startTimestamp": "2025-05-31T11:11:13+06:00", "endTimestamp": "2025-05-31T11:11:13+06:00",
+                 "timezoneOffset": 240, "dataTypeId": 0, "value": 0, "additionalDetails": {}}]}},
+        # An array, unix, named, annotated: a manual weight entry and the scale's reading of
+        # one instant, a manual heart-rate measurement beside the tracker's of one start, the
+        # offset beside the annotations or inside them.
+        "push-v6-epoch-unix-annotated.zst.b64": {
+            "endUserId": USER, "timestampType": "unix", "type": "event.data.epoch.create",
+            "data": [{"dataSourceId": 8, "dataSourceName": "Withings", "epochData": [
+                {"startTimestamp": at, "timezoneOffset": 60, "dataTypeId": 5020, "value": 71.4,
+                 "additionalDetails": {"generation": "manual_entry", "trustworthiness": "doubt_from_user"}},
+                {"startTimestamp": at, "timezoneOffset": 60, "dataTypeId": 5020, "value": 71.9,
+                 "additionalDetails": {"generation": "automated_measurement", "medicalGrade": True,
+                                       "trustworthiness": "verified_from_device_source"}},
+                {"startTimestamp": at + 10 * MIN, "endTimestamp": at + 11 * MIN, "dataTypeId": 3000, "value": 64,
+                 "additionalDetails": {"timezoneOffset": 60, "generation": "manual_measurement",
+                                       "chronologicalExactness": 5}},
+                {"startTimestamp": at + 10 * MIN, "endTimestamp": at + 11 * MIN, "dataTypeId": 3000, "value": 61,
+                 "additionalDetails": {"timezoneOffset": 60, "generation": "tracker"}}]}]},
+        # One object, ISO in capitals, no dataSourceName, daily values with the offset inside.
+        "push-v6-daily-iso-object.zst.b64": {
+            "endUserId": USER, "timestampType": "ISO", "type": "event.data.daily.update",
+            "data": {"dataSourceId": 1, "dailyData": [
+                {"day": "2025-11-13", "dataTypeId": 1000, "value": 9120,
+                 "additionalDetails": {"timezoneOffset": 60, "generation": "tracker"}},
+                {"day": "2025-11-13", "dataTypeId": 3001, "value": 58,
+                 "additionalDetails": {"timezoneOffset": 60, "generation": "calculation"}}]}},
+        # One object, unix, neither a name nor annotations, values as strings.
+        "push-v6-epoch-unix-object-plain.zst.b64": {
+            "endUserId": USER, "timestampType": "Unix", "type": "event.data.epoch.update",
+            "data": {"dataSourceId": 1, "epochData": [
+                {"startTimestamp": at, "endTimestamp": at + MIN, "timezoneOffset": 60, "dataTypeId": 1000, "value": "87"},
+                {"startTimestamp": at + MIN, "endTimestamp": at + 2 * MIN, "timezoneOffset": 60, "dataTypeId": 1000, "value": "112"}]}},
+    }
+
+
 def main():
     rng = random.Random(11)
     files = {
@@ -71,6 +117,7 @@ def main():
             {"day": "2025-12-13", "timezoneOffset": 0, "dataTypeId": 3001, "value": "59"},
             {"day": "2025-12-12", "timezoneOffset": 0, "dataTypeId": 1000, "value": "4200"}], form="iso"),
     }
+    files.update(v6_pushes())
     for name, obj in files.items():
         (HERE / name).write_bytes(wire(obj))
 

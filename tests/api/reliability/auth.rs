@@ -11,9 +11,9 @@ use thryve_bridge::{
     http::hmac::{sign, Layout, SIGNATURE_HEADER, TIMESTAMP_HEADER},
 };
 
-use super::faults::{wait_until, Bridge};
-use crate::helpers::{
-    answer, epoch_notification, spawn_app_with, test_config, TestDb, PASSWORD, USER,
+use super::faults::Bridge;
+use crate::support::{
+    answer, epoch_notification, spawn_app_with, test_config, wait_until, TestDb, PASSWORD, USER,
 };
 
 fn basic(user: &str, password: &str) -> String {
@@ -23,7 +23,8 @@ fn basic(user: &str, password: &str) -> String {
 #[tokio::test]
 async fn repeated_credential_headers_get_401_and_nothing_is_stored() {
     let mut config = test_config();
-    config.webhook_auth_header = Some(Secret::new("X-Thryve-Key: k1"));
+    // A fixed header besides Basic: the test repeats both.
+    config.receiver.webhook_auth_header = Some(Secret::new("X-Thryve-Key: k1"));
     let app = spawn_app_with(config).await;
     let right = basic(USER, PASSWORD);
     let wrong = basic(USER, "nope");

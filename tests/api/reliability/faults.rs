@@ -23,29 +23,13 @@ use thryve_bridge::{
 use thryve_loadgen::{self as loadgen, LoadConfig, Rng, Sent};
 
 use crate::{
-    helpers::{
-        answer, epoch_notification, spawn_app_with, spawn_on, test_config, TestDb, PASSWORD, USER,
-    },
     invariants::assert_guarantees,
     poller::{poller, store},
+    support::{
+        answer, epoch_notification, receiver_only, spawn_app, spawn_app_with, spawn_on,
+        test_config, wait_until, TestDb, PASSWORD, USER,
+    },
 };
-
-/// Polls `condition` until it holds, failing the test after `within`: the wait is on a
-/// condition, the short pause only spaces the polls.
-pub(super) async fn wait_until<F, Fut>(within: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The real binary as a child process, configured only by the variables given, its stdout
 /// and stderr collected line by line. Dropping it kills it.
@@ -192,9 +176,7 @@ async fn terminate_backends(conn: &mut PgConnection) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_connections_killed_twice_under_load_lose_no_acknowledged_delivery() {
-    let mut config = test_config();
-    config.poller_enabled = true;
-    config.poll_interval_ms = 50;
+    let config = test_config();
     let app = spawn_app_with(config).await;
     let mut killer = PgConnection::connect(&app.db.url()).await.unwrap();
     let load = LoadConfig {
@@ -430,9 +412,7 @@ async fn a_poller_process_killed_mid_drain_leaves_nothing_lost_or_uncovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_database_answers_more_requests_than_connections_with_503_in_time_then_recovers()
 {
-    let mut config = test_config();
-    config.ack_deadline_ms = 500;
-    let app = spawn_app_with(config).await;
+    let app = spawn_app().await;
     let mut locker = PgConnection::connect(&app.db.url()).await.unwrap();
     let mut lock = locker.begin().await.unwrap();
     sqlx::query("LOCK TABLE thryve.inbox IN EXCLUSIVE MODE")
@@ -540,8 +520,10 @@ async fn refuse_two_users(pool: &PgPool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_statement_error_for_one_delivery_refuses_only_that_one_with_503() {
     let mut config = test_config();
-    config.ingest_writers = 1;
-    config.ack_deadline_ms = 5000;
+    // One writer: the refused delivery's batch is retried one by one, and only its own
+    // statement fails; 5 s, so that those one-by-one retries finish within the deadline.
+    config.receiver.ingest_writers = 1;
+    config.receiver.ack_deadline_ms = 5000;
     let app = spawn_app_with(config).await;
     refuse_two_users(&app.db.pool).await;
 
@@ -736,9 +718,9 @@ async fn one_mixed_batch(refused: &[(usize, &str)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_pool_gives_503_in_time_and_the_next_delivery_200() {
     let db = TestDb::new().await;
-    let mut config = test_config();
-    config.ack_deadline_ms = 500;
-    let pool = db::pool(&db.url(), 3, config.ack_deadline()).unwrap();
+    // The poller off: its LISTEN would keep one of the three connections the test must hold.
+    let config = receiver_only();
+    let pool = db::pool(&db.url(), 3, config.receiver.ack_deadline()).unwrap();
     let app = spawn_on(db, pool.clone(), config).await;
     let (status, _) = answer(
         app.post_json(&epoch_notification("before", 1, 2, &[1]))
@@ -786,6 +768,45 @@ async fn a_full_pool_gives_503_in_time_and_the_next_delivery_200() {
     assert!(
         users == ["before", "after"] || users == ["before", "starved", "after"],
         "{users:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_given_up_on_while_its_writer_waited_for_a_connection_is_not_written() {
+    let db = TestDb::new().await;
+    // The poller off: its LISTEN would keep one of the connections the test must hold. One
+    // writer: the given-up delivery is written or skipped before the next one is taken.
+    let mut config = receiver_only();
+    config.receiver.ingest_writers = 1;
+    // A connection may be waited for far longer than the ack deadline, so the writer still
+    // waits for one when the test gives them back, after the 503.
+    let pool = db::pool(&db.url(), 2, Duration::from_secs(30)).unwrap();
+    let app = spawn_on(db, pool.clone(), config).await;
+    let mut held = Vec::new();
+    while held.len() < 2 {
+        held.push(pool.acquire().await.unwrap());
+    }
+    let (status, error) = answer(
+        app.post_json(&epoch_notification("given-up", 1, 2, &[1]))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 503, "{error}");
+    drop(held);
+    let (status, ack) = answer(
+        app.post_json(&epoch_notification("after", 1, 2, &[1]))
+            .await,
+    )
+    .await;
+    assert_eq!((status, ack["outcome"].as_str()), (200, Some("stored")));
+    let users: Vec<String> = sqlx::query_scalar("SELECT end_user_id FROM thryve.inbox ORDER BY id")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        users,
+        ["after"],
+        "the 503 was answered before any write began"
     );
 }
 

@@ -19,37 +19,12 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{
-    answer, epoch_notification, gzip, spawn_app, spawn_app_with, test_config, zstd, TestApp,
-    TestDb, PASSWORD, USER,
+use crate::support::{
+    self, answer, epoch_notification, gzip, spawn_app, spawn_app_with, test_config, wait_until,
+    zstd, TestApp, TestDb, PASSWORD, USER,
 };
 
 const SQL: &str = "'; DROP TABLE thryve.inbox; --";
-
-/// Polls `condition` until it holds or `within` has passed; returns whether it held.
-async fn wait_until<F, Fut>(within: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn inbox_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM thryve.inbox")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap()
-}
 
 fn nested(depth: usize) -> String {
     format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
@@ -98,8 +73,7 @@ fn daily(start: Value, end: Value, form: &str) -> Value {
 }
 
 fn epoch_push(points: Vec<Value>) -> Value {
-    json!({"endUserId": "hostile", "timestampType": "unix", "type": "event.data.epoch.update",
-           "data": [{"dataSourceId": 8, "epochData": points}]})
+    support::epoch_push("hostile", "update", None, points)
 }
 
 fn point(type_id: Value, tz: Value, value: Value) -> Value {
@@ -469,7 +443,7 @@ async fn hostile_bodies_get_the_documented_answer_and_nothing_crashes() {
             }
         }
     }
-    assert_eq!(inbox_count(&app).await, kept, "only the 200s are stored");
+    assert_eq!(app.inbox_count().await, kept, "only the 200s are stored");
     // SQL-looking text is data: stored verbatim, the table intact.
     let sql_users: Vec<String> = sqlx::query_scalar(
         "SELECT end_user_id FROM thryve.inbox WHERE end_user_id = $1 OR payload ? $1 ORDER BY id",
@@ -491,13 +465,6 @@ async fn hostile_bodies_get_the_documented_answer_and_nothing_crashes() {
     assert_eq!(app.get_status("/healthz").await, 200);
 }
 
-fn poller_config() -> thryve_bridge::config::ServeConfig {
-    let mut config = test_config();
-    config.poller_enabled = true;
-    config.poll_interval_ms = 100;
-    config
-}
-
 async fn statuses(app: &TestApp) -> Vec<(i64, String, Option<String>)> {
     sqlx::query_as("SELECT id, status, error FROM thryve.inbox ORDER BY id")
         .fetch_all(&app.db.pool)
@@ -515,7 +482,7 @@ async fn all_processed(app: &TestApp, rows: usize) -> bool {
 /// the one way to store a body deeper than it arrived, so its limit is one level less.
 #[tokio::test]
 async fn the_deepest_form_field_accepted_still_reads_back_and_the_poller_goes_on() {
-    let app = spawn_app_with(poller_config()).await;
+    let app = spawn_app().await;
     let too_deep = form_body(form(&legacy_update(&nested(126))));
     let (status, error) = answer(send(&app, &too_deep).await).await;
     assert_eq!(status, 400, "{error}");
@@ -528,17 +495,16 @@ async fn the_deepest_form_field_accepted_still_reads_back_and_the_poller_goes_on
     )
     .await;
     assert_eq!(status, 200);
-    assert!(
-        wait_until(Duration::from_secs(15), || all_processed(&app, 2)).await,
-        "both rows processed: {:?}",
-        statuses(&app).await
-    );
+    wait_until(Duration::from_secs(15), "both rows processed", || {
+        all_processed(&app, 2)
+    })
+    .await;
 }
 
 /// A value numeric cannot hold is kept as text; it used to fail the poller's batch.
 #[tokio::test]
 async fn a_pushed_value_too_long_for_numeric_is_kept_as_text() {
-    let app = spawn_app_with(poller_config()).await;
+    let app = spawn_app().await;
     let digits = "9".repeat(140_000);
     let push = epoch_push(vec![point(json!(3000), json!(0), json!(digits))]);
     let request = Request {
@@ -547,11 +513,12 @@ async fn a_pushed_value_too_long_for_numeric_is_kept_as_text() {
     };
     let (status, ack) = answer(send(&app, &request).await).await;
     assert_eq!((status, ack["outcome"].as_str()), (200, Some("stored")));
-    assert!(
-        wait_until(Duration::from_secs(15), || all_processed(&app, 1)).await,
-        "processed, not quarantined: {:?}",
-        statuses(&app).await
-    );
+    wait_until(
+        Duration::from_secs(15),
+        "processed, not quarantined",
+        || all_processed(&app, 1),
+    )
+    .await;
     let (length, numeric): (i32, Option<String>) =
         sqlx::query_as("SELECT length(value), value_numeric::text FROM thryve.epoch_values")
             .fetch_one(&app.db.pool)
@@ -653,17 +620,18 @@ async fn malformed_http_is_refused_the_connection_closed_and_nothing_stored() {
         let response = raw_exchange(app.addr, raw.as_bytes()).await;
         assert!(response.starts_with(status_line), "{name}: {response:?}");
     }
-    assert_eq!(inbox_count(&app).await, 0, "nothing stored");
+    assert_eq!(app.inbox_count().await, 0, "nothing stored");
     // The same request, well formed, is stored: the refusals were about the framing.
     let response = raw_exchange(app.addr, request("Connection: close\r\n").as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
-    assert_eq!(inbox_count(&app).await, 1);
+    assert_eq!(app.inbox_count().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_slow_clients_at_once_are_dropped_while_others_are_served() {
     let mut config = test_config();
-    config.header_read_timeout_ms = 500;
+    // 500 ms instead of 10 s: the test waits for the slow clients to be dropped.
+    config.listener.header_read_timeout_ms = 500;
     let app = spawn_app_with(config).await;
     let mut slow = Vec::new();
     for _ in 0..100 {
@@ -690,7 +658,7 @@ async fn a_hundred_slow_clients_at_once_are_dropped_while_others_are_served() {
             "every slow client is dropped by the header timeout"
         );
     }
-    assert_eq!(inbox_count(&app).await, 1);
+    assert_eq!(app.inbox_count().await, 1);
 }
 
 /// The real binary, killed when dropped; its stderr lines are collected as they come.
@@ -752,15 +720,18 @@ impl Bridge {
 
     async fn addr(&self) -> SocketAddr {
         let mut addr = None;
-        let started = wait_until(Duration::from_secs(15), || {
-            addr = self
-                .logged("thryve-bridge started")
-                .first()
-                .and_then(|l| l["bind_addr"].as_str()?.parse().ok());
-            std::future::ready(addr.is_some())
-        })
+        wait_until(
+            Duration::from_secs(15),
+            "a start line with bind_addr",
+            || {
+                addr = self
+                    .logged("thryve-bridge started")
+                    .first()
+                    .and_then(|l| l["bind_addr"].as_str()?.parse().ok());
+                std::future::ready(addr.is_some())
+            },
+        )
         .await;
-        assert!(started, "no start line in {:?}", self.lines.lock().unwrap());
         addr.unwrap()
     }
 }

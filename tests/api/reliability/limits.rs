@@ -13,11 +13,8 @@ use std::{
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
-use super::{
-    faults::{wait_until, Bridge},
-    outages::metric,
-};
-use crate::helpers::{epoch_notification, TestDb, PASSWORD, USER};
+use super::{faults::Bridge, outages::metric};
+use crate::support::{epoch_notification, wait_until, TestDb, PASSWORD, USER};
 
 /// The binary serving `db`, with `extra` settings on top of a receiver-only configuration,
 /// and the open-file limit (soft and hard) set to `nofile` when given.

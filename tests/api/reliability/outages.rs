@@ -13,15 +13,14 @@ use std::{
 
 use serde_json::{json, Value};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
-use thryve_bridge::poller::{Poller, PollerConfig, MAX_ROW_TIMEOUTS};
+use thryve_bridge::poller::{Poller, MAX_ROW_TIMEOUTS};
 
-use super::{
-    faults::{wait_until, Bridge},
-    spool::Server,
-};
+use super::{faults::Bridge, spool::Server};
 use crate::{
-    helpers::{admin_url, epoch_notification, test_config, TestDb, PASSWORD, USER},
     poller::store,
+    support::{
+        admin_url, drop_as_admin, epoch_notification, post_to, test_config, wait_until, TestDb,
+    },
 };
 
 /// A fresh directory under the system temp dir, removed when the test ends.
@@ -88,21 +87,7 @@ impl TestRole {
 
 impl Drop for TestRole {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
-                    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
+        drop_as_admin(format!("DROP ROLE IF EXISTS {}", self.name));
     }
 }
 
@@ -111,24 +96,6 @@ async fn admin(sql: &str) {
     let mut conn = PgConnection::connect(&admin_url()).await.unwrap();
     sqlx::query(sql).execute(&mut conn).await.unwrap();
     conn.close().await.ok();
-}
-
-/// Status, `Retry-After` and JSON body of one delivery.
-pub(super) async fn post(addr: SocketAddr, body: &Value) -> (u16, Option<String>, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{addr}/webhooks/thryve"))
-        .basic_auth(USER, Some(PASSWORD))
-        .json(body)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("answered");
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    (status, retry_after, response.json().await.expect("JSON"))
 }
 
 pub(super) async fn get_status(addr: SocketAddr, path: &str) -> u16 {
@@ -295,13 +262,12 @@ async fn outage_is_spooled_and_loaded_after(way: Way) {
     role.grant(&db).await;
     let dir = TempDir::new();
     let mut spooling = test_config();
-    spooling.ack_deadline_ms = 1000;
-    spooling.spool_dir = Some(dir.0.clone());
+    spooling.spool.spool_dir = Some(dir.0.clone());
     let url = role.url(&db);
     let with_spool = Server::start(&spooling, &url).await;
     let without_spool = Server::start(&test_config(), &url).await;
     let first = epoch_notification("before", 1_000, 2_000, &[1]);
-    assert_eq!(post(with_spool.addr, &first).await.0, 200);
+    assert_eq!(post_to(with_spool.addr, &first).await.0, 200);
     assert_eq!(get_status(with_spool.addr, "/readyz").await, 200);
 
     way.apply(&role, &db).await;
@@ -311,14 +277,14 @@ async fn outage_is_spooled_and_loaded_after(way: Way) {
         .map(|i| epoch_notification("during", 10_000 * i, 10_000 * i + 500, &[1, 2]))
         .collect();
     for body in &bodies {
-        let (status, _, answer) = post(with_spool.addr, body).await;
+        let (status, _, answer) = post_to(with_spool.addr, body).await;
         assert_eq!(
             (status, &answer),
             (200, &json!({"outcome": "spooled"})),
             "{way:?}"
         );
     }
-    let (status, retry_after, answer) = post(
+    let (status, retry_after, answer) = post_to(
         without_spool.addr,
         &epoch_notification("refused", 1, 2, &[1]),
     )
@@ -426,7 +392,7 @@ async fn a_set_aside_record_stays_visible_is_listed_and_reloads_once_fixed() {
     .concat();
     std::fs::write(dir.0.join("segment-00000000000000000003.jsonl"), segment).unwrap();
     let mut config = test_config();
-    config.spool_dir = Some(dir.0.clone());
+    config.spool.spool_dir = Some(dir.0.clone());
     let server = Server::start(&config, &db.url()).await;
     // The segment is done once the good record committed and the refused one was set aside.
     wait_until(Duration::from_secs(20), "the segment loaded", || async {
@@ -508,9 +474,7 @@ fn json_line(output: &str, prefix: &str) -> Value {
 #[tokio::test]
 async fn a_locked_inbox_is_not_ready_and_a_late_commit_is_not_called_unstored() {
     let db = TestDb::new().await;
-    let mut config = test_config();
-    config.ack_deadline_ms = 500;
-    let server = Server::start(&config, &db.url()).await;
+    let server = Server::start(&test_config(), &db.url()).await;
     assert_eq!(get_status(server.addr, "/readyz").await, 200);
 
     let mut locker = PgConnection::connect(&db.url()).await.unwrap();
@@ -530,7 +494,7 @@ async fn a_locked_inbox_is_not_ready_and_a_late_commit_is_not_called_unstored() 
     );
 
     let late = epoch_notification("late", 1_000, 2_000, &[1]);
-    let (status, retry_after, answer) = post(server.addr, &late).await;
+    let (status, retry_after, answer) = post_to(server.addr, &late).await;
     assert_eq!(status, 503, "{answer}");
     assert_eq!(retry_after.as_deref(), Some("5"));
     let error = answer["error"].as_str().unwrap();
@@ -573,14 +537,7 @@ async fn statement_timeouts_behind_a_held_lock_quarantine_nothing_and_a_row_slow
         .connect(&role.url(&db))
         .await
         .unwrap();
-    let poller = Poller::new(
-        pool,
-        PollerConfig {
-            batch_size: 100,
-            interval: Duration::from_millis(50),
-            listen: false,
-        },
-    );
+    let poller = Poller::new(pool, &test_config().poller);
     let healthy: Vec<Value> = (0..10)
         .map(|i| epoch_notification(&format!("u{i}"), 1_000, 2_000, &[1]))
         .collect();
@@ -761,11 +718,10 @@ async fn a_changed_password_and_a_pg_hba_reject_are_outages_spooled_and_loaded_a
     };
     let dir = TempDir::new();
     let mut config = test_config();
-    config.ack_deadline_ms = 1000;
-    config.spool_dir = Some(dir.0.clone());
+    config.spool.spool_dir = Some(dir.0.clone());
     let server = Server::start(&config, &url("first-password")).await;
     assert_eq!(
-        post(server.addr, &epoch_notification("own", 1, 2, &[1]))
+        post_to(server.addr, &epoch_notification("own", 1, 2, &[1]))
             .await
             .0,
         200
@@ -809,7 +765,7 @@ async fn a_changed_password_and_a_pg_hba_reject_are_outages_spooled_and_loaded_a
             .map(|i| epoch_notification(&format!("own{round}"), 10_000 * i, 10_000 * i + 1, &[1]))
             .collect();
         for body in &bodies {
-            let (status, _, answer) = post(server.addr, body).await;
+            let (status, _, answer) = post_to(server.addr, body).await;
             assert_eq!(
                 (status, &answer),
                 (200, &json!({"outcome": "spooled"})),

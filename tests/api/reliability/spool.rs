@@ -3,13 +3,12 @@
 //! across a SIGKILL, a torn write and a reload of rows that already committed.
 
 use std::{
-    future::Future,
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::{json, Value};
@@ -22,9 +21,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    helpers::{admin_url, epoch_notification, test_config, TestDb, PASSWORD, USER},
     invariants::assert_guarantees,
     proxy::PgProxy,
+    support::{
+        admin_url, epoch_notification, post_to, test_config, wait_until, TestDb, PASSWORD, USER,
+    },
 };
 
 /// A fresh directory under the system temp dir, removed when the test ends.
@@ -78,22 +79,6 @@ fn spooled_lines(dir: &Path) -> usize {
         .sum()
 }
 
-/// Polls `check` until it holds or `secs` pass.
-async fn wait_until<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A test database and a proxy in front of it that the test can cut.
 async fn behind_proxy() -> (TestDb, PgProxy, String) {
     let db = TestDb::new().await;
@@ -115,9 +100,7 @@ async fn behind_proxy() -> (TestDb, PgProxy, String) {
 
 fn spool_config(dir: &Path) -> ServeConfig {
     let mut config = test_config();
-    config.ack_deadline_ms = 1000;
-    config.spool_dir = Some(dir.to_owned());
-    config.spool_margin_ms = 250;
+    config.spool.spool_dir = Some(dir.to_owned());
     config
 }
 
@@ -131,7 +114,7 @@ pub(super) struct Server {
 
 impl Server {
     pub(super) async fn start(config: &ServeConfig, url: &str) -> Self {
-        let pool = thryve_bridge::db::pool(url, 4, config.ack_deadline()).unwrap();
+        let pool = thryve_bridge::db::pool(url, 4, config.receiver.ack_deadline()).unwrap();
         let app = Application::build(config, pool).await.expect("app builds");
         let addr = app.local_addr();
         let shutdown = CancellationToken::new();
@@ -149,28 +132,15 @@ impl Server {
     }
 }
 
-async fn post(addr: SocketAddr, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{addr}/webhooks/thryve"))
-        .basic_auth(USER, Some(PASSWORD))
-        .json(body)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("answered");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON answer"))
-}
-
 /// Posts every body at once; each must be answered 200 `spooled`, with no inbox id.
 async fn post_all_spooled(addr: SocketAddr, bodies: &[Value]) {
     let tasks: Vec<_> = bodies
         .iter()
         .cloned()
-        .map(|body| tokio::spawn(async move { post(addr, &body).await }))
+        .map(|body| tokio::spawn(async move { post_to(addr, &body).await }))
         .collect();
     for task in tasks {
-        let (status, answer) = task.await.unwrap();
+        let (status, _, answer) = task.await.unwrap();
         assert_eq!(
             (status, &answer),
             (200, &json!({"outcome": "spooled"})),
@@ -297,9 +267,13 @@ async fn spooled_deliveries_survive_sigkill_and_reach_the_inbox_exactly_once() {
 
     proxy.up();
     let second = Child::spawn(&work.0, &spool_dir, &url).await;
-    wait_until(20, "the spool is loaded and emptied", || async {
-        inbox_rows(&db.pool).await == sent.len() as i64 && segments(&spool_dir).is_empty()
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the spool is loaded and emptied",
+        || async {
+            inbox_rows(&db.pool).await == sent.len() as i64 && segments(&spool_dir).is_empty()
+        },
+    )
     .await;
     for body in &sent {
         assert_eq!(delivery_count(&db.pool, body).await, 1, "{body}");
@@ -337,9 +311,11 @@ async fn a_torn_trailing_record_is_skipped_and_the_records_before_it_load() {
 
     proxy.up();
     let server = Server::start(&config, &url).await;
-    wait_until(20, "the spool is loaded and emptied", || async {
-        segments(&dir.0).is_empty()
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the spool is loaded and emptied",
+        || async { segments(&dir.0).is_empty() },
+    )
     .await;
     assert_eq!(inbox_rows(&db.pool).await, sent.len() as i64);
     for body in &sent {
@@ -394,7 +370,7 @@ async fn reloading_a_segment_whose_rows_committed_leaves_one_row_each() {
 
     proxy.up();
     let server = Server::start(&config, &url).await;
-    wait_until(20, "the spool is loaded", || async {
+    wait_until(Duration::from_secs(20), "the spool is loaded", || async {
         segments(&dir.0).is_empty()
     })
     .await;
@@ -410,9 +386,11 @@ async fn reloading_a_segment_whose_rows_committed_leaves_one_row_each() {
         .unwrap();
     }
     let server = Server::start(&config, &url).await;
-    wait_until(20, "the segment is loaded again", || async {
-        segments(&dir.0).is_empty()
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the segment is loaded again",
+        || async { segments(&dir.0).is_empty() },
+    )
     .await;
     assert_eq!(inbox_rows(&db.pool).await, sent.len() as i64);
     for body in &sent {
@@ -443,7 +421,7 @@ async fn a_spool_that_cannot_be_written_gives_503_not_200() {
     let dir = TempDir::new();
     let spool_dir = dir.join("spool");
     let server = Server::start(&spool_config(&spool_dir), &url).await;
-    let (status, answer) = post(server.addr, &epoch_notification("w", 1, 2, &[1])).await;
+    let (status, _, answer) = post_to(server.addr, &epoch_notification("w", 1, 2, &[1])).await;
     assert_eq!(status, 200);
     assert_eq!(
         answer["outcome"], "stored",
@@ -453,7 +431,7 @@ async fn a_spool_that_cannot_be_written_gives_503_not_200() {
     proxy.down();
     std::fs::remove_dir_all(&spool_dir).unwrap();
     std::fs::write(&spool_dir, b"the spool directory is gone").unwrap();
-    let (status, answer) = post(server.addr, &epoch_notification("w", 3, 4, &[1])).await;
+    let (status, _, answer) = post_to(server.addr, &epoch_notification("w", 3, 4, &[1])).await;
     assert_eq!(status, 503, "{answer}");
     assert!(
         answer["error"].as_str().unwrap().contains("spool"),
@@ -493,8 +471,8 @@ async fn writers_skip_deliveries_whose_requester_gave_up_so_a_spooled_one_counts
     let dir = TempDir::new();
     let mut config = spool_config(&dir.0);
     // One writer, one delivery per statement: the queue behind a stuck write stays queued.
-    config.ingest_writers = 1;
-    config.ingest_batch_max = 1;
+    config.receiver.ingest_writers = 1;
+    config.receiver.ingest_batch_max = 1;
     let db = TestDb::new().await;
     let server = Server::start(&config, &db.url()).await;
 
@@ -509,7 +487,7 @@ async fn writers_skip_deliveries_whose_requester_gave_up_so_a_spooled_one_counts
     post_all_spooled(server.addr, &sent).await;
     lock.rollback().await.unwrap();
 
-    wait_until(20, "the spool is loaded", || async {
+    wait_until(Duration::from_secs(20), "the spool is loaded", || async {
         inbox_rows(&db.pool).await == sent.len() as i64 && segments(&dir.0).is_empty()
     })
     .await;
@@ -553,7 +531,7 @@ async fn a_spooled_record_the_inbox_refuses_is_kept_aside_and_the_others_load() 
     std::fs::write(dir.join("segment-00000000000000000007.jsonl"), segment).unwrap();
 
     let server = Server::start(&config, &db.url()).await;
-    wait_until(20, "the segment is loaded", || async {
+    wait_until(Duration::from_secs(20), "the segment is loaded", || async {
         segments(&dir.0).is_empty()
     })
     .await;
@@ -568,7 +546,7 @@ async fn a_spooled_record_the_inbox_refuses_is_kept_aside_and_the_others_load() 
     assert_eq!(kept["body"], refused_by_the_database());
 
     // Live, the same content is not spooled: the database would refuse it again.
-    let (status, answer) = post(server.addr, &refused_by_the_database()).await;
+    let (status, _, answer) = post_to(server.addr, &refused_by_the_database()).await;
     assert_eq!(status, 503, "{answer}");
     assert!(segments(&dir.0).is_empty());
     server.stop().await;

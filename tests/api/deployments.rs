@@ -1,0 +1,275 @@
+//! Every deployment the repository ships, started as shipped: the real binary with exactly
+//! the environment each gives it (compose's bridge; the Kubernetes migrate Job, receiver and
+//! poller from their ConfigMap and example Secret; the README's separate fetcher), each until
+//! `/readyz` answers 200, or `migrate` exits 0.
+//!
+//! Two values are substituted, and only they: `DATABASE_URL`, because the hosts the
+//! deployments name (`db`, `postgres`) do not resolve here, so each gets a database of the
+//! test's own; and a fetcher's `THRYVE_API_URL`, pointed at the test's fake Thryve. The image's
+//! `ENV` lines (Dockerfile, runtime stage) come first, as in a container. Each serves on the
+//! port it ships with (8080), so they run one after another in one test.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use thryve_bridge::config::ServeConfig;
+use yaml_rust2::{Yaml, YamlLoader};
+
+use crate::{
+    fake_thryve::{FakeThryve, Reply},
+    support::TestDb,
+};
+
+/// Where the README's separate fetcher is shown (issue 24 moves reference parts to docs/).
+const FETCHER_DOC: &str = "README.md";
+
+type Env = BTreeMap<String, String>;
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn yaml_docs(path: &str) -> Vec<Yaml> {
+    YamlLoader::load_from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A scalar as the string a container's environment would hold.
+fn scalar(value: &Yaml) -> String {
+    match value {
+        Yaml::String(s) | Yaml::Real(s) => s.clone(),
+        Yaml::Integer(i) => i.to_string(),
+        Yaml::Boolean(b) => b.to_string(),
+        other => panic!("not a scalar: {other:?}"),
+    }
+}
+
+/// The `ENV` lines of the image's runtime stage: every container starts with them.
+fn image_env() -> Env {
+    let dockerfile = read("Dockerfile");
+    let runtime = &dockerfile[dockerfile.find("AS runtime").expect("a runtime stage")..];
+    runtime
+        .lines()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("ENV KEY=value");
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect()
+}
+
+/// `NAME=value` lines of an env file, as compose's `env_file` reads them.
+fn env_file(text: &str) -> Env {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect()
+}
+
+/// The compose `bridge` service: the image's environment, then `.env` as the README's first
+/// step makes it (`.env.example` with WEBHOOK_BASIC_AUTH set), then its `environment`.
+fn compose_bridge() -> (Env, Vec<String>) {
+    let compose = yaml_docs("docker-compose.yml").remove(0);
+    let bridge = &compose["services"]["bridge"];
+    assert_eq!(bridge["env_file"][0]["path"].as_str(), Some(".env"));
+    assert!(bridge["command"].is_badvalue(), "the image's CMD runs");
+    let mut env = image_env();
+    let mut dot_env = env_file(&read(".env.example"));
+    // The README's Run step: "set WEBHOOK_BASIC_AUTH=thryve:<a long random password>".
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    dot_env.insert("WEBHOOK_BASIC_AUTH".into(), format!("thryve:{password}"));
+    env.extend(dot_env);
+    for (k, v) in bridge["environment"].as_hash().expect("an environment map") {
+        env.insert(scalar(k), scalar(v));
+    }
+    (env, vec!["serve".to_owned()])
+}
+
+/// The Kubernetes workload in `path`: the image's environment, then its ConfigMap
+/// (`envFrom`), then its `env`, secrets read from the example Secret; and its args.
+fn kubernetes(path: &str) -> (Env, Vec<String>) {
+    let workload = yaml_docs(path)
+        .into_iter()
+        .find(|d| matches!(d["kind"].as_str(), Some("Deployment" | "Job")))
+        .unwrap_or_else(|| panic!("{path}: no Deployment or Job"));
+    let container = &workload["spec"]["template"]["spec"]["containers"][0];
+    let config_map = yaml_docs("deploy/kubernetes/configmap.yaml").remove(0);
+    let secret = yaml_docs("deploy/kubernetes/secret.example.yaml").remove(0);
+    let mut env = image_env();
+    for source in container["envFrom"].as_vec().into_iter().flatten() {
+        let name = source["configMapRef"]["name"]
+            .as_str()
+            .expect("a ConfigMap");
+        assert_eq!(config_map["metadata"]["name"].as_str(), Some(name));
+        for (k, v) in config_map["data"].as_hash().unwrap() {
+            env.insert(scalar(k), scalar(v));
+        }
+    }
+    for var in container["env"].as_vec().into_iter().flatten() {
+        let name = scalar(&var["name"]);
+        let value = match &var["valueFrom"]["secretKeyRef"] {
+            Yaml::BadValue => scalar(&var["value"]),
+            key => {
+                assert_eq!(secret["metadata"]["name"], key["name"]);
+                scalar(&secret["stringData"][key["key"].as_str().unwrap()])
+            }
+        };
+        env.insert(name, value);
+    }
+    let args = container["args"]
+        .as_vec()
+        .expect("args")
+        .iter()
+        .map(scalar)
+        .collect();
+    (env, args)
+}
+
+/// The README's separate fetcher: the variables and arguments of its command line.
+fn readme_fetcher() -> (Env, Vec<String>) {
+    let doc = read(FETCHER_DOC);
+    let block = doc
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("FETCHER_ENABLED=true") && b.contains("thryve-bridge serve"))
+        .expect("the separate fetcher's command");
+    let words: Vec<&str> = block.split_whitespace().filter(|w| *w != "\\").collect();
+    let binary = words.iter().position(|w| *w == "thryve-bridge").unwrap();
+    let env = words[..binary]
+        .iter()
+        .map(|w| {
+            let (k, v) = w.split_once('=').expect("NAME=value before the command");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    let args = words[binary + 1..]
+        .iter()
+        .map(|w| (*w).to_owned())
+        .collect();
+    (env, args)
+}
+
+/// The binary with exactly `env`, from a directory without a `.env`; its log (stderr) goes
+/// to a file, so that a full pipe can never stall it.
+struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn start(name: &str, env: &Env, args: &[String]) -> Self {
+        let log = std::env::temp_dir().join(format!("deployment-{}.log", uuid::Uuid::new_v4()));
+        let child = Command::new(env!("CARGO_BIN_EXE_thryve-bridge"))
+            .args(args)
+            .env_clear()
+            .envs(env)
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Waits for `/readyz` on the address the deployment binds to answer 200, then stops the
+/// process with SIGTERM, as Kubernetes and compose do, and expects a clean exit.
+async fn ready_then_stopped(name: &str, env: &Env, args: &[String]) {
+    // Where the binary will listen, read from `env` as the binary reads it.
+    let port = ServeConfig::from_env(env.clone())
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .listener
+        .bind_addr
+        .port();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let mut process = Process::start(name, env, args);
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            panic!("{name} exited ({status}) before ready: {}", process.log());
+        }
+        let answer = client
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if answer.is_ok_and(|a| a.status() == 200) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{name}: {url} not 200 within 30 s: {}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SAFETY: kill(2) on the child's own pid, which it still is (not yet waited for).
+    unsafe { libc::kill(process.child.id() as i32, libc::SIGTERM) };
+    let (status, process) = tokio::task::spawn_blocking(move || (process.child.wait(), process))
+        .await
+        .unwrap();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "{name} did not stop cleanly: {status:?}: {}",
+        process.log()
+    );
+}
+
+/// `DATABASE_URL` substituted, and nothing else.
+fn on_database(mut env: Env, db: &TestDb) -> Env {
+    assert!(env.contains_key("DATABASE_URL"), "the deployment sets one");
+    env.insert("DATABASE_URL".to_owned(), db.url());
+    env
+}
+
+#[tokio::test]
+async fn every_shipped_deployment_starts_as_shipped() {
+    // Kubernetes: the Job migrates the database, then receivers and pollers serve it.
+    let cluster_db = TestDb::unmigrated().await;
+    let (env, args) = kubernetes("deploy/kubernetes/migrate-job.yaml");
+    let mut migrate = Process::start("migrate Job", &on_database(env, &cluster_db), &args);
+    let status = migrate.child.wait().unwrap();
+    assert!(status.success(), "migrate Job: {}", migrate.log());
+    for path in [
+        "deploy/kubernetes/receiver.yaml",
+        "deploy/kubernetes/poller.yaml",
+    ] {
+        let (env, args) = kubernetes(path);
+        ready_then_stopped(path, &on_database(env, &cluster_db), &args).await;
+    }
+
+    // Compose: the bridge migrates its own database at start (MIGRATE_ON_START).
+    let compose_db = TestDb::unmigrated().await;
+    let (env, args) = compose_bridge();
+    ready_then_stopped("compose bridge", &on_database(env, &compose_db), &args).await;
+
+    // The README's fetcher, on a migrated database, calling the test's fake Thryve.
+    let fake = FakeThryve::start(|_, _| Reply::status(200, "[]")).await;
+    let fetcher_db = TestDb::new().await;
+    let (env, args) = readme_fetcher();
+    let mut env = on_database(env, &fetcher_db);
+    env.insert("THRYVE_API_URL".to_owned(), fake.url());
+    ready_then_stopped("README fetcher", &env, &args).await;
+}
