@@ -12,9 +12,9 @@ use clap::CommandFactory;
 use thryve_bridge::cli::Cli;
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// The document whose "Configuration" table lists every variable with its default. Issue 24
-/// moves the README's reference parts into docs/: change it here.
-const CONFIGURATION_TABLE: &str = "README.md";
+/// The document whose tables (one per component, headed `| variable | default | meaning |`)
+/// list every variable with its default.
+const CONFIGURATION_TABLE: &str = "docs/configuration.md";
 
 fn read(path: &str) -> String {
     fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path)
@@ -78,13 +78,16 @@ fn env_example_values() -> BTreeMap<String, String> {
 /// "(required)", `""` for an empty cell or "(empty...)".
 fn documented_defaults() -> BTreeMap<String, Option<String>> {
     let doc = read(CONFIGURATION_TABLE);
-    let table = &doc[doc
-        .find("## Configuration")
-        .expect("a Configuration section")..];
     let mut rows = BTreeMap::new();
-    for line in table.lines().skip_while(|l| !l.starts_with("| `")) {
-        if !line.starts_with('|') {
-            break;
+    let mut in_table = false;
+    for line in doc.lines() {
+        if line == "| variable | default | meaning |" {
+            in_table = true;
+            continue;
+        }
+        in_table &= line.starts_with('|');
+        if !in_table || !line.starts_with("| `") {
+            continue;
         }
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         let (names, default) = (cells[1], cells[2]);
@@ -161,14 +164,14 @@ fn compose() -> Yaml {
 }
 
 #[test]
-fn every_variable_the_binary_reads_is_in_env_example_and_the_readme() {
+fn every_variable_the_binary_reads_is_in_env_example_and_the_configuration_reference() {
     let example = env_example();
-    let readme = read("README.md");
+    let reference = read(CONFIGURATION_TABLE);
     for variable in variables_read() {
         assert!(example.contains(&variable), ".env.example lacks {variable}");
         assert!(
-            readme.contains(&format!("`{variable}`")),
-            "README lacks {variable}"
+            reference.contains(&format!("`{variable}`")),
+            "{CONFIGURATION_TABLE} lacks {variable}"
         );
     }
     let read_by_binary = variables_read();
@@ -417,7 +420,7 @@ fn help_says_where_every_setting_is_listed() {
         .expect("the binary runs");
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
-    for pointer in ["serve --help", ".env.example", "README"] {
+    for pointer in ["serve --help", ".env.example", "docs/configuration.md"] {
         assert!(help.contains(pointer), "--help lacks {pointer}: {help}");
     }
     // And what it points to holds every setting: the server's, plus the health check's URL.

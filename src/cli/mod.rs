@@ -42,7 +42,7 @@ use crate::{
                   Every setting is also read from the environment (a .env file is read first).",
     after_help = "Settings: `thryve-bridge serve --help` lists the server's; each subcommand's \
                   --help lists its own. Every variable, with its default and meaning, is in \
-                  .env.example and the README's Configuration table."
+                  .env.example and docs/configuration.md."
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -15,10 +15,13 @@ use crate::{
 pub enum RangesCommand {
     /// Claim up to --max ranges, oldest first; prints them with the Thryve call for each.
     Claim {
+        /// This worker's name, recorded in claimed_by.
         #[arg(long)]
         worker: String,
+        /// Most ranges to claim.
         #[arg(long, default_value_t = 10)]
         max: i32,
+        /// How long the claim holds before another worker may take the range.
         #[arg(long, default_value_t = 300)]
         lease_secs: u64,
         /// fetch: only ranges that need a fetch from Thryve; all: push-only ones too.
@@ -28,6 +31,7 @@ pub enum RangesCommand {
     /// Mark a claimed range done (exit 1 if the worker no longer holds it).
     Complete {
         range_id: i64,
+        /// The worker that claimed it.
         #[arg(long)]
         worker: String,
         /// The range's `claim_token` as `ranges claim` printed it: only that claim may finish
@@ -38,10 +42,13 @@ pub enum RangesCommand {
     /// Record a failed attempt: retried after --retry-in-secs, or failed when out of attempts.
     Fail {
         range_id: i64,
+        /// The worker that claimed it.
         #[arg(long)]
         worker: String,
+        /// Why, kept in last_error.
         #[arg(long)]
         error: String,
+        /// When the range is offered again.
         #[arg(long, default_value_t = 60)]
         retry_in_secs: u64,
         /// As for `complete`.
@@ -51,8 +58,10 @@ pub enum RangesCommand {
     /// Extend a claimed range's lease (exit 1 if the worker no longer holds it).
     Extend {
         range_id: i64,
+        /// The worker that claimed it.
         #[arg(long)]
         worker: String,
+        /// The new lease, from now.
         #[arg(long, default_value_t = 300)]
         lease_secs: u64,
         /// As for `complete`.

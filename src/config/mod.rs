@@ -64,8 +64,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings shared by every subcommand: how to reach the database and how to log.
+/// Settings shared by every subcommand: how to reach the database and how to log. Listed
+/// under their own heading in every subcommand's help, apart from the subcommand's options.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct DatabaseConfig {
     /// Postgres connection URL, e.g. postgres://postgres@127.0.0.1:5432/thryve.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]

@@ -81,7 +81,7 @@ pub struct ReceiverConfig {
 
     /// Concurrent inbox writers, each holding one connection while it writes. Fewer writers
     /// make bigger batches, and 2 keep one slow statement from holding up every delivery
-    /// (README, Scaling).
+    /// (docs/scaling.md).
     #[arg(long, env = "INGEST_WRITERS", default_value_t = 2)]
     pub ingest_writers: usize,
 }
