@@ -105,7 +105,7 @@ pub fn pool(
 
 /// The bridge's pool settings, shared with the load generator's drain so that it measures
 /// the poller as it runs. sqlx pings every connection it hands out by default: a round trip
-/// before each inbox write and poller batch (5-7% of peak ingest on the bench's mix). Only a
+/// before each inbox write and poller batch (bench/README.md has what it cost). Only a
 /// connection that sat idle is pinged; one in steady use that has died fails its statement,
 /// which [`classify`] reads as an outage (the receiver spools or answers 503, the poller
 /// retries).
@@ -127,8 +127,8 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
 pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// `url`'s options, with JIT compilation off for the bridge's own sessions: its statements
-/// are short, and a batch upsert whose estimate passed `jit_above_cost` spent ~20 ms
-/// compiling (10% of a poller batch) to save nothing. The server's setting is left alone.
+/// are short, and a batch upsert whose estimate passed `jit_above_cost` spent a good part of
+/// a poller batch compiling to save nothing. The server's setting is left alone.
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     Ok(url.parse::<PgConnectOptions>()?.options([("jit", "off")]))
 }

@@ -27,3 +27,9 @@ pub mod telemetry;
 pub mod thryve;
 pub mod users;
 pub mod values;
+
+/// The Rust examples of `docs/consumer-api.md`, compiled as doctests so that they cannot
+/// drift from the API (its shell and SQL examples are run by `tests/api/docs.rs`).
+#[cfg(doctest)]
+#[doc = include_str!("../docs/consumer-api.md")]
+pub struct ConsumerApiDocs;

@@ -95,8 +95,7 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
 thread_local! {
     /// One zstd decompression context per thread, reset before each body: making a context
-    /// (and its window buffer) cost more than decoding a typical data push (perf: 4.5% of the
-    /// receiver's CPU went to `ZSTD_createDCtx`).
+    /// (and its window buffer) costs more than decoding a typical data push.
     static ZSTD: RefCell<DCtx<'static>> = RefCell::new(DCtx::create());
 }
 

@@ -280,11 +280,10 @@ const PENDING_COLUMNS: &str =
 /// the rest of the transaction.
 ///
 /// A claim is an advisory lock on the row's id ([`CLAIM_LOCK`]), not a row lock: the
-/// receiver's upsert of a duplicate (Thryve sends a push twice ~80 ms apart, and retries)
-/// must not wait for the whole batch. With `FOR UPDATE SKIP LOCKED` it did, for the length
-/// of a poller batch (~400 ms), stalling the group commit the duplicate was in: ingest of
-/// the real mix with the poller on was 1.05k deliveries/s against 2.9k for the same mix
-/// without duplicates. Rows are locked only by [`finish`], as the transaction's last
+/// receiver's upsert of a duplicate (Thryve sends every push twice, moments apart, and
+/// retries) must not wait for the whole batch. With `FOR UPDATE SKIP LOCKED` it did, for the
+/// length of a poller batch, stalling the group commit the duplicate was in (bench/README.md
+/// has what that cost the ingest of the real mix). Rows are locked only by [`finish`], as the transaction's last
 /// statement. The status is read again after the locks are taken (a second statement, so a
 /// fresh snapshot): a row another poller processed and committed meanwhile drops out.
 pub async fn claim_pending(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<PendingRow>> {

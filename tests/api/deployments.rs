@@ -1,6 +1,6 @@
 //! Every deployment the repository ships, started as shipped: the real binary with exactly
 //! the environment each gives it (compose's bridge; the Kubernetes migrate Job, receiver and
-//! poller from their ConfigMap and example Secret; the README's separate fetcher), each until
+//! poller from their ConfigMap and example Secret; the docs' separate fetcher), each until
 //! `/readyz` answers 200, or `migrate` exits 0.
 //!
 //! Two values are substituted, and only they: `DATABASE_URL`, because the hosts the
@@ -24,8 +24,8 @@ use crate::{
     support::TestDb,
 };
 
-/// Where the README's separate fetcher is shown (issue 24 moves reference parts to docs/).
-const FETCHER_DOC: &str = "README.md";
+/// Where the docs show the separate fetcher.
+const FETCHER_DOC: &str = "docs/fetcher.md";
 
 type Env = BTreeMap<String, String>;
 
@@ -132,8 +132,8 @@ fn kubernetes(path: &str) -> (Env, Vec<String>) {
     (env, args)
 }
 
-/// The README's separate fetcher: the variables and arguments of its command line.
-fn readme_fetcher() -> (Env, Vec<String>) {
+/// The separate fetcher of docs/fetcher.md: the variables and arguments of its command line.
+fn docs_fetcher() -> (Env, Vec<String>) {
     let doc = read(FETCHER_DOC);
     let block = doc
         .split("```sh\n")
@@ -265,11 +265,11 @@ async fn every_shipped_deployment_starts_as_shipped() {
     let (env, args) = compose_bridge();
     ready_then_stopped("compose bridge", &on_database(env, &compose_db), &args).await;
 
-    // The README's fetcher, on a migrated database, calling the test's fake Thryve.
+    // The docs' fetcher, on a migrated database, calling the test's fake Thryve.
     let fake = FakeThryve::start(|_, _| Reply::status(200, "[]")).await;
     let fetcher_db = TestDb::new().await;
-    let (env, args) = readme_fetcher();
+    let (env, args) = docs_fetcher();
     let mut env = on_database(env, &fetcher_db);
     env.insert("THRYVE_API_URL".to_owned(), fake.url());
-    ready_then_stopped("README fetcher", &env, &args).await;
+    ready_then_stopped("docs fetcher", &env, &args).await;
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod deployments;
+mod docs;
 mod fake_thryve;
 mod fetcher;
 mod formats;

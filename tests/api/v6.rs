@@ -424,19 +424,6 @@ async fn values_stored_under_the_old_key_are_carried_over_none_merged_or_lost() 
     );
 }
 
-/// The README's SQL block that contains `marker`, as the README shows it.
-fn readme_sql(marker: &str) -> String {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    readme
-        .split("```sql\n")
-        .skip(1)
-        .filter_map(|block| block.split("```").next())
-        .find(|block| block.contains(marker))
-        .unwrap_or_else(|| panic!("README has an sql block with {marker:?}"))
-        .to_owned()
-}
-
 #[tokio::test]
 async fn the_named_views_show_names_units_and_unknown_ids() {
     let app = spawn_app().await;
@@ -557,7 +544,7 @@ async fn the_named_views_show_names_units_and_unknown_ids() {
     );
 
     // The README's example runs, and its output shows the view's columns.
-    let sql = readme_sql("FROM thryve.epoch_values_named");
+    let sql = support::sql_block("README.md", "FROM thryve.epoch_values_named");
     let statement = sql
         .lines()
         .find(|l| l.contains("thryve.epoch_values_named"))
@@ -700,7 +687,7 @@ async fn a_fetched_value_keeps_its_annotations_names_its_range_and_teaches_type_
     );
 
     // The README's "which delivery or range wrote a value" query names each truthfully.
-    let sql = readme_sql("which delivery or range wrote a value");
+    let sql = support::sql_block("docs/values.md", "which delivery or range wrote a value");
     let statement = sql
         .split(';')
         .find(|s| s.contains("which delivery or range wrote a value"))

@@ -4,6 +4,7 @@
 mod app;
 mod bodies;
 mod db;
+mod docs;
 mod wait;
 
 pub use app::{
@@ -12,4 +13,5 @@ pub use app::{
 };
 pub use bodies::{base64, epoch_notification, epoch_point, epoch_push, gzip, thryve_wire, zstd};
 pub use db::{admin_url, drop_as_admin, migrated_before, TestDb};
+pub use docs::{blocks, read_doc, sql_block, Block};
 pub use wait::wait_until;
