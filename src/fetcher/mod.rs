@@ -38,9 +38,12 @@ pub const MAX_DAILY_DAYS: i64 = 365;
 
 /// Whether fetching is paused by a 401 (shared with `/readyz`), and what this process has
 /// done since it started (written to `thryve.fetchers` for `stats`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FetcherStatus {
     paused: AtomicBool,
+    /// Bumped when a pause starts or ends, so that the status row says so at once, as
+    /// `/readyz` does, not at the next periodic report.
+    pause_changed: tokio::sync::watch::Sender<u64>,
     resume_at: Mutex<Option<Instant>>,
     reason: Mutex<Option<String>>,
     done: AtomicU64,
@@ -48,6 +51,22 @@ pub struct FetcherStatus {
     failed: AtomicU64,
     values_written: AtomicU64,
     last_done_at: Mutex<Option<DateTime<Utc>>>,
+}
+
+impl Default for FetcherStatus {
+    fn default() -> Self {
+        Self {
+            paused: AtomicBool::default(),
+            pause_changed: tokio::sync::watch::Sender::new(0),
+            resume_at: Mutex::default(),
+            reason: Mutex::default(),
+            done: AtomicU64::default(),
+            retried: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            values_written: AtomicU64::default(),
+            last_done_at: Mutex::default(),
+        }
+    }
 }
 
 impl FetcherStatus {
@@ -113,12 +132,18 @@ impl FetcherStatus {
     fn pause(&self, reason: String, for_: Duration) {
         *self.reason.lock().expect("not poisoned") = Some(reason);
         *self.resume_at.lock().expect("not poisoned") = Some(Instant::now() + for_);
-        self.paused.store(true, Ordering::Relaxed);
+        if !self.paused.swap(true, Ordering::Relaxed) {
+            self.pause_changed.send_modify(|n| *n += 1);
+        }
     }
 
     fn resume(&self) -> bool {
         *self.resume_at.lock().expect("not poisoned") = None;
-        self.paused.swap(false, Ordering::Relaxed)
+        let was_paused = self.paused.swap(false, Ordering::Relaxed);
+        if was_paused {
+            self.pause_changed.send_modify(|n| *n += 1);
+        }
+        was_paused
     }
 
     /// When the pause (if any) ends and one call may try the credentials again.
@@ -255,8 +280,9 @@ impl Outcome {
     }
 }
 
-/// How often a fetcher writes its row of `thryve.fetchers`.
-const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How often a fetcher writes its row of `thryve.fetchers` (at once, too, when a pause starts
+/// or ends).
+pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// The longest wait after claims that keep failing (the database out), or the interval.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -304,6 +330,7 @@ impl Fetcher {
             concurrency = self.config.fetcher_concurrency,
             "fetcher started"
         );
+        let status_changed = self.status.pause_changed.subscribe();
         let this = Arc::new(self);
         for i in 0..this.config.fetcher_concurrency {
             let consumer = Consumer::new(this.pool.clone(), format!("{}-{i}", this.worker));
@@ -320,7 +347,7 @@ impl Fetcher {
                 fetcher: this,
                 started_at: Utc::now(),
             },
-            Wake::every(REPORT_EVERY),
+            Wake::every(REPORT_EVERY).or(status_changed),
         );
     }
 

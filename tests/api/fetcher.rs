@@ -11,7 +11,7 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde_json::{json, Value};
 use thryve_bridge::{
     config::{parse_env, FetcherConfig},
-    fetcher::{Fetcher, Outcome},
+    fetcher::{self, Fetcher, Outcome},
     metrics::Metrics,
     ranges::{self, Consumer, DirtyRange, Extent, MergedSpan},
 };
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     fake_thryve::{answer, FakeThryve, Reply, Seen},
     poller::{poller, store},
-    support::{spawn_app_with, test_config, TestDb},
+    support::{spawn_app_with, test_config, wait_until, TestDb},
 };
 
 pub fn at(s: &str) -> DateTime<Utc> {
@@ -683,6 +683,42 @@ async fn a_401_pauses_all_fetching_and_readyz_says_so() {
         failed_401, calls,
         "the ranges that met the 401 are pending again with it"
     );
+}
+
+#[tokio::test]
+async fn a_pause_is_in_stats_as_soon_as_readyz_says_it_not_at_the_next_report() {
+    let fake = FakeThryve::start(|_, _| Reply::status(401, "Unauthorized")).await;
+    let mut config = test_config();
+    config.fetcher = self::config(&fake);
+    let app = spawn_app_with(config).await;
+    add(
+        &app.db,
+        "a",
+        8,
+        &[3000],
+        Extent::Epoch(at("2025-12-01T00:00:00Z"), at("2025-12-01T01:00:00Z")),
+    )
+    .await;
+    wait_until(Duration::from_secs(10), "readyz says paused", || async {
+        app.get_status("/readyz").await == 503
+    })
+    .await;
+    // The periodic report would say it within REPORT_EVERY; the pause itself must, well
+    // before that.
+    let pool = &app.db.pool;
+    wait_until(
+        fetcher::REPORT_EVERY / 2,
+        "thryve.fetchers shows the pause",
+        || async {
+            sqlx::query_scalar::<_, Option<String>>("SELECT paused_reason FROM thryve.fetchers")
+                .fetch_optional(pool)
+                .await
+                .unwrap()
+                .flatten()
+                .is_some_and(|reason| reason.contains("401"))
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
