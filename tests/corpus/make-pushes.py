@@ -2,7 +2,7 @@
 """Writes the data-push files of this corpus in their wire form: base64 text (standard
 alphabet, padded, no line breaks) of a zstd frame, as Thryve sends them under
 `content-encoding: zstd`. Deterministic; needs the `zstd` and `base64` commands.
-Shapes follow ../shared/reference/thryve-facts.md: epoch pushes of 32 values (the median) and
+Shapes follow captures of real traffic (docs/endpoint.md): epoch pushes of 32 values (the median) and
 1,000 (the page size), sparse instants over four weeks, a 1-minute point and an aggregate with
 one start (type 1011), instants without endTimestamp, sleep values with an end; daily pushes of
 10 values. The push-v6-* files are the shapes Thryve's current (v6) pages document (the facts'
