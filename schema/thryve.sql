@@ -117,7 +117,8 @@ CREATE TABLE thryve.inbox (
     connected boolean,
     event_time timestamp with time zone,
     signed_at timestamp with time zone,
-    traceparent text
+    traceparent text,
+    value_count integer
 );
 
 CREATE TABLE thryve.settings (

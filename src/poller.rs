@@ -155,12 +155,12 @@ impl Poller {
     /// rows stay pending for the next poll.
     pub async fn poll_once(&self) -> sqlx::Result<BatchReport> {
         let mut tx = self.pool.begin().await?;
-        let rows = inbox::claim_pending(&mut tx, self.config.poll_batch_size).await?;
+        let rows = inbox::claim_pending(&mut tx, self.limits()).await?;
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(BatchReport::default());
         }
-        let plan = plan(&rows);
+        let plan = plan(&rows, self.config.max_values_per_delivery);
         match commit_plan(tx, &plan).await? {
             Applied::Committed => Ok(plan.report(rows.len())),
             Applied::Refused(error) | Applied::TimedOut(error) => {
@@ -180,10 +180,11 @@ impl Poller {
     async fn poll_row(&self, id: i64) -> sqlx::Result<BatchReport> {
         let mut tx = self.pool.begin().await?;
         inbox::bound_lock_waits(&mut *tx).await?;
-        let Some(row) = inbox::claim_one(&mut tx, id).await? else {
+        let max = self.config.max_values_per_delivery;
+        let Some(row) = inbox::claim_one(&mut tx, id, max).await? else {
             return Ok(BatchReport::default());
         };
-        let plan = plan(std::slice::from_ref(&row));
+        let plan = plan(std::slice::from_ref(&row), max);
         let reason = match commit_plan(tx, &plan).await? {
             Applied::Committed => {
                 self.timeouts().remove(&id);
@@ -214,7 +215,7 @@ impl Poller {
             }
         };
         let mut tx = self.pool.begin().await?;
-        if inbox::claim_one(&mut tx, id).await?.is_some() {
+        if inbox::claim_one(&mut tx, id, 0).await?.is_some() {
             inbox::finish(&mut *tx, &[id], &[Status::Quarantined], &[Some(reason)]).await?;
         }
         tx.commit().await?;
@@ -223,6 +224,16 @@ impl Poller {
             quarantined: 1,
             ..BatchReport::default()
         })
+    }
+
+    /// A batch's rows and values (`POLL_BATCH_SIZE`, `POLL_BATCH_VALUES`); rows over
+    /// `MAX_VALUES_PER_DELIVERY` come without their payload.
+    fn limits(&self) -> inbox::ClaimLimits {
+        inbox::ClaimLimits {
+            rows: self.config.poll_batch_size,
+            values: self.config.poll_batch_values,
+            values_per_row: self.config.max_values_per_delivery,
+        }
     }
 
     fn timeouts(&self) -> std::sync::MutexGuard<'_, HashMap<i64, u32>> {
@@ -295,13 +306,30 @@ impl Plan {
     }
 }
 
-fn plan(rows: &[PendingRow]) -> Plan {
+/// What `rows` write. A row with more than `max_values` values (`MAX_VALUES_PER_DELIVERY`)
+/// is quarantined unread: its payload was not even fetched.
+fn plan(rows: &[PendingRow], max_values: i64) -> Plan {
     let mut plan = Plan::default();
     let mut spans = Vec::new();
     let mut connections: HashMap<(String, i32), (i64, ConnectionChange)> = HashMap::new();
     let mut source_names: HashMap<i32, (String, i64)> = HashMap::new();
     for row in rows {
         plan.ids.push(row.id);
+        if row.value_count > max_values {
+            tracing::warn!(
+                inbox_id = row.id,
+                values = row.value_count,
+                max_values,
+                "inbox row quarantined: more values than MAX_VALUES_PER_DELIVERY"
+            );
+            plan.statuses.push(Status::Quarantined);
+            plan.errors.push(Some(format!(
+                "poller: {} values, more than MAX_VALUES_PER_DELIVERY ({max_values}); raise it \
+                 and replay this row (thryve-bridge inbox replay --id {})",
+                row.value_count, row.id
+            )));
+            continue;
+        }
         let (user, effects) = match row_effects(row) {
             Ok(found) => found,
             Err(RowProblem::Invalid(reason)) => {

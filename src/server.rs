@@ -122,6 +122,8 @@ impl Application {
             ingest_batch_max = receiver.ingest_batch_max,
             poller = poller.poller_enabled,
             poll_batch_size = poller.poll_batch_size,
+            poll_batch_values = poller.poll_batch_values,
+            max_values_per_delivery = poller.max_values_per_delivery,
             poll_concurrency = poller.poll_concurrency,
             poll_interval_ms = poller.poll_interval_ms,
             poll_notify = poller.poll_notify,

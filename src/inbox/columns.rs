@@ -28,7 +28,7 @@ const fn column(name: &'static str, bound_as: &'static str, cast: &'static str) 
 
 /// What parsing the body decides: the same for a first delivery and for `replay`, which
 /// parses stored rows again. In the order [`Classified::push`] binds them.
-const CLASSIFIED: [Column; 13] = [
+const CLASSIFIED: [Column; 14] = [
     column("status", "text", ""),
     column("error", "text", ""),
     column("event_type", "text", ""),
@@ -43,6 +43,7 @@ const CLASSIFIED: [Column; 13] = [
     column("end_day", "date", ""),
     column("connected", "boolean", ""),
     column("event_time", "timestamptz", ""),
+    column("value_count", "integer", ""),
 ];
 
 /// The rest of a new row: which content, how often, and when and how it came. In the order
@@ -148,6 +149,7 @@ pub(super) struct Classified<'a> {
     end_day: Vec<Option<chrono::NaiveDate>>,
     connected: Vec<Option<bool>>,
     event_time: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    value_count: Vec<Option<i32>>,
 }
 
 impl<'a> Classified<'a> {
@@ -167,6 +169,7 @@ impl<'a> Classified<'a> {
         self.end_day.push(t.end_day);
         self.connected.push(t.connected);
         self.event_time.push(t.event_time);
+        self.value_count.push(d.value_count);
     }
 
     /// Binds the arrays after what `args` holds, in [`CLASSIFIED`]'s order.
@@ -184,7 +187,8 @@ impl<'a> Classified<'a> {
         add(args.add(self.start_day))?;
         add(args.add(self.end_day))?;
         add(args.add(self.connected))?;
-        add(args.add(self.event_time))
+        add(args.add(self.event_time))?;
+        add(args.add(self.value_count))
     }
 }
 

@@ -92,6 +92,9 @@ pub struct NewDelivery {
     pub end_user_id: Option<String>,
     pub end_user_alias: Option<String>,
     pub typed: TypedColumns,
+    /// How many values it carries: a data push's values, 0 for any other valid event, `None`
+    /// when it is not valid (the poller never reads it). The poller sizes batches by it.
+    pub value_count: Option<i32>,
     /// When the bridge first received it, if not now (a delivery loaded from the spool).
     pub received_at: Option<DateTime<Utc>>,
     /// When Thryve signed it (`x-hmac-timestamp` within the window), if known: the version
@@ -115,25 +118,31 @@ impl NewDelivery {
         let canonical = thryve::canonical_object(body);
         let fingerprint = thryve::fingerprint(&canonical);
         let payload = String::from_utf8(canonical).expect("serde_json writes UTF-8");
-        let (status, error, envelope, typed) = match thryve::parse(body) {
+        let (status, error, envelope, typed, value_count) = match thryve::parse(body) {
             Parsed::Valid(n) => {
                 let typed = typed_columns(&n.event);
+                let value_count = Some(i32::try_from(n.event.value_count()).unwrap_or(i32::MAX));
                 let envelope = thryve::Envelope {
                     event_type: Some(n.event_type),
                     end_user_id: Some(n.end_user_id),
                     end_user_alias: n.end_user_alias,
                 };
-                (Status::Pending, None, envelope, typed)
+                (Status::Pending, None, envelope, typed, value_count)
             }
             Parsed::Invalid { envelope, error } => (
                 Status::Quarantined,
                 Some(error.to_string()),
                 envelope,
                 TypedColumns::default(),
+                None,
             ),
-            Parsed::Unknown { envelope } => {
-                (Status::Ignored, None, envelope, TypedColumns::default())
-            }
+            Parsed::Unknown { envelope } => (
+                Status::Ignored,
+                None,
+                envelope,
+                TypedColumns::default(),
+                None,
+            ),
         };
         Self {
             fingerprint,
@@ -144,6 +153,7 @@ impl NewDelivery {
             end_user_id: envelope.end_user_id,
             end_user_alias: envelope.end_user_alias,
             typed,
+            value_count,
             received_at: None,
             signed_at: None,
             traceparent: None,
@@ -250,8 +260,9 @@ pub async fn insert_batch(
         .await
 }
 
-/// A pending row as the poller sees it: the typed columns, and the payload only where the
-/// typed columns do not describe the whole event (`data_source_id` is null).
+/// A pending row as the poller sees it: the typed columns, how many values it carries, and
+/// the payload only where the typed columns do not describe the whole event (`data_source_id`
+/// is null) and it carries no more values than the claim allows.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingRow {
     pub id: i64,
@@ -265,18 +276,46 @@ pub struct PendingRow {
     pub end_day: Option<NaiveDate>,
     pub connected: Option<bool>,
     pub event_time: Option<DateTime<Utc>>,
+    /// The values it carries (`value_count`, or counted in its payload for a row written
+    /// before there was one).
+    pub value_count: i64,
     pub payload: Option<Value>,
     /// The version of the values it carries: when it was signed, else first received.
     pub version_at: DateTime<Utc>,
 }
 
+/// How much one claim may take: rows, and values summed over them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimLimits {
+    /// Most rows.
+    pub rows: i64,
+    /// Most values summed over the rows; a row with more than this is claimed alone.
+    pub values: i64,
+    /// A row with more values than this is claimed without its payload (the poller sets it
+    /// aside unread).
+    pub values_per_row: i64,
+}
+
 const PENDING_COLUMNS: &str =
     "i.id, i.event_type, i.end_user_id, i.data_source_id, i.data_type_ids,
     i.start_time, i.end_time, i.start_day, i.end_day, i.connected, i.event_time,
-    coalesce(i.signed_at, i.first_received_at) AS version_at,
-    CASE WHEN i.data_source_id IS NULL THEN i.payload END AS payload";
+    coalesce(i.signed_at, i.first_received_at) AS version_at";
 
-/// Claims up to `limit` pending rows, oldest first, skipping rows another poller holds, for
+/// Row `i`'s values: its `value_count`, or for a row written before that column (or by an
+/// older binary) the values counted in its payload, an element or an array of elements with
+/// `epochData` or `dailyData` arrays (rows with typed columns carry none).
+const VALUE_COUNT: &str =
+    "coalesce(i.value_count, CASE WHEN i.data_source_id IS NOT NULL THEN 0 ELSE (
+        SELECT coalesce(sum(jsonb_array_length(CASE
+                   WHEN jsonb_typeof(s.e -> 'epochData') = 'array' THEN s.e -> 'epochData'
+                   WHEN jsonb_typeof(s.e -> 'dailyData') = 'array' THEN s.e -> 'dailyData'
+                   ELSE '[]' END)), 0)
+        FROM jsonb_array_elements(CASE jsonb_typeof(i.payload -> 'data')
+                 WHEN 'array' THEN i.payload -> 'data'
+                 WHEN 'object' THEN jsonb_build_array(i.payload -> 'data')
+                 ELSE '[]' END) AS s(e)) END)::bigint";
+
+/// Claims pending rows within `limits`, oldest first, skipping rows another poller holds, for
 /// the rest of the transaction.
 ///
 /// A claim is an advisory lock on the row's id ([`CLAIM_LOCK`]), not a row lock: the
@@ -286,11 +325,19 @@ const PENDING_COLUMNS: &str =
 /// has what that cost the ingest of the real mix). Rows are locked only by [`finish`], as the transaction's last
 /// statement. The status is read again after the locks are taken (a second statement, so a
 /// fresh snapshot): a row another poller processed and committed meanwhile drops out.
-pub async fn claim_pending(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<PendingRow>> {
+///
+/// The values are counted before any payload is read: the batch ends at the first row that
+/// would take it past `limits.values` (such a row leads the next batch, alone if need be), so
+/// what a poller holds follows the limit, not what was pushed. Rows held but left out stay
+/// pending; their locks end with the transaction.
+pub async fn claim_pending(
+    conn: &mut PgConnection,
+    limits: ClaimLimits,
+) -> sqlx::Result<Vec<PendingRow>> {
     // A claim whose rows all turned out processed by another poller (locked between that
     // poller's commit and this statement) is tried again: the next snapshot skips them.
     for _ in 0..3 {
-        let rows = claim_some(&mut *conn, limit).await?;
+        let rows = claim_some(&mut *conn, limits).await?;
         if rows.as_ref().is_none_or(|rows| !rows.is_empty()) {
             return Ok(rows.unwrap_or_default());
         }
@@ -299,39 +346,66 @@ pub async fn claim_pending(conn: &mut PgConnection, limit: i64) -> sqlx::Result<
 }
 
 /// One try of [`claim_pending`]: `None` when nothing pending was free.
-async fn claim_some(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Option<Vec<PendingRow>>> {
+async fn claim_some(
+    conn: &mut PgConnection,
+    limits: ClaimLimits,
+) -> sqlx::Result<Option<Vec<PendingRow>>> {
     // The window is a few batches deep, so that several pollers each find a batch's worth
     // that nobody holds; the try-locks run on candidates in id order until `limit` rows are
     // held. A row is taken only with its user ([`USER_CLAIM_LOCK`]): pollers then work on
     // disjoint users, and never queue on each other's range locks for the rest of a batch
     // (two batches of 100 of the mix's 2,000 users nearly always shared one).
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let held: Vec<(i64, i64)> = sqlx::query_as(&format!(
         "WITH candidates AS MATERIALIZED (
              SELECT id, end_user_id FROM thryve.inbox WHERE status = 'pending'
-             ORDER BY id LIMIT $1 * 4)
-         SELECT id FROM candidates
-         WHERE CASE WHEN pg_try_advisory_xact_lock($2, hashtext(coalesce(end_user_id, '')))
-                    THEN pg_try_advisory_xact_lock($3 + (id >> 31)::integer,
-                                                   (id & 2147483647)::integer)
-                    ELSE false END
-         LIMIT $1",
-    )
-    .bind(limit)
+             ORDER BY id LIMIT $1 * 4),
+         held AS MATERIALIZED (
+             SELECT id FROM candidates
+             WHERE CASE WHEN pg_try_advisory_xact_lock($2, hashtext(coalesce(end_user_id, '')))
+                        THEN pg_try_advisory_xact_lock($3 + (id >> 31)::integer,
+                                                       (id & 2147483647)::integer)
+                        ELSE false END
+             LIMIT $1)
+         SELECT i.id, {VALUE_COUNT} FROM held JOIN thryve.inbox i USING (id) ORDER BY i.id"
+    ))
+    .bind(limits.rows)
     .bind(USER_CLAIM_LOCK)
     .bind(CLAIM_LOCK)
     .fetch_all(&mut *conn)
     .await?;
-    if ids.is_empty() {
+    if held.is_empty() {
         return Ok(None);
     }
+    let (ids, counts): (Vec<i64>, Vec<i64>) = within_values(&held, limits).into_iter().unzip();
     sqlx::query_as(&format!(
-        "SELECT {PENDING_COLUMNS} FROM thryve.inbox i
-         WHERE i.id = ANY ($1) AND i.status = 'pending' ORDER BY i.id"
+        "SELECT {PENDING_COLUMNS}, c.n AS value_count,
+                CASE WHEN i.data_source_id IS NULL AND c.n <= $3 THEN i.payload END AS payload
+         FROM unnest($1::bigint[], $2::bigint[]) AS c(id, n) JOIN thryve.inbox i USING (id)
+         WHERE i.status = 'pending' ORDER BY i.id"
     ))
     .bind(ids)
+    .bind(counts)
+    .bind(limits.values_per_row)
     .fetch_all(&mut *conn)
     .await
     .map(Some)
+}
+
+/// The first of `held` (id, values), in order, whose values sum to at most `limits.values`,
+/// and always the first; rows over `limits.values_per_row` cost nothing (their payload is
+/// not read).
+fn within_values(held: &[(i64, i64)], limits: ClaimLimits) -> Vec<(i64, i64)> {
+    let mut taken = Vec::with_capacity(held.len());
+    let mut values = 0;
+    for &(id, n) in held {
+        let cost = if n > limits.values_per_row { 0 } else { n };
+        if !taken.is_empty() && values + cost > limits.values {
+            break;
+        }
+        values += cost;
+        taken.push((id, n));
+    }
+    taken
 }
 
 /// The advisory lock that claims inbox row `id` for a poller's transaction, in the two-key
@@ -358,8 +432,13 @@ pub async fn bound_lock_waits(executor: impl PgExecutor<'_>) -> sqlx::Result<()>
     Ok(())
 }
 
-/// Claims one row ([`claim_pending`]'s way) if it is still pending and free.
-pub async fn claim_one(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option<PendingRow>> {
+/// Claims one row ([`claim_pending`]'s way) if it is still pending and free; its payload
+/// only if it carries at most `values_per_row` values.
+pub async fn claim_one(
+    conn: &mut PgConnection,
+    id: i64,
+    values_per_row: i64,
+) -> sqlx::Result<Option<PendingRow>> {
     let claimed: bool = sqlx::query_scalar(
         "SELECT pg_try_advisory_xact_lock($2 + ($1::bigint >> 31)::integer,
                                           ($1::bigint & 2147483647)::integer)",
@@ -372,9 +451,13 @@ pub async fn claim_one(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option<
         return Ok(None);
     }
     sqlx::query_as(&format!(
-        "SELECT {PENDING_COLUMNS} FROM thryve.inbox i WHERE i.id = $1 AND i.status = 'pending'"
+        "SELECT {PENDING_COLUMNS}, c.n AS value_count,
+                CASE WHEN i.data_source_id IS NULL AND c.n <= $2 THEN i.payload END AS payload
+         FROM thryve.inbox i, LATERAL (SELECT {VALUE_COUNT} AS n) c
+         WHERE i.id = $1 AND i.status = 'pending'"
     ))
     .bind(id)
+    .bind(values_per_row)
     .fetch_optional(&mut *conn)
     .await
 }

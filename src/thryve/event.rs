@@ -91,6 +91,17 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// How many values the event carries: a data push's, 0 for a notification.
+    pub fn value_count(&self) -> usize {
+        match self {
+            Event::EpochPush(sources) => sources.iter().map(|s| s.values.len()).sum(),
+            Event::DailyPush(sources) => sources.iter().map(|s| s.values.len()).sum(),
+            _ => 0,
+        }
+    }
+}
+
 /// Epoch data of some types changed between two instants (both inclusive).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstantSpan {

@@ -21,7 +21,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::{
     fake_thryve::{FakeThryve, Reply},
-    support::TestDb,
+    support::{answer, epoch_push, receiver_only, spawn_app_with, thryve_wire, TestDb},
 };
 
 /// Where the docs show the separate fetcher.
@@ -272,4 +272,178 @@ async fn every_shipped_deployment_starts_as_shipped() {
     let mut env = on_database(env, &fetcher_db);
     env.insert("THRYVE_API_URL".to_owned(), fake.url());
     ready_then_stopped("docs fetcher", &env, &args).await;
+}
+
+/// The container's `resources.limits.memory` in `path`, in bytes (`Mi` or `Gi`).
+fn memory_limit(path: &str) -> u64 {
+    let workload = yaml_docs(path)
+        .into_iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .unwrap();
+    let limit = scalar(
+        &workload["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"],
+    );
+    let (number, unit) = limit.split_at(limit.len() - 2);
+    let number: u64 = number.parse().unwrap_or_else(|e| panic!("{limit}: {e}"));
+    match unit {
+        "Mi" => number << 20,
+        "Gi" => number << 30,
+        other => panic!("{path}: memory limit in {other}"),
+    }
+}
+
+/// A memory cgroup of the test's own under this process's, limited to `bytes` as the
+/// container runtime limits a pod (no swap beyond it): a process moved into it is killed by
+/// the kernel when it needs more. `None` where this process may not make one (not root, no
+/// memory controller mounted); the caller then checks the peak RSS instead.
+struct MemoryCgroup {
+    dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    fn new(bytes: u64) -> Option<Self> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        // cgroup v1 ("N:memory:/path") or v2 ("0::/path").
+        let (root, path, limit_file) = own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if controllers.split(',').any(|c| c == "memory") {
+                Some(("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes"))
+            } else if controllers.is_empty()
+                && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+            {
+                Some(("/sys/fs/cgroup", path, "memory.max"))
+            } else {
+                None
+            }
+        })?;
+        let dir = PathBuf::from(format!("{root}{path}/thryve-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir).ok()?;
+        let group = Self { dir };
+        std::fs::write(group.dir.join(limit_file), bytes.to_string()).ok()?;
+        // v1 counts swap apart: hold memory and swap together to the same limit.
+        let _ = std::fs::write(
+            group.dir.join("memory.memsw.limit_in_bytes"),
+            bytes.to_string(),
+        );
+        Some(group)
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .expect("move into the cgroup");
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `VmHWM`); `None` once the process has
+/// ended (a zombie has none).
+fn proc_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// 15,000 epoch values of one user in one push, in Thryve's wire form: just under the
+/// default 1 MiB decoded, about 29 KB on the wire.
+fn huge_push(user: &str) -> Vec<u8> {
+    let points = (0..15_000_i64)
+        .map(|i| {
+            serde_json::json!({"startTimestamp": 1_764_547_200_000 + i * 60_000,
+                               "dataTypeId": 3000, "value": (60 + i % 40).to_string()})
+        })
+        .collect();
+    thryve_wire(
+        epoch_push(user, "create", Some("Withings"), points)
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn the_shipped_poller_works_through_huge_pushes_within_its_memory_limit() {
+    // 25 pushes of 15,000 values each, stored by a receiver, then the Kubernetes poller as
+    // shipped, held to the memory its manifest allows. Before a batch was bounded in values it
+    // was killed within a second and restarted into the same rows for good.
+    let path = "deploy/kubernetes/poller.yaml";
+    let limit = memory_limit(path);
+    let app = spawn_app_with(receiver_only()).await;
+    for i in 0..25 {
+        let wire = huge_push(&format!("huge-{i}"));
+        let size = wire.len();
+        let (status, answer) = answer(app.post_encoded("zstd", wire).await).await;
+        assert_eq!(status, 200, "push {i} ({size} bytes): {answer}");
+    }
+    let (env, args) = kubernetes(path);
+    let mut env = on_database(env, &app.db);
+    // Beside the other tests, not on the shipped port.
+    env.insert("BIND_ADDR".to_owned(), "127.0.0.1:0".to_owned());
+    let cgroup = MemoryCgroup::new(limit);
+    let mut process = Process::start(path, &env, &args);
+    let pid = process.child.id();
+    if let Some(cgroup) = &cgroup {
+        cgroup.add(pid);
+    }
+    let started = Instant::now();
+    let mut peak = 0;
+    loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            panic!(
+                "{path} exited ({status}) within its {} MiB: {}",
+                limit >> 20,
+                process.log()
+            );
+        }
+        peak = peak.max(proc_kib(pid, "VmHWM").unwrap_or(0));
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM thryve.inbox WHERE status = 'pending'")
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{pending} pushes still pending after 300 s: {}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM thryve.inbox GROUP BY status ORDER BY 1")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    let values: i64 = sqlx::query_scalar("SELECT count(*) FROM thryve.epoch_values")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    eprintln!(
+        "poller: {} MiB limit ({}), peak RSS {} MiB, RSS when done {} MiB, {:?}, {values} values, {:.1} s",
+        limit >> 20,
+        if cgroup.is_some() { "cgroup" } else { "no cgroup here: peak RSS checked" },
+        peak >> 10,
+        proc_kib(pid, "VmRSS").unwrap_or(0) >> 10,
+        statuses,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        statuses,
+        vec![("processed".to_owned(), 25)],
+        "{}",
+        process.log()
+    );
+    assert_eq!(values, 25 * 15_000);
+    assert!(
+        peak << 10 < limit,
+        "peak RSS {peak} KiB over the {limit} byte limit"
+    );
 }

@@ -24,15 +24,21 @@ pub fn poller(db: &TestDb) -> Poller {
     Poller::new(db.pool.clone(), &test_config().poller)
 }
 
-/// A poller's transaction on a connection of its own that has claimed up to `limit` rows and
-/// not committed: the claim lasts until the caller ends the transaction or drops the
-/// connection.
+/// A poller's transaction on a connection of its own that has claimed up to `limit` rows
+/// (within the default values limits) and not committed: the claim lasts until the caller
+/// ends the transaction or drops the connection.
 pub async fn open_claim(db: &TestDb, limit: i64) -> (sqlx::PgConnection, Vec<inbox::PendingRow>) {
+    let defaults = test_config().poller;
+    let limits = inbox::ClaimLimits {
+        rows: limit,
+        values: defaults.poll_batch_values,
+        values_per_row: defaults.max_values_per_delivery,
+    };
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url())
         .await
         .unwrap();
     sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
-    let claimed = inbox::claim_pending(&mut conn, limit).await.unwrap();
+    let claimed = inbox::claim_pending(&mut conn, limits).await.unwrap();
     (conn, claimed)
 }
 
@@ -991,4 +997,101 @@ async fn a_poller_does_not_take_rows_of_a_user_another_poller_holds() {
 
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
     assert_eq!(poller(&db).poll_once().await.unwrap().processed, 2);
+}
+
+/// An epoch push of `n` one-minute heart rates of `user`.
+fn push_of(user: &str, n: i64) -> Value {
+    let points = (0..n)
+        .map(|i| {
+            epoch_point(
+                ms("2026-12-01T00:00:00Z") + i * 60_000,
+                None,
+                60,
+                3000,
+                "61",
+            )
+        })
+        .collect();
+    epoch_push(user, "create", None, points)
+}
+
+#[tokio::test]
+async fn a_batch_stops_growing_at_its_values_and_a_larger_row_goes_alone() {
+    // Not the defaults: a budget of 15 values makes three pushes of 10 three batches.
+    let db = TestDb::new().await;
+    let ids = store(&db, &[push_of("a", 10), push_of("b", 10), push_of("c", 30)]).await;
+    let counts: Vec<Option<i32>> =
+        sqlx::query_scalar("SELECT value_count FROM thryve.inbox ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        counts,
+        [Some(10), Some(10), Some(30)],
+        "the receiver counts values"
+    );
+    let mut config = test_config().poller;
+    config.poll_batch_values = 15;
+    let poller = Poller::new(db.pool.clone(), &config);
+    let mut batches = Vec::new();
+    loop {
+        let report = poller.poll_once().await.unwrap();
+        if report.rows == 0 {
+            break;
+        }
+        batches.push((report.rows, report.processed));
+    }
+    // 10, then 10 (10 + 10 > 15), then the 30-value row alone: over the budget, not the limit.
+    assert_eq!(batches, [(1, 1), (1, 1), (1, 1)], "{ids:?}");
+    let values: i64 = sqlx::query_scalar("SELECT count(*) FROM thryve.epoch_values")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(values, 50);
+}
+
+#[tokio::test]
+async fn a_delivery_over_max_values_is_quarantined_unread_naming_the_limit_and_replays_once_raised()
+{
+    // Not the defaults: MAX_VALUES_PER_DELIVERY of 20 against a push of 30.
+    let db = TestDb::new().await;
+    let ids = store(&db, &[push_of("big", 30), push_of("small", 5)]).await;
+    // A row written before `value_count` (or by an older binary) is counted in SQL.
+    sqlx::query("UPDATE thryve.inbox SET value_count = NULL WHERE id = $1")
+        .bind(ids[0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut config = test_config().poller;
+    config.max_values_per_delivery = 20;
+    Poller::new(db.pool.clone(), &config).drain().await.unwrap();
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT status, error FROM thryve.inbox ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows[0].0, "quarantined");
+    let error = rows[0].1.as_deref().unwrap();
+    assert!(
+        error.contains("30 values, more than MAX_VALUES_PER_DELIVERY (20)")
+            && error.contains(&format!("inbox replay --id {}", ids[0])),
+        "{error}"
+    );
+    assert_eq!(rows[1], ("processed".to_owned(), None));
+
+    // Raised, and replayed as the error says: applied.
+    let mut conn = db.pool.acquire().await.unwrap();
+    inbox::replay(&mut conn, None, Some(ids[0]), 10)
+        .await
+        .unwrap();
+    poller(&db).drain().await.unwrap();
+    let (status, values): (String, i64) = sqlx::query_as(
+        "SELECT status, (SELECT count(*) FROM thryve.epoch_values WHERE end_user_id = 'big')
+         FROM thryve.inbox WHERE id = $1",
+    )
+    .bind(ids[0])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), values), ("processed", 30));
 }
