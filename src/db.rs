@@ -245,33 +245,36 @@ pub(crate) async fn bounded_batch(
 pub enum NotReady {
     #[error("database unreachable: {0}")]
     Unreachable(#[from] sqlx::Error),
-    #[error("database not migrated: at version {have:?}, this build needs {want}; run `thryve-bridge migrate`")]
-    NotMigrated { have: Option<i64>, want: i64 },
+    /// The database has none of this binary's migrations (a new database, or one dropped and
+    /// recreated, restored without the bridge's schema), or the bridge's objects are gone.
+    #[error("schema missing ({0}): deliveries are spooled or refused until `thryve-bridge migrate` runs")]
+    SchemaMissing(String),
+    #[error("database is not at this binary's migration ({pending} pending); run `thryve-bridge migrate`")]
+    Behind { pending: usize },
     #[error("database is read-only (a standby, or default_transaction_read_only): deliveries cannot be committed")]
     ReadOnly,
     #[error("thryve.inbox is locked by another session: deliveries would wait for it")]
     InboxLocked,
 }
 
-/// Ok when the database answers and has every embedded migration applied.
+/// Ok when the database answers and has every embedded migration applied (one applied by a
+/// newer binary is no reason to be unready).
 pub async fn readiness(pool: &PgPool) -> Result<(), NotReady> {
-    let want = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let table_exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
-    let have: Option<i64> = if table_exists {
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await?
-    } else {
-        None
-    };
-    match have {
-        Some(v) if v >= want => {}
-        have => return Err(NotReady::NotMigrated { have, want }),
-    }
+    at_migration(pool).await?;
     writable(pool).await
+}
+
+/// Ok when the database has every migration this binary embeds ([`migration_status`]);
+/// otherwise why not, as `/readyz` and the spool loader say it.
+pub async fn at_migration(pool: &PgPool) -> Result<(), NotReady> {
+    let status = migration_status(pool).await?;
+    match status.pending.len() {
+        0 => Ok(()),
+        _ if status.applied.is_empty() && status.mismatched.is_empty() => Err(
+            NotReady::SchemaMissing("the database has none of this binary's migrations".into()),
+        ),
+        pending => Err(NotReady::Behind { pending }),
+    }
 }
 
 /// Ok when a delivery could be committed now: the session is not read-only and nothing holds
@@ -294,6 +297,9 @@ async fn writable(pool: &PgPool) -> Result<(), NotReady> {
     match locked {
         Ok(_) => {}
         Err(e) if is_lock_wait(&e) => return Err(NotReady::InboxLocked),
+        Err(sqlx::Error::Database(e)) if is_missing_own_object(&*e) => {
+            return Err(NotReady::SchemaMissing(e.message().to_owned()))
+        }
         Err(e) => return Err(e.into()),
     }
     tx.rollback().await?;
@@ -339,7 +345,7 @@ pub fn classify(phase: Phase, error: &sqlx::Error) -> Failure {
     let outage = match (phase, error) {
         (Phase::Connect, _) => true,
         (Phase::Statement, sqlx::Error::Database(e)) => {
-            e.code().is_some_and(|code| is_outage_code(&code))
+            e.code().is_some_and(|code| is_outage_code(&code)) || is_missing_own_object(&**e)
         }
         (
             Phase::Statement,
@@ -400,6 +406,27 @@ pub fn is_outage_code(code: &str) -> bool {
         .iter()
         .any(|class| code.starts_with(class))
         || ["25006", "55P03", "3D000"].contains(&code)
+}
+
+/// A relation, schema, function or column of the bridge's own that the database does not
+/// have: 42P01 (undefined table) or 42883 (undefined function) naming the `thryve` schema,
+/// 3F000 (invalid schema) for `thryve`, and 42703 (undefined column), which the bridge's
+/// statements, naming only its own columns, meet only on a schema behind this binary (a
+/// migration half-way, or not run). The database was recreated or restored without the
+/// bridge's migrations, or is being migrated: nothing about the rows, and the same write
+/// succeeds once `migrate` has run. 42P01 or 42883 naming anything else (a customer's
+/// trigger calling a function that is gone) is a refusal like any other.
+pub fn is_missing_own_object(error: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = error.code() else {
+        return false;
+    };
+    let message = error.message();
+    match &*code {
+        "42P01" | "42883" => message.contains("thryve."),
+        "3F000" => message.contains("thryve"),
+        "42703" => true,
+        _ => false,
+    }
 }
 
 /// A statement cancelled by `statement_timeout` (57014) rather than refused. An outage like the

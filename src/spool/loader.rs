@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{decode_segment, Record, Segment, Spool};
 use crate::{
-    db::{Failure, PhasedError},
+    db::{self, Failure, PhasedError},
     inbox::{self, NewDelivery},
     service::{Backoff, Pass, Service, Services, Wake},
 };
@@ -40,6 +40,10 @@ pub struct SegmentReport {
 pub enum LoadError {
     #[error("database: {0}")]
     Database(#[from] PhasedError),
+    /// The database is not at this binary's migration (recreated or restored without the
+    /// bridge's schema, or behind): the records wait for `migrate`.
+    #[error("{0}")]
+    NotMigrated(db::NotReady),
     #[error("spool file: {0}")]
     Io(#[from] io::Error),
 }
@@ -204,7 +208,14 @@ impl Service for SpoolLoader {
     /// Loads every segment there is, if any.
     async fn run_once(&mut self, shutdown: &CancellationToken) -> Result<Pass, LoadError> {
         if self.spool.waiting() > 0 {
-            if let Err(error) = self.load_all(shutdown).await {
+            let loaded = match db::at_migration(&self.pool).await {
+                Ok(()) => self.load_all(shutdown).await,
+                Err(db::NotReady::Unreachable(error)) => {
+                    Err(LoadError::Database(PhasedError::connect(error)))
+                }
+                Err(not_migrated) => Err(LoadError::NotMigrated(not_migrated)),
+            };
+            if let Err(error) = loaded {
                 self.spool.metrics().load_errors.inc();
                 return Err(error);
             }

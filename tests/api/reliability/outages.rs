@@ -8,7 +8,11 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::Duration,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use serde_json::{json, Value};
@@ -804,4 +808,190 @@ async fn a_changed_password_and_a_pg_hba_reject_are_outages_spooled_and_loaded_a
     }
     server.stop().await;
     admin_pool.close().await;
+}
+
+/// One delivery of a [`Load`] and how it was answered.
+#[derive(Debug, Clone)]
+pub(super) struct Answered {
+    pub(super) body: Value,
+    pub(super) status: u16,
+    pub(super) answer: Value,
+    /// When it was sent.
+    pub(super) sent: Instant,
+}
+
+/// Distinct deliveries posted back to back by a few tasks until stopped, every answer kept:
+/// the ledger a fault test checks the inbox against.
+pub(super) struct Load {
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<Vec<Answered>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub(super) fn start(addr: SocketAddr, user: &str, tasks: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ledger = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..tasks)
+            .map(|task| {
+                let (stop, ledger, user) = (stop.clone(), ledger.clone(), format!("{user}-{task}"));
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        let body = epoch_notification(&user, n * 1_000, n * 1_000 + 500, &[1]);
+                        let sent = Instant::now();
+                        let (status, _, answer) = post_to(addr, &body).await;
+                        ledger.lock().unwrap().push(Answered {
+                            body,
+                            status,
+                            answer,
+                            sent,
+                        });
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ledger,
+            tasks,
+        }
+    }
+
+    pub(super) fn answered(&self) -> usize {
+        self.ledger.lock().unwrap().len()
+    }
+
+    /// Waits until `more` deliveries beyond those answered now have been answered.
+    pub(super) async fn answers(&self, more: usize, what: &str) {
+        let target = self.answered() + more;
+        wait_until(Duration::from_secs(60), what, || {
+            std::future::ready(self.answered() >= target)
+        })
+        .await;
+    }
+
+    pub(super) async fn stop(self) -> Vec<Answered> {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let ledger = self.ledger.lock().unwrap().clone();
+        ledger
+    }
+}
+
+/// `/readyz`: its status and its `error`, if any.
+async fn readyz(addr: SocketAddr) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// The delivery count of each body's row, 0 where there is none.
+pub(super) async fn counts_in_inbox(pool: &PgPool, bodies: &[&Value]) -> Vec<i32> {
+    let mut counts = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        let count: Option<i32> =
+            sqlx::query_scalar("SELECT delivery_count FROM thryve.inbox WHERE payload = $1")
+                .bind(body)
+                .fetch_optional(pool)
+                .await
+                .unwrap();
+        counts.push(count.unwrap_or(0));
+    }
+    counts
+}
+
+/// The fault table's row "database dropped and recreated": while it is gone (3D000 at login)
+/// and while it is back without the bridge's schema (42P01 on `thryve.inbox`), deliveries are
+/// spooled, never refused; the spool loader keeps every record (nothing in `rejected-*`) and
+/// waits for the migrations; `/readyz` says the schema is missing. After `migrate`, every
+/// delivery acknowledged since the drop is in the inbox, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_dropped_and_recreated_under_load_spools_and_loads_everything_after_migrate() {
+    let db = TestDb::new().await;
+    let dir = TempDir::new();
+    let mut spooling = test_config();
+    spooling.spool.spool_dir = Some(dir.0.clone());
+    let server = Server::start(&spooling, &db.url()).await;
+    let load = Load::start(server.addr, "recreated", 4);
+    load.answers(40, "deliveries before the drop").await;
+
+    admin(&format!("DROP DATABASE {} WITH (FORCE)", db.name)).await;
+    let dropped = Instant::now();
+    load.answers(20, "deliveries while the database is gone")
+        .await;
+    // Back empty, as a new database, or one restored without the bridge's schema, is.
+    admin(&format!("CREATE DATABASE {}", db.name)).await;
+    load.answers(20, "deliveries to the empty database").await;
+    let errors = metric(server.addr, "thryve_bridge_spool_load_errors_total").await;
+    // The loader waits (and fails its passes), or sets records aside: either, then look.
+    wait_until(
+        Duration::from_secs(20),
+        "the loader met the empty database twice",
+        || async {
+            metric(server.addr, "thryve_bridge_spool_load_errors_total").await >= errors + 2.0
+                || !set_aside_files(&dir.0).is_empty()
+        },
+    )
+    .await;
+    assert_eq!(
+        set_aside_files(&dir.0),
+        Vec::<PathBuf>::new(),
+        "nothing acknowledged set aside"
+    );
+    let (status, why) = readyz(server.addr).await;
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("schema missing"), "{why}");
+    assert_eq!(
+        metric(server.addr, "thryve_bridge_spool_set_aside_records").await,
+        0.0
+    );
+
+    let (migrated, out) = cli(&["migrate"], &[("DATABASE_URL", &db.url())]).await;
+    assert!(migrated, "{out}");
+    load.answers(20, "deliveries after migrate").await;
+    let ledger = load.stop().await;
+    let not_ok: Vec<&Answered> = ledger.iter().filter(|a| a.status != 200).collect();
+    assert!(
+        not_ok.is_empty(),
+        "every delivery answered 200 (stored or spooled): {} not, e.g. {:?}",
+        not_ok.len(),
+        not_ok.first()
+    );
+    let since: Vec<&Value> = ledger
+        .iter()
+        .filter(|a| a.sent >= dropped)
+        .map(|a| &a.body)
+        .collect();
+    let spooled = ledger
+        .iter()
+        .filter(|a| a.sent >= dropped && a.answer["outcome"] == "spooled")
+        .count();
+    assert!(spooled >= 40, "{spooled} of {} spooled", since.len());
+    wait_until(Duration::from_secs(60), "the spool loaded", || async {
+        metric(server.addr, "thryve_bridge_spool_records").await == 0.0
+    })
+    .await;
+    let counts = counts_in_inbox(&db.pool, &since).await;
+    let missing = counts.iter().filter(|&&c| c == 0).count();
+    let twice = counts.iter().filter(|&&c| c > 1).count();
+    assert_eq!(
+        (missing, twice),
+        (0, 0),
+        "of {} acknowledged since the drop ({spooled} spooled): missing, counted twice",
+        since.len()
+    );
+    assert!(set_aside_files(&dir.0).is_empty());
+    wait_until(Duration::from_secs(10), "ready again", || async {
+        readyz(server.addr).await.0 == 200
+    })
+    .await;
+    server.stop().await;
 }
