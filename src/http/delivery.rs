@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::{
     decode::{decode, DecodeError, Decoded},
     error::ApiError,
+    json::{self, ReadError},
 };
 use crate::{
     inbox::NewDelivery,
@@ -61,8 +62,10 @@ pub fn parse_content(headers: &HeaderMap, content: &[u8]) -> Result<NewDelivery,
     let object = if is_form(headers) && !content.trim_ascii_start().starts_with(b"{") {
         legacy_form(content)?
     } else {
-        let value: Value =
-            serde_json::from_slice(content).map_err(|e| ApiError::NotJson(e.to_string()))?;
+        let value = json::from_slice(content).map_err(|error| match error {
+            ReadError::Json(e) => ApiError::NotJson(e.to_string()),
+            ReadError::Duplicate(path) => ApiError::Duplicate(format!("key {path}")),
+        })?;
         let Value::Object(object) = value else {
             return Err(ApiError::NotObject(json_kind(&value)));
         };
@@ -92,45 +95,72 @@ pub fn signed_at(
     ((at - received_at).abs() <= window).then_some(at)
 }
 
+/// The transfer codings the bridge undoes besides `chunked` (the HTTP layer's): the content
+/// codings it knows. `identity` is no transfer coding (RFC 9112 dropped it).
+const TRANSFER_CODINGS: [&str; 4] = ["gzip", "x-gzip", "deflate", "zstd"];
+
+/// The request's `Transfer-Encoding` (all its lines, as one list) without the final `chunked`:
+/// empty when there is none. Accepted only as exactly `chunked`, or codings the bridge undoes
+/// ending in one `chunked`: anything else is framing a proxy in front may read otherwise
+/// (`chunked, chunked`, `identity, chunked`, an unknown coding, an empty list element), so it
+/// is refused (400, connection closed) before the body is read.
+pub fn transfer_codings(headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
+    let mut lines = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if lines.peek().is_none() {
+        return Ok(Vec::new());
+    }
+    let mut joined = String::new();
+    for line in lines {
+        let text = line.to_str().map_err(|_| {
+            ApiError::TransferEncoding("Transfer-Encoding is not visible ASCII".to_owned())
+        })?;
+        if !joined.is_empty() {
+            joined.push_str(", ");
+        }
+        joined.push_str(text);
+    }
+    let refuse = |why: String| {
+        let shown: String = joined.chars().take(100).collect();
+        ApiError::TransferEncoding(format!("Transfer-Encoding {shown:?}: {why}"))
+    };
+    let mut codings: Vec<String> = joined
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    if codings.last().map(String::as_str) != Some("chunked") {
+        return Err(refuse("the last coding must be chunked".to_owned()));
+    }
+    codings.pop();
+    for coding in &codings {
+        if coding == "chunked" {
+            return Err(refuse("chunked may be given once, last".to_owned()));
+        }
+        if !TRANSFER_CODINGS.contains(&coding.as_str()) {
+            let shown: String = coding.chars().take(40).collect();
+            return Err(refuse(format!(
+                "{shown:?} is not a transfer coding the bridge undoes (before the final chunked: {})",
+                TRANSFER_CODINGS.join(", ")
+            )));
+        }
+    }
+    Ok(codings)
+}
+
 /// Every coding applied to the body, in order: the `content-encoding` lines (several mean the
 /// same as one comma-separated line, RFC 9110 8.4), then the transfer codings other than
 /// `chunked` (applied after the content codings, RFC 9112 6.1; hyper undoes only `chunked`).
 fn content_encoding(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let mut joined: Option<String> = None;
-    let transfer = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .map(|v| (v, true));
-    for (value, is_transfer) in headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .map(|v| (v, false))
-        .chain(transfer)
-    {
+    let mut codings = Vec::new();
+    for value in headers.get_all(header::CONTENT_ENCODING) {
         let text = value
             .to_str()
             .map_err(|_| DecodeError::UnsupportedEncoding("(not visible ASCII)".to_owned()))?;
-        let text = if is_transfer {
-            text.split(',')
-                .map(str::trim)
-                .filter(|c| !c.eq_ignore_ascii_case("chunked"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        } else {
-            text.to_owned()
-        };
-        if text.trim().is_empty() {
-            continue;
-        }
-        match &mut joined {
-            Some(list) => {
-                list.push_str(", ");
-                list.push_str(&text);
-            }
-            None => joined = Some(text),
+        if !text.trim().is_empty() {
+            codings.push(text.to_owned());
         }
     }
-    Ok(joined)
+    codings.extend(transfer_codings(headers)?);
+    Ok((!codings.is_empty()).then(|| codings.join(", ")))
 }
 
 fn is_form(headers: &HeaderMap) -> bool {
@@ -149,15 +179,20 @@ fn is_form(headers: &HeaderMap) -> bool {
 /// is then stored as if it had been `{"sourceUpdate": <that JSON>}`, so both spellings of
 /// one delivery share a fingerprint.
 fn legacy_form(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let json = form_field(body, LEGACY_EVENT_TYPE).ok_or_else(|| {
+    let json = form_field(body, LEGACY_EVENT_TYPE)?.ok_or_else(|| {
         ApiError::Form(format!(
             "no {LEGACY_EVENT_TYPE} field (content-type is application/x-www-form-urlencoded)"
         ))
     })?;
     // From bytes, not a lossily decoded string: invalid UTF-8 is refused as in a JSON body,
     // never replaced (two different bodies must not become one fingerprint).
-    let update: Value = serde_json::from_slice(&json)
-        .map_err(|e| ApiError::Form(format!("field {LEGACY_EVENT_TYPE} is not JSON: {e}")))?;
+    let update = json::from_slice(&json).map_err(|error| match error {
+        ReadError::Json(e) => ApiError::Form(format!("field {LEGACY_EVENT_TYPE} is not JSON: {e}")),
+        // The path as stored: the field's JSON under its name.
+        ReadError::Duplicate(path) => {
+            ApiError::Duplicate(format!("key {LEGACY_EVENT_TYPE}.{path}"))
+        }
+    })?;
     if depth(&update) >= MAX_DEPTH {
         return Err(ApiError::Form(format!(
             "field {LEGACY_EVENT_TYPE} nests deeper than {} levels",
@@ -167,18 +202,25 @@ fn legacy_form(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     Ok(Map::from_iter([(LEGACY_EVENT_TYPE.to_owned(), update)]))
 }
 
-/// The first field called `name` of an `application/x-www-form-urlencoded` body, percent- and
-/// `+`-decoded to bytes (the WHATWG rules, without the lossy UTF-8 step).
-fn form_field(body: &[u8], name: &str) -> Option<Vec<u8>> {
-    body.split(|&b| b == b'&')
+/// The field called `name` of an `application/x-www-form-urlencoded` body, percent- and
+/// `+`-decoded to bytes (the WHATWG rules, without the lossy UTF-8 step); refused if given
+/// twice, as a JSON key is.
+fn form_field(body: &[u8], name: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    let mut found = body
+        .split(|&b| b == b'&')
         .filter(|pair| !pair.is_empty())
-        .find_map(|pair| {
+        .filter_map(|pair| {
             let (key, value) = match pair.iter().position(|&b| b == b'=') {
                 Some(at) => (&pair[..at], &pair[at + 1..]),
                 None => (pair, &[][..]),
             };
-            (percent_decode(key) == name.as_bytes()).then(|| percent_decode(value))
-        })
+            (percent_decode(key) == name.as_bytes()).then_some(value)
+        });
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(ApiError::Duplicate(format!("form field {name}")));
+    }
+    Ok(first.map(percent_decode))
 }
 
 fn percent_decode(text: &[u8]) -> Vec<u8> {
@@ -242,20 +284,42 @@ mod tests {
 
     #[test]
     fn form_fields_decode_like_whatwg_but_keep_bytes() {
+        let field = |body: &[u8], name| form_field(body, name).unwrap();
         assert_eq!(
-            form_field(
-                b"a=1&sourceUpdate=%7B%22x%22%3A+1%7D&sourceUpdate=2",
-                "sourceUpdate"
-            ),
+            field(b"a=1&sourceUpdate=%7B%22x%22%3A+1%7D&a=2", "sourceUpdate"),
             Some(br#"{"x": 1}"#.to_vec())
         );
-        assert_eq!(
-            form_field(b"&&source%55pdate", "sourceUpdate"),
-            Some(vec![])
+        assert_eq!(field(b"&&source%55pdate", "sourceUpdate"), Some(vec![]));
+        assert_eq!(field(b"x=%zz%4", "x"), Some(b"%zz%4".to_vec()));
+        assert_eq!(field(b"x=%FF", "x"), Some(vec![0xff]));
+        assert_eq!(field(b"y=1", "x"), None);
+    }
+
+    #[test]
+    fn a_key_or_the_form_field_given_twice_is_refused_naming_it() {
+        let refused = |headers: &HeaderMap, body: &[u8]| {
+            let error = parse_delivery(headers, body, 1 << 20).unwrap_err();
+            assert_eq!(error.status(), 400, "{error}");
+            error.to_string()
+        };
+        let error = refused(
+            &form_headers(),
+            b"sourceUpdate=%7B%7D&source%55pdate=%7B%7D",
         );
-        assert_eq!(form_field(b"x=%zz%4", "x"), Some(b"%zz%4".to_vec()));
-        assert_eq!(form_field(b"x=%FF", "x"), Some(vec![0xff]));
-        assert_eq!(form_field(b"y=1", "x"), None);
+        assert!(
+            error.starts_with("form field sourceUpdate is given twice"),
+            "{error}"
+        );
+        let error = refused(
+            &form_headers(),
+            br#"sourceUpdate={"dataSource":1,"dataSource":2}"#,
+        );
+        assert!(
+            error.starts_with("key sourceUpdate.dataSource is given twice"),
+            "{error}"
+        );
+        let error = refused(&HeaderMap::new(), br#"{"type":"x","data":[{"a":1,"a":1}]}"#);
+        assert!(error.starts_with("key data[0].a is given twice"), "{error}");
     }
 
     #[test]
@@ -342,6 +406,39 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         assert_eq!(content_encoding(&headers).unwrap().as_deref(), Some("zstd"));
+    }
+
+    #[test]
+    fn transfer_encoding_is_chunked_last_once_after_codings_the_bridge_undoes() {
+        let with = |lines: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append(header::TRANSFER_ENCODING, HeaderValue::from_static(line));
+            }
+            transfer_codings(&headers).map_err(|e| (e.status().as_u16(), e.to_string()))
+        };
+        assert_eq!(with(&[]), Ok(vec![]));
+        assert_eq!(with(&["chunked"]), Ok(vec![]));
+        assert_eq!(with(&["Chunked"]), Ok(vec![]));
+        assert_eq!(with(&["gzip, chunked"]), Ok(vec!["gzip".to_owned()]));
+        assert_eq!(with(&["gzip", "chunked"]), Ok(vec!["gzip".to_owned()]));
+        for (lines, why) in [
+            (&["chunked, chunked"][..], "chunked may be given once, last"),
+            (&["chunked", "chunked"], "chunked may be given once, last"),
+            (
+                &["identity, chunked"],
+                "\"identity\" is not a transfer coding",
+            ),
+            (&["br, chunked"], "\"br\" is not a transfer coding"),
+            (&["gzip,, chunked"], "\"\" is not a transfer coding"),
+            (&["gzip"], "the last coding must be chunked"),
+            (&["chunked, gzip"], "the last coding must be chunked"),
+            (&[""], "the last coding must be chunked"),
+        ] {
+            let (status, error) = with(lines).unwrap_err();
+            assert_eq!(status, 400, "{lines:?}");
+            assert!(error.contains(why), "{lines:?}: {error}");
+        }
     }
 
     #[test]

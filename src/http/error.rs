@@ -28,6 +28,12 @@ pub enum ApiError {
     NotObject(&'static str),
     #[error("form body: {0}")]
     Form(String),
+    /// A key (or the form field read) given twice: which one counts is up to each reader.
+    #[error("{0} is given twice; each key of an object, and the form field sourceUpdate, may be given once")]
+    Duplicate(String),
+    /// Framing a proxy in front may read otherwise: answered with the connection closed.
+    #[error("{0}")]
+    TransferEncoding(String),
     #[error("body contains a NUL character (\\u0000), which Postgres cannot store")]
     NulCharacter,
     #[error("could not read the request body: {0}")]
@@ -65,6 +71,8 @@ impl ApiError {
             | ApiError::NotJson(_)
             | ApiError::NotObject(_)
             | ApiError::Form(_)
+            | ApiError::TransferEncoding(_)
+            | ApiError::Duplicate(_)
             | ApiError::NulCharacter
             | ApiError::BodyRead(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
@@ -100,6 +108,10 @@ impl IntoResponse for ApiError {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            // The request's framing is in doubt, so nothing more is read from the connection.
+            ApiError::TransferEncoding(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -112,9 +112,13 @@ impl Listener {
     }
 }
 
-/// Largest read buffer per connection, headers included: ample for a webhook's headers, and
-/// bodies stream through it in chunks of this size.
+/// Largest read buffer per connection: bodies stream through it in chunks of this size.
 const READ_BUFFER_MAX: usize = 64 * 1024;
+
+/// Largest request head (request line and header lines): ample for a webhook's. A larger one
+/// gets 431 and the connection is closed. `max_buf_size` alone is no such limit: a read may
+/// overfill the buffer, and a head that completes in it was taken (100 KB were).
+pub const REQUEST_HEAD_MAX: usize = 64 * 1024;
 
 /// How often, at most, reaching `max_connections` (or failing to accept) is logged.
 const AT_CAPACITY_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -228,8 +232,8 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         // Each connection's read buffer grows up to this; hyper's default (about 400 KiB)
         // times hundreds of connections streaming bodies was most of the RSS of a burst.
-        // Also the most header bytes a request may send (more gets 431).
         .max_buf_size(READ_BUFFER_MAX)
+        .max_header_size(REQUEST_HEAD_MAX)
         .header_read_timeout(listener.header_read_timeout)
         .keep_alive(true);
     let mut accepting = Accepting::new(&listener);

@@ -7,6 +7,7 @@ mod error;
 mod headers;
 mod health;
 pub mod hmac;
+pub mod json;
 pub mod listener;
 pub mod trace;
 mod webhook;

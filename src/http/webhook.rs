@@ -22,7 +22,7 @@ use super::{
     auth::Authenticator,
     decode::Decoded,
     decode_delivery,
-    delivery::signed_at,
+    delivery::{signed_at, transfer_codings},
     error::MaybeStored,
     hmac::{Check, Forms, HmacMode},
     parse_content, trace, ApiError,
@@ -143,7 +143,8 @@ impl Receiver {
     }
 
     /// Admit: static credentials first (they need no body, so a stranger's upload is never
-    /// read), then the declared size, then room in the body budget for the body.
+    /// read), then the transfer codings, then the declared size, then room in the body
+    /// budget for the body.
     fn admit(
         &self,
         request: &Request<'_>,
@@ -154,6 +155,7 @@ impl Receiver {
                 basic_challenge: true,
             });
         }
+        transfer_codings(request.headers)?;
         let max = self.config.max_body_bytes;
         let declared = request
             .headers

@@ -627,6 +627,181 @@ async fn malformed_http_is_refused_the_connection_closed_and_nothing_stored() {
     assert_eq!(app.inbox_count().await, 1);
 }
 
+/// One reading of each request for every party on the way: a transfer coding list a proxy in
+/// front may frame otherwise, a request head over the documented 64 KiB, a key or the form
+/// field given twice (which one counts is up to each reader) are all refused, naming what.
+#[tokio::test]
+async fn ambiguous_framing_oversize_heads_and_keys_given_twice_are_refused() {
+    let app = spawn_app().await;
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    };
+    let head = |content_type: &str, extra: &str| {
+        format!(
+            "POST /webhooks/thryve HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\
+             Content-Type: {content_type}\r\n{extra}"
+        )
+    };
+    let sized = |content_type: &str, extra: &str, body: &str| {
+        format!(
+            "{}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            head(content_type, extra),
+            body.len()
+        )
+    };
+    let valid = epoch_notification("framing", 1, 2, &[1]).to_string();
+    // No `Connection: close`: the server closes after a refused transfer coding by itself.
+    let chunked_body = |codings: &str, body: &[u8]| {
+        let head = format!(
+            "{}{codings}\r\n\r\n{:x}\r\n",
+            head("application/json", ""),
+            body.len()
+        );
+        [head.as_bytes(), body, b"\r\n0\r\n\r\n"].concat()
+    };
+    let chunked =
+        |codings: &str| String::from_utf8(chunked_body(codings, valid.as_bytes())).unwrap();
+    let padded = |head_bytes: usize| {
+        let without = sized("application/json", "X-Pad: \r\n", &valid).len() - valid.len();
+        sized(
+            "application/json",
+            &format!("X-Pad: {}\r\n", "a".repeat(head_bytes - without)),
+            &valid,
+        )
+    };
+    let json = "application/json";
+    let form_type = "application/x-www-form-urlencoded";
+    let update = r#"{"authenticationToken":"u","dataSource":1,"connectionStatus":"NEW"}"#;
+    let cases = [
+        (
+            "chunked, chunked",
+            chunked("Transfer-Encoding: chunked, chunked"),
+            "HTTP/1.1 400",
+            "Transfer-Encoding \"chunked, chunked\": chunked may be given once, last",
+        ),
+        (
+            "chunked on two lines",
+            chunked("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked"),
+            "HTTP/1.1 400",
+            "chunked may be given once, last",
+        ),
+        (
+            "identity, chunked",
+            chunked("Transfer-Encoding: identity, chunked"),
+            "HTTP/1.1 400",
+            "\"identity\" is not a transfer coding the bridge undoes",
+        ),
+        (
+            "an unknown coding before chunked",
+            chunked("Transfer-Encoding: br, chunked"),
+            "HTTP/1.1 400",
+            "\"br\" is not a transfer coding the bridge undoes",
+        ),
+        (
+            "a request head of 100 KB",
+            padded(100_000),
+            "HTTP/1.1 431",
+            "",
+        ),
+        (
+            "a request head one byte over 64 KiB",
+            padded(64 * 1024 + 1),
+            "HTTP/1.1 431",
+            "",
+        ),
+        (
+            "a key given twice at the top",
+            sized(json, "", &valid.replacen('{', r#"{"type":"x","#, 1)),
+            "HTTP/1.1 400",
+            "key type is given twice",
+        ),
+        (
+            "a key given twice inside data",
+            sized(
+                json,
+                "",
+                &valid.replacen(
+                    r#""dataSourceId":8"#,
+                    r#""dataSourceId":8,"dataSourceId":9"#,
+                    1,
+                ),
+            ),
+            "HTTP/1.1 400",
+            "key data.dataSourceId is given twice",
+        ),
+        (
+            "a key given twice inside a pushed value",
+            sized(
+                json,
+                "",
+                r#"{"type":"event.data.epoch.create","endUserId":"u","data":[{"dataSourceId":8,
+                  "epochData":[{"dataTypeId":3000,"value":"1","value":"2"}]}]}"#,
+            ),
+            "HTTP/1.1 400",
+            "key data[0].epochData[0].value is given twice",
+        ),
+        (
+            "two sourceUpdate form fields",
+            sized(
+                form_type,
+                "",
+                &format!(
+                    "{}&{}",
+                    String::from_utf8(form(update)).unwrap(),
+                    String::from_utf8(form(update)).unwrap()
+                ),
+            ),
+            "HTTP/1.1 400",
+            "form field sourceUpdate is given twice",
+        ),
+        (
+            "a key given twice in the sourceUpdate form field",
+            sized(
+                form_type,
+                "",
+                &String::from_utf8(form(&update.replace('}', r#","dataSource":2}"#))).unwrap(),
+            ),
+            "HTTP/1.1 400",
+            "key sourceUpdate.dataSource is given twice",
+        ),
+    ];
+    for (name, raw, status_line, error) in cases {
+        let response = raw_exchange(app.addr, raw.as_bytes()).await;
+        assert!(response.starts_with(status_line), "{name}: {response:?}");
+        if !error.is_empty() {
+            let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+            let said: Value = serde_json::from_str(body).unwrap_or_default();
+            let said = said["error"].as_str().unwrap_or_default();
+            assert!(
+                said.contains(error),
+                "{name}: {error:?} not in {response:?}"
+            );
+        }
+    }
+    assert_eq!(app.inbox_count().await, 0, "nothing stored");
+    // The same requests made unambiguous are stored: a head of exactly 64 KiB, chunked alone
+    // and after a coding the bridge undoes.
+    for (name, raw) in [
+        ("a request head of 64 KiB", padded(64 * 1024).into_bytes()),
+        (
+            "chunked",
+            chunked("Transfer-Encoding: chunked\r\nConnection: close").into_bytes(),
+        ),
+        (
+            "gzip, chunked",
+            chunked_body(
+                "Transfer-Encoding: gzip, chunked\r\nConnection: close",
+                &gzip(valid.as_bytes()),
+            ),
+        ),
+    ] {
+        let response = raw_exchange(app.addr, &raw).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{name}: {response:?}");
+    }
+    assert_eq!(app.inbox_count().await, 1, "one content, three spellings");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_slow_clients_at_once_are_dropped_while_others_are_served() {
     let mut config = test_config();
