@@ -365,7 +365,12 @@ impl Receiver {
         reason: String,
         stored: MaybeStored,
     ) -> Result<Ack, ApiError> {
-        let append = spool.append(body, request.received_at, traceparent);
+        let append = spool.append(
+            body,
+            request.received_at,
+            traceparent,
+            stored == MaybeStored::Maybe,
+        );
         match tokio::time::timeout_at(request.deadline.into(), append).await {
             Ok(Ok(())) => Ok(Ack::Spooled {
                 outcome: Outcome::Spooled,

@@ -260,6 +260,21 @@ pub async fn insert_batch(
         .await
 }
 
+/// The rows (`id` by fingerprint) that hold any of `fingerprints`: whether a write whose
+/// outcome the connection could not tell committed, and whether a spooled record marked
+/// `maybe_stored` is already in.
+pub async fn existing(
+    executor: impl PgExecutor<'_>,
+    fingerprints: &[&[u8]],
+) -> sqlx::Result<std::collections::HashMap<Vec<u8>, i64>> {
+    let rows: Vec<(Vec<u8>, i64)> =
+        sqlx::query_as("SELECT fingerprint, id FROM thryve.inbox WHERE fingerprint = ANY ($1)")
+            .bind(fingerprints)
+            .fetch_all(executor)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// A pending row as the poller sees it: the typed columns, how many values it carries, and
 /// the payload only where the typed columns do not describe the whole event (`data_source_id`
 /// is null) and it carries no more values than the claim allows.

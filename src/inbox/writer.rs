@@ -24,6 +24,10 @@ pub enum WriteError {
     /// The INSERT failed: refused, or its outcome unknown if the connection was lost.
     #[error("database error: {0}")]
     Statement(sqlx::Error),
+    /// The connection was lost mid-write, and a fresh connection found none of the batch's
+    /// rows: nothing was stored.
+    #[error("database error: {0} (checked since: not stored)")]
+    NotCommitted(sqlx::Error),
     #[error("the inbox writer has stopped")]
     Closed,
 }
@@ -55,6 +59,7 @@ impl WriteError {
         match self {
             WriteError::Connect(_)
             | WriteError::Closed
+            | WriteError::NotCommitted(_)
             | WriteError::Statement(sqlx::Error::Database(_)) => MaybeStored::No,
             WriteError::Statement(_) => MaybeStored::Maybe,
         }
@@ -65,7 +70,9 @@ impl WriteError {
     pub fn failure(&self) -> Failure {
         match self {
             WriteError::Connect(e) => db::classify(Phase::Connect, e),
-            WriteError::Statement(e) => db::classify(Phase::Statement, e),
+            WriteError::Statement(e) | WriteError::NotCommitted(e) => {
+                db::classify(Phase::Statement, e)
+            }
             WriteError::Closed => Failure::Outage,
         }
     }
@@ -244,12 +251,81 @@ async fn write_batch(pool: &PgPool, batch: Vec<Job>, committed: &watch::Sender<u
                         committed.send_modify(|n| *n += 1);
                         answer(group, receipts);
                     }
-                    Err(error) => fail(group, error),
+                    Err(error) => settle(pool, group, error, committed).await,
                 }
             }
         }
-        Err(error) => fail(groups, error),
+        Err(error) => {
+            drop(conn);
+            settle(pool, groups, error, committed).await
+        }
     }
+}
+
+/// Answers the jobs of a failed write. When the connection cannot tell whether it committed
+/// (lost mid-commit, a protocol error), asks on a connection of its own: deliveries whose
+/// content is now a row are answered with it (committed by this write, or there before:
+/// either way in the inbox, which the lost connection could not say which), the others as
+/// not stored. Only if that question fails too do they stay "may have been stored".
+async fn settle(
+    pool: &PgPool,
+    groups: Vec<Vec<Job>>,
+    error: WriteError,
+    committed: &watch::Sender<u64>,
+) {
+    let cause = match error {
+        WriteError::Statement(cause) if error_stored_unknown(&cause) => cause,
+        error => return fail(groups, error),
+    };
+    let fingerprints: Vec<&[u8]> = groups
+        .iter()
+        .map(|g| g[0].delivery.fingerprint.as_slice())
+        .collect();
+    let found = match recheck(pool, &fingerprints).await {
+        Ok(found) => found,
+        Err(recheck) => {
+            tracing::warn!(%recheck, "could not tell whether a write cut off committed");
+            return fail(groups, WriteError::Statement(cause));
+        }
+    };
+    tracing::warn!(
+        error = %cause,
+        deliveries = groups.len(),
+        committed = found.len(),
+        "inbox write cut off; checked on a fresh connection whether it committed"
+    );
+    let (stored, not_stored): (Vec<_>, Vec<_>) = groups
+        .into_iter()
+        .partition(|g| found.contains_key(&g[0].delivery.fingerprint[..]));
+    if !stored.is_empty() {
+        committed.send_modify(|n| *n += 1);
+        let receipts = stored
+            .iter()
+            .map(|g| Receipt {
+                inbox_id: found[&g[0].delivery.fingerprint[..]],
+                outcome: Outcome::Duplicate,
+            })
+            .collect();
+        answer(stored, receipts);
+    }
+    if !not_stored.is_empty() {
+        fail(not_stored, WriteError::NotCommitted(cause));
+    }
+}
+
+/// Whether a failed INSERT may have committed: only when the database sent no answer.
+fn error_stored_unknown(cause: &sqlx::Error) -> bool {
+    !matches!(cause, sqlx::Error::Database(_))
+}
+
+/// [`super::existing`] on a new connection, not one of the pool's (which may have been cut
+/// off as the one that failed was).
+async fn recheck(pool: &PgPool, fingerprints: &[&[u8]]) -> sqlx::Result<HashMap<Vec<u8>, i64>> {
+    let mut conn =
+        <PgConnection as sqlx::Connection>::connect_with(&pool.connect_options()).await?;
+    let found = super::existing(&mut conn, fingerprints).await;
+    let _ = sqlx::Connection::close(conn).await;
+    found
 }
 
 /// Jobs of identical content together, in the order each content first came.

@@ -161,9 +161,13 @@ impl SpoolLoader {
         groups: &[Group<'a>],
     ) -> Result<(usize, Vec<&'a [u8]>), LoadError> {
         let mut conn = self.pool.acquire().await.map_err(PhasedError::connect)?;
+        let counts = counts(&mut conn, groups).await?;
         let (mut inserted, mut refused) = (0, Vec::new());
-        for group in groups {
-            match inbox::insert_batch(&mut *conn, &[(&group.delivery, group.count())])
+        for (group, &count) in groups.iter().zip(&counts) {
+            if count == 0 {
+                continue;
+            }
+            match inbox::insert_batch(&mut *conn, &[(&group.delivery, count)])
                 .await
                 .map_err(PhasedError::statement)
             {
@@ -186,11 +190,16 @@ impl SpoolLoader {
     /// Writes every group in one transaction; returns how many rows are new.
     async fn insert_all(&self, groups: &[Group<'_>]) -> Result<usize, PhasedError> {
         let mut tx = self.pool.begin().await.map_err(PhasedError::connect)?;
+        let counts = counts(&mut tx, groups).await?;
+        let rows: Vec<(&NewDelivery, i32)> = groups
+            .iter()
+            .zip(counts)
+            .filter(|(_, count)| *count > 0)
+            .map(|(g, count)| (&g.delivery, count))
+            .collect();
         let mut inserted = 0;
-        for chunk in groups.chunks(LOAD_CHUNK) {
-            let rows: Vec<(&NewDelivery, i32)> =
-                chunk.iter().map(|g| (&g.delivery, g.count())).collect();
-            let written = inbox::insert_batch(&mut *tx, &rows)
+        for rows in rows.chunks(LOAD_CHUNK) {
+            let written = inbox::insert_batch(&mut *tx, rows)
                 .await
                 .map_err(PhasedError::statement)?;
             inserted += written.iter().filter(|r| r.inserted).count();
@@ -256,6 +265,7 @@ fn group<'a>(records: &[(Record, &'a [u8])]) -> Vec<Group<'a>> {
         let group = groups.entry(delivery.fingerprint).or_insert_with(|| Group {
             delivery,
             lines: Vec::new(),
+            maybe_stored: 0,
         });
         let earliest = group.delivery.received_at.min(Some(record.received_at));
         group.delivery.received_at = earliest;
@@ -264,6 +274,7 @@ fn group<'a>(records: &[(Record, &'a [u8])]) -> Vec<Group<'a>> {
             group.delivery.traceparent.clone_from(&record.traceparent);
         }
         group.lines.push(line);
+        group.maybe_stored += usize::from(record.maybe_stored);
     }
     let mut groups: Vec<Group> = groups.into_values().collect();
     groups.sort_by_key(|g| g.delivery.fingerprint);
@@ -273,10 +284,44 @@ fn group<'a>(records: &[(Record, &'a [u8])]) -> Vec<Group<'a>> {
 struct Group<'a> {
     delivery: NewDelivery,
     lines: Vec<&'a [u8]>,
+    /// How many of the lines are marked `maybe_stored`.
+    maybe_stored: usize,
 }
 
 impl Group<'_> {
-    fn count(&self) -> i32 {
-        i32::try_from(self.lines.len()).unwrap_or(i32::MAX)
+    /// The count a group adds to its row: every line, except that lines marked
+    /// `maybe_stored` add nothing when the row is already there (the write they were
+    /// spooled after may have committed it).
+    fn count(&self, in_inbox: bool) -> i32 {
+        let lines = if in_inbox {
+            self.lines.len() - self.maybe_stored
+        } else {
+            self.lines.len()
+        };
+        i32::try_from(lines).unwrap_or(i32::MAX)
     }
+}
+
+/// What each group adds to its row ([`Group::count`]); asks the inbox only about groups with
+/// a line marked `maybe_stored`.
+async fn counts(
+    conn: &mut sqlx::PgConnection,
+    groups: &[Group<'_>],
+) -> Result<Vec<i32>, PhasedError> {
+    let unsure: Vec<&[u8]> = groups
+        .iter()
+        .filter(|g| g.maybe_stored > 0)
+        .map(|g| g.delivery.fingerprint.as_slice())
+        .collect();
+    let found = if unsure.is_empty() {
+        Default::default()
+    } else {
+        inbox::existing(&mut *conn, &unsure)
+            .await
+            .map_err(PhasedError::statement)?
+    };
+    Ok(groups
+        .iter()
+        .map(|g| g.count(found.contains_key(&g.delivery.fingerprint[..])))
+        .collect())
 }

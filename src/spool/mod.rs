@@ -16,7 +16,9 @@ mod record;
 mod segments;
 
 pub use loader::{LoadError, SegmentReport, SpoolLoader, CHECK_INTERVAL};
-pub use record::{decode_segment, encode_record, encode_traced_record, Decoded, Record};
+pub use record::{
+    decode_segment, encode_line, encode_record, encode_traced_record, Decoded, Record,
+};
 pub use segments::{
     list_set_aside, AppendError, OpenError, Segment, SetAside, Spool, SEGMENT_MAX_BYTES,
     SEGMENT_MAX_RECORDS,

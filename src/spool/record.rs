@@ -12,6 +12,11 @@ pub struct Record {
     /// The delivery's W3C `traceparent` (absent in lines written before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The delivery may already be in the inbox: spooled after a write whose outcome the
+    /// connection could not tell (cut off mid-commit, or still under way at the deadline).
+    /// Loaded, it adds no count to a row its content already has.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maybe_stored: bool,
     pub body: Map<String, Value>,
 }
 
@@ -33,6 +38,17 @@ pub fn encode_traced_record(
     received_at: DateTime<Utc>,
     traceparent: Option<&str>,
 ) -> Vec<u8> {
+    encode_line(body, received_at, traceparent, false)
+}
+
+/// [`encode_traced_record`], marked `maybe_stored` when the delivery may already be in the
+/// inbox (see [`Record::maybe_stored`]).
+pub fn encode_line(
+    body: &str,
+    received_at: DateTime<Utc>,
+    traceparent: Option<&str>,
+    maybe_stored: bool,
+) -> Vec<u8> {
     // `body` is JSON text (the delivery's canonical payload: compact, so without a newline);
     // it goes into the line as it is, not parsed and printed again.
     let mut line = Vec::with_capacity(body.len() + 128);
@@ -41,6 +57,9 @@ pub fn encode_traced_record(
     if let Some(traceparent) = traceparent {
         line.extend_from_slice(b",\"traceparent\":");
         serde_json::to_writer(&mut line, traceparent).expect("a string always serialises");
+    }
+    if maybe_stored {
+        line.extend_from_slice(b",\"maybe_stored\":true");
     }
     line.extend_from_slice(b",\"body\":");
     line.extend_from_slice(body.as_bytes());
@@ -110,6 +129,17 @@ mod tests {
     }
 
     #[test]
+    fn a_record_that_may_be_stored_says_so_and_others_do_not() {
+        let maybe = encode_line(&text(1), Utc::now(), None, true);
+        let surely_not = encode_line(&text(1), Utc::now(), None, false);
+        assert!(decode_segment(&maybe).records[0].0.maybe_stored);
+        assert!(!decode_segment(&surely_not).records[0].0.maybe_stored);
+        assert!(!String::from_utf8(surely_not)
+            .unwrap()
+            .contains("maybe_stored"));
+    }
+
+    #[test]
     fn records_round_trip_one_line_each() {
         let at = Utc::now();
         let bytes = [encode_record(&text(1), at), encode_record(&text(2), at)].concat();
@@ -122,11 +152,13 @@ mod tests {
                 &Record {
                     received_at: at,
                     traceparent: None,
+                    maybe_stored: false,
                     body: body(1)
                 },
                 &Record {
                     received_at: at,
                     traceparent: None,
+                    maybe_stored: false,
                     body: body(2)
                 }
             ]

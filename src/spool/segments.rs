@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{encode_traced_record, Record};
+use super::record::{encode_line, Record};
 use crate::{inbox::NewDelivery, metrics::SpoolMetrics};
 
 /// A segment takes new lines until it holds this many records (or [`SEGMENT_MAX_BYTES`]);
@@ -48,7 +48,7 @@ pub struct AppendError(Arc<io::Error>);
 /// use thryve_bridge::spool::{Spool, SpoolMetrics};
 /// let (spool, _writer) = Spool::open("/var/lib/thryve-bridge/spool".as_ref(), SpoolMetrics::default())?;
 /// let body = serde_json::json!({"type": "x"});
-/// spool.append(&body.to_string(), chrono::Utc::now(), None).await?; // durable now
+/// spool.append(&body.to_string(), chrono::Utc::now(), None, false).await?; // durable now
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -122,16 +122,18 @@ impl Spool {
     }
 
     /// Appends one delivery and returns once it is on disk (fsync'd); concurrent appends
-    /// share one fsync.
+    /// share one fsync. `maybe_stored`: the delivery may already be in the inbox (a write
+    /// whose outcome is unknown), so that loading it adds no count to its row.
     pub async fn append(
         &self,
         body: &str,
         received_at: DateTime<Utc>,
         traceparent: Option<&str>,
+        maybe_stored: bool,
     ) -> Result<(), AppendError> {
         let stopped = || AppendError(Arc::new(io::Error::other("the spool writer has stopped")));
         let (reply, answer) = oneshot::channel();
-        let line = encode_traced_record(body, received_at, traceparent);
+        let line = encode_line(body, received_at, traceparent, maybe_stored);
         self.queue
             .send(Append { line, reply })
             .await

@@ -6,6 +6,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
     io::{BufRead, BufReader},
+    net::SocketAddr,
     pin::Pin,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -22,6 +23,10 @@ use thryve_bridge::{
 };
 use thryve_loadgen::{self as loadgen, LoadConfig, Rng, Sent};
 
+use super::{
+    outages::{counts_in_inbox, metric, Answered, Load, TempDir},
+    spool::behind_proxy,
+};
 use crate::{
     invariants::assert_guarantees,
     poller::{poller, store},
@@ -859,4 +864,87 @@ async fn a_full_disk_while_polling_quarantines_nothing_and_the_rows_are_processe
             .unwrap();
     assert_eq!(processed, 3);
     assert_guarantees(&db.pool).await;
+}
+
+/// The address a [`Bridge`] started with `LOG_FORMAT=json` and `BIND_ADDR=127.0.0.1:0` serves on.
+async fn served_on(bridge: &Bridge) -> SocketAddr {
+    let mut addr = None;
+    wait_until(Duration::from_secs(30), "the bridge starts", || {
+        addr = bridge.output().lines().find_map(|line| {
+            let event: Value = serde_json::from_str(line).ok()?;
+            (event["message"] == "thryve-bridge started")
+                .then(|| event["bind_addr"].as_str()?.parse().ok())?
+        });
+        std::future::ready(addr.is_some())
+    })
+    .await;
+    addr.unwrap()
+}
+
+/// The fault table's row "three fast restarts under load, with a spool": a proxy the test
+/// controls cuts every connection of the real binary (inbox writers, poller, NOTIFY and
+/// LISTEN) and refuses new ones until deliveries have been spooled, three times, under load.
+/// No connection that ran LISTEN serves other statements afterwards (no
+/// `unexpected message: NotificationResponse` in the log), every acknowledged delivery is in
+/// the inbox, and none committed once is counted twice (a write cut off mid-commit and
+/// spooled is checked, not loaded again as a second delivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_fast_restarts_under_load_with_a_spool_lose_nothing_and_count_nothing_twice() {
+    let (db, proxy, url) = behind_proxy().await;
+    let dir = TempDir::new();
+    let spool_dir = dir.0.to_string_lossy().into_owned();
+    let auth = format!("{USER}:{PASSWORD}");
+    let bridge = Bridge::spawn(
+        &["serve"],
+        &[
+            ("DATABASE_URL", &url),
+            ("BIND_ADDR", "127.0.0.1:0"),
+            ("WEBHOOK_BASIC_AUTH", &auth),
+            ("SPOOL_DIR", &spool_dir),
+            ("HOUSEKEEPING_ENABLED", "false"),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    let addr = served_on(&bridge).await;
+    let load = Load::start(addr, "restarts", 4);
+    load.answers(50, "deliveries before the first restart")
+        .await;
+    for _ in 0..3 {
+        proxy.down();
+        load.answers(10, "deliveries while the database is down")
+            .await;
+        proxy.up();
+        load.answers(50, "deliveries once it is back").await;
+    }
+    let ledger = load.stop().await;
+    let not_ok: Vec<&Answered> = ledger.iter().filter(|a| a.status != 200).collect();
+    assert!(
+        not_ok.is_empty(),
+        "every delivery answered 200 (stored or spooled): {} not, e.g. {:?}",
+        not_ok.len(),
+        not_ok.first()
+    );
+    let spooled = ledger
+        .iter()
+        .filter(|a| a.answer["outcome"] == "spooled")
+        .count();
+    assert!(spooled >= 30, "{spooled} spooled");
+    wait_until(Duration::from_secs(60), "the spool loaded", || async {
+        metric(addr, "thryve_bridge_spool_records").await == 0.0
+    })
+    .await;
+    let bodies: Vec<&Value> = ledger.iter().map(|a| &a.body).collect();
+    let counts = counts_in_inbox(&db.pool, &bodies).await;
+    let missing = counts.iter().filter(|&&c| c == 0).count();
+    let twice = counts.iter().filter(|&&c| c > 1).count();
+    let log = bridge.finish();
+    let notification_errors = log.matches("NotificationResponse").count();
+    assert_eq!(
+        (missing, twice, notification_errors),
+        (0, 0, 0),
+        "of {} acknowledged ({spooled} spooled): missing, counted twice, log lines naming \
+         NotificationResponse",
+        ledger.len()
+    );
 }

@@ -80,7 +80,7 @@ fn spooled_lines(dir: &Path) -> usize {
 }
 
 /// A test database and a proxy in front of it that the test can cut.
-async fn behind_proxy() -> (TestDb, PgProxy, String) {
+pub(super) async fn behind_proxy() -> (TestDb, PgProxy, String) {
     let db = TestDb::new().await;
     let upstream = tokio::net::lookup_host((db.options.get_host(), db.options.get_port()))
         .await
