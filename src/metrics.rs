@@ -117,6 +117,7 @@ pub struct ReceiverMetrics {
     pub last_delivery: Gauge<f64, AtomicU64>,
     pub bodies_refused: Counter,
     pub http_connections_open: Gauge,
+    pub http_connections_shed: Counter,
 }
 
 impl ReceiverMetrics {
@@ -166,6 +167,12 @@ impl ReceiverMetrics {
                 "http_connections_open",
                 "Client connections being served (at most MAX_CONNECTIONS)",
                 Gauge::default(),
+            ),
+            http_connections_shed: register(
+                registry,
+                "http_connections_shed",
+                "Client connections closed before a complete request head to make room: at MAX_CONNECTIONS, or past HEADER_READ_TIMEOUT_CROWDED_MS",
+                Counter::default(),
             ),
         }
     }

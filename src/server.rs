@@ -79,6 +79,7 @@ impl Application {
             &config.listener,
             pool.options().get_max_connections(),
             metrics.receiver.http_connections_open.clone(),
+            metrics.receiver.http_connections_shed.clone(),
         )
         .await?;
         let (committed, commits) = watch::channel(0u64);

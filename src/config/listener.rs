@@ -28,7 +28,14 @@ pub struct ListenerConfig {
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
 
-    /// Most client connections served at once; more wait in the kernel's accept backlog.
+    /// From three quarters of MAX_CONNECTIONS open until fewer than half are, a client must
+    /// send its request headers (and finish TLS) within this many ms (at most
+    /// HEADER_READ_TIMEOUT_MS).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_CROWDED_MS", default_value_t = 1_000)]
+    pub header_read_timeout_crowded_ms: u64,
+
+    /// Most client connections served at once; at the cap the one waiting longest for its
+    /// request headers is closed for a new client.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
@@ -40,6 +47,12 @@ pub struct ListenerConfig {
 impl ListenerConfig {
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms.max(1))
+    }
+
+    /// `HEADER_READ_TIMEOUT_CROWDED_MS`, never longer than the uncrowded one.
+    pub fn crowded_header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_crowded_ms.max(1))
+            .min(self.header_read_timeout())
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

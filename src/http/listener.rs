@@ -1,21 +1,37 @@
 //! The accept loop: HTTP/1.1 over TCP or rustls, a cap on open connections, header and
 //! handshake timeouts, graceful drain.
+//!
+//! A flood of idle or slow connections must not hold a real delivery past Thryve's deadline.
+//! So clients are always accepted while files last: at the cap, the connection that has
+//! waited longest without sending a complete request head is shed to make room (a real
+//! client sends its head at once), and while connections run short (from three quarters of
+//! the cap open until fewer than half are) the header timeout is `HEADER_READ_TIMEOUT_CROWDED_MS` instead of
+//! `HEADER_READ_TIMEOUT_MS`. A connection with a request under way is never shed.
 
 use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
     io,
     net::SocketAddr,
     path::Path,
-    sync::Arc,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
-use axum::Router;
+use axum::{body::Body, Router};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use tokio::{
     net::TcpListener,
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -39,13 +55,17 @@ pub struct Listener {
     /// A client that has not sent its headers (or finished its TLS handshake) by then is
     /// dropped: a slow client cannot hold a connection open for free.
     header_read_timeout: Duration,
+    /// The same while connections run short (at most `header_read_timeout`).
+    crowded_header_read_timeout: Duration,
     /// After shutdown starts, in-flight requests get this long to finish.
     shutdown_timeout: Duration,
-    /// Most connections served at once; further ones wait in the kernel's accept backlog,
-    /// costing neither memory nor a file descriptor here.
+    /// Most connections served at once: at the cap, an idle one is shed for a new client;
+    /// with none idle, new clients wait in the kernel's accept backlog.
     max_connections: usize,
     /// Set to the number of connections being served.
     open_connections: Gauge,
+    /// Counts the connections shed (closed without a complete request head to make room).
+    shed_connections: Counter,
 }
 
 /// Why the listener could not be set up; each message names the setting.
@@ -69,6 +89,7 @@ impl Listener {
         config: &ListenerConfig,
         pool_connections: u32,
         open_connections: Gauge,
+        shed_connections: Counter,
     ) -> Result<Self, ListenError> {
         let tls = match (&config.tls_cert_path, &config.tls_key_path) {
             (Some(cert), Some(key)) => Some(tls_acceptor(cert, key).map_err(ListenError::Tls)?),
@@ -76,19 +97,19 @@ impl Listener {
         };
         let max_connections = fit_connections(config.max_connections, pool_connections)
             .map_err(|problem| ConfigError::new("MAX_CONNECTIONS", problem))?;
-        let socket = TcpListener::bind(config.bind_addr)
-            .await
-            .map_err(|source| ListenError::Bind {
-                addr: config.bind_addr,
-                source,
-            })?;
+        let socket = listen(config.bind_addr).map_err(|source| ListenError::Bind {
+            addr: config.bind_addr,
+            source,
+        })?;
         Ok(Self {
             socket,
             tls,
             header_read_timeout: config.header_read_timeout(),
+            crowded_header_read_timeout: config.crowded_header_read_timeout(),
             shutdown_timeout: config.shutdown_timeout(),
             max_connections,
             open_connections,
+            shed_connections,
         })
     }
 
@@ -112,6 +133,22 @@ impl Listener {
     }
 }
 
+/// Connections the kernel completes and holds until accepted (capped by
+/// `net.core.somaxconn`). A burst of connects larger than it has SYNs dropped and retried a
+/// second later: tokio's default of 1024 made a flood of 1,100 cost real deliveries 1 s.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as `TcpListener::bind` sets).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Largest read buffer per connection: bodies stream through it in chunks of this size.
 const READ_BUFFER_MAX: usize = 64 * 1024;
 
@@ -119,6 +156,24 @@ const READ_BUFFER_MAX: usize = 64 * 1024;
 /// gets 431 and the connection is closed. `max_buf_size` alone is no such limit: a read may
 /// overfill the buffer, and a head that completes in it was taken (100 KB were).
 pub const REQUEST_HEAD_MAX: usize = 64 * 1024;
+
+/// At the cap, a connection is shed for a new client only once it has waited this long for
+/// its request head: a real client (even over TLS from far away) has sent it by then, and a
+/// flood cannot make the bridge accept and shed more than the cap per this interval.
+pub const SHED_AFTER: Duration = Duration::from_millis(250);
+
+/// Connections run short (the crowded header timeout holds) from three quarters of the cap
+/// open, until fewer than half are: closing one connection does not end it.
+fn crowded_from(max_connections: usize) -> usize {
+    (max_connections * 3 / 4).max(1)
+}
+
+fn uncrowded_below(max_connections: usize) -> usize {
+    (max_connections / 2).max(1)
+}
+
+/// How often idle connections are checked against the crowded header timeout.
+const REAP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How often, at most, reaching `max_connections` (or failing to accept) is logged.
 const AT_CAPACITY_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -166,25 +221,219 @@ pub fn fit_connections(wanted: usize, pool_connections: u32) -> Result<usize, St
     Ok(fits)
 }
 
-/// One served connection's claim on the cap, given back (and counted down) when it ends.
+/// One served connection's claim on the cap and its entry among the open connections, given
+/// back (and counted down) when it ends.
 struct Slot {
     _permit: OwnedSemaphorePermit,
     open: Gauge,
-}
-
-impl Slot {
-    fn new(permit: OwnedSemaphorePermit, open: &Gauge) -> Self {
-        open.inc();
-        Self {
-            _permit: permit,
-            open: open.clone(),
-        }
-    }
+    id: u64,
+    state: Arc<ConnectionState>,
+    connections: Arc<Connections>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.connections.remove(self.id);
         self.open.dec();
+    }
+}
+
+/// A connection's state: a request under way, shed, or idle since a moment.
+const BUSY: u64 = 0;
+const SHED: u64 = u64::MAX;
+
+/// What the accept loop and the connection's task share about one connection.
+struct ConnectionState {
+    /// [`BUSY`] while a request is served (from its complete head to the end of its answer),
+    /// [`SHED`] once chosen to be closed, else 1 + the milliseconds since the listener's
+    /// start at which it went idle (accepted, or its last answer sent).
+    state: AtomicU64,
+    /// Cancelled when the connection is shed: its task then drops it.
+    shed: CancellationToken,
+}
+
+impl ConnectionState {
+    /// A request head is complete: no longer sheddable. False if it was shed just before.
+    fn busy(&self) -> bool {
+        let mut now = self.state.load(Ordering::Acquire);
+        while now != SHED {
+            match self
+                .state
+                .compare_exchange(now, BUSY, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(actual) => now = actual,
+            }
+        }
+        false
+    }
+
+    fn idle(&self, since: u64) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now != SHED).then_some(since)
+            });
+    }
+
+    /// Sheds the connection if it is still idle since `since`.
+    fn shed(&self, since: u64) -> bool {
+        let shed = self
+            .state
+            .compare_exchange(since, SHED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if shed {
+            self.shed.cancel();
+        }
+        shed
+    }
+}
+
+/// The connections being served, so that idle ones can be found and shed.
+struct Connections {
+    started: Instant,
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<ConnectionState>>>,
+    shed: Counter,
+}
+
+/// What shedding for a new client found.
+enum Shed {
+    /// A connection was shed: its slot comes back as soon as its task drops it.
+    Done,
+    /// The connection idle longest becomes sheddable after this long.
+    NotYet(Duration),
+    /// Every connection has a request under way.
+    NoneIdle,
+}
+
+impl Connections {
+    fn new(shed: Counter) -> Self {
+        Self {
+            started: Instant::now(),
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
+            shed,
+        }
+    }
+
+    /// Now, in the idle-since encoding of [`ConnectionState::state`] (never BUSY nor SHED).
+    fn now(&self) -> u64 {
+        1 + u64::try_from(self.started.elapsed().as_millis()).unwrap_or(SHED - 2)
+    }
+
+    fn add(&self) -> (u64, Arc<ConnectionState>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnectionState {
+            state: AtomicU64::new(self.now()),
+            shed: CancellationToken::new(),
+        });
+        self.lock().insert(id, state.clone());
+        (id, state)
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnectionState>>> {
+        // Nothing panics while holding it; a poisoned map is still a valid map.
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sheds the connection idle longest if it has waited at least `after`.
+    fn shed_oldest_idle(&self, after: Duration) -> Shed {
+        let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let now = self.now();
+            let oldest = self
+                .lock()
+                .values()
+                .filter_map(|c| {
+                    let since = c.state.load(Ordering::Acquire);
+                    (since != BUSY && since != SHED).then(|| (since, c.clone()))
+                })
+                .min_by_key(|(since, _)| *since);
+            let Some((since, connection)) = oldest else {
+                return Shed::NoneIdle;
+            };
+            let idle = now.saturating_sub(since);
+            if idle < after {
+                return Shed::NotYet(Duration::from_millis(after - idle));
+            }
+            if connection.shed(since) {
+                self.shed.inc();
+                return Shed::Done;
+            }
+            // It started a request (or went idle again) meanwhile: look again.
+        }
+    }
+
+    /// Sheds every connection idle for `timeout` or longer; returns how many.
+    fn shed_idle_for(&self, timeout: Duration) -> usize {
+        let timeout = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let now = self.now();
+        let shed = self
+            .lock()
+            .values()
+            .filter(|c| {
+                let since = c.state.load(Ordering::Acquire);
+                since != BUSY
+                    && since != SHED
+                    && now.saturating_sub(since) >= timeout
+                    && c.shed(since)
+            })
+            .count();
+        self.shed.inc_by(shed as u64);
+        shed
+    }
+}
+
+/// The router as hyper calls it, marking the connection busy from a complete request head to
+/// the end of its answer (the answer's body carries the mark: hyper drops it once sent).
+#[derive(Clone)]
+struct Tracked {
+    inner: TowerToHyperService<Router>,
+    state: Arc<ConnectionState>,
+    connections: Arc<Connections>,
+}
+
+/// Marks the connection idle again when dropped.
+struct Busy {
+    state: Arc<ConnectionState>,
+    connections: Arc<Connections>,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.state.idle(self.connections.now());
+    }
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<axum::response::Response, Infallible>> + Send>>;
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        // Shed just before its head was complete: the connection is being closed anyway.
+        self.state.busy();
+        let busy = Busy {
+            state: self.state.clone(),
+            connections: self.connections.clone(),
+        };
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(response.map(|body| {
+                Body::new(body.map_frame(move |frame| {
+                    let _busy = &busy;
+                    frame
+                }))
+            }))
+        })
     }
 }
 
@@ -236,10 +485,22 @@ pub async fn serve(
         .max_header_size(REQUEST_HEAD_MAX)
         .header_read_timeout(listener.header_read_timeout)
         .keep_alive(true);
-    let mut accepting = Accepting::new(&listener);
+    let connections = Arc::new(Connections::new(listener.shed_connections.clone()));
+    let mut accepting = Accepting::new(&listener, connections.clone());
+    let reaper = tokio::spawn(reap_when_crowded(
+        connections.clone(),
+        accepting.slots.clone(),
+        listener.max_connections,
+        listener.crowded_header_read_timeout,
+        shutdown.clone(),
+    ));
     while let Some((stream, peer, slot)) = accepting.next(&listener, &shutdown).await {
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service = Tracked {
+            inner: TowerToHyperService::new(router.clone()),
+            state: slot.state.clone(),
+            connections: connections.clone(),
+        };
         let connection = Connection {
             peer,
             tls: listener.tls.clone(),
@@ -248,6 +509,7 @@ pub async fn serve(
         };
         tokio::spawn(connection.serve(stream, http.clone(), service, graceful.watcher()));
     }
+    reaper.abort();
     let Listener {
         socket,
         shutdown_timeout,
@@ -263,10 +525,50 @@ pub async fn serve(
     Ok(())
 }
 
-/// The accept side: a slot under the cap first, then a connection, backing off while accept
-/// fails; what it logs, at most once a minute each.
+/// While connections run short, closes those that have waited `timeout` for a request head.
+async fn reap_when_crowded(
+    connections: Arc<Connections>,
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut crowded = false;
+    let mut tick = tokio::time::interval(REAP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_log: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let open = max_connections.saturating_sub(slots.available_permits());
+        crowded = match crowded {
+            false => open >= crowded_from(max_connections),
+            true => open >= uncrowded_below(max_connections),
+        };
+        if !crowded {
+            continue;
+        }
+        let shed = connections.shed_idle_for(timeout);
+        if shed > 0 && last_log.is_none_or(|at| at.elapsed() >= AT_CAPACITY_LOG_INTERVAL) {
+            last_log = Some(Instant::now());
+            tracing::warn!(
+                open,
+                max_connections,
+                shed,
+                header_read_timeout_ms = timeout.as_millis() as u64,
+                "connections run short; closing those without a request head after HEADER_READ_TIMEOUT_CROWDED_MS (logged once a minute at most)"
+            );
+        }
+    }
+}
+
+/// The accept side: a client, then a slot under the cap for it (shedding an idle connection
+/// if need be), backing off while accept fails; what it logs, at most once a minute each.
 struct Accepting {
     slots: Arc<Semaphore>,
+    connections: Arc<Connections>,
     max_connections: usize,
     open_connections: Gauge,
     backoff: Backoff,
@@ -276,9 +578,10 @@ struct Accepting {
 }
 
 impl Accepting {
-    fn new(listener: &Listener) -> Self {
+    fn new(listener: &Listener, connections: Arc<Connections>) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(listener.max_connections.max(1))),
+            connections,
             max_connections: listener.max_connections,
             open_connections: listener.open_connections.clone(),
             backoff: Backoff::new(ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX),
@@ -295,9 +598,8 @@ impl Accepting {
         shutdown: &CancellationToken,
     ) -> Option<(tokio::net::TcpStream, SocketAddr, Slot)> {
         loop {
-            // The slot is taken before `accept`, so at the cap the next client waits in the
-            // backlog (its TCP handshake done by the kernel) until a connection ends.
-            let permit = self.slot(shutdown).await?;
+            // Accepted first, then given a slot: at the cap the new client is what an idle
+            // connection is shed for. The files reserved beside the cap cover this one.
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 accepted = listener.socket.accept() => accepted,
@@ -305,33 +607,51 @@ impl Accepting {
             match accepted {
                 Ok((stream, peer)) => {
                     self.backoff.reset();
-                    return Some((stream, peer, Slot::new(permit, &self.open_connections)));
+                    let permit = self.slot(shutdown).await?;
+                    self.open_connections.inc();
+                    let (id, state) = self.connections.add();
+                    let slot = Slot {
+                        _permit: permit,
+                        open: self.open_connections.clone(),
+                        id,
+                        state,
+                        connections: self.connections.clone(),
+                    };
+                    return Some((stream, peer, slot));
                 }
-                Err(error) => {
-                    drop(permit);
-                    self.failed(error, shutdown).await?;
-                }
+                Err(error) => self.failed(error, shutdown).await?,
             }
         }
     }
 
+    /// A slot under the cap: a free one, else one given back by the connection that waited
+    /// longest for a request head (once it has waited [`SHED_AFTER`]), else the first to end.
     async fn slot(&mut self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Some(permit);
-        }
-        if self
-            .last_at_capacity_log
-            .is_none_or(|at| at.elapsed() >= AT_CAPACITY_LOG_INTERVAL)
-        {
-            self.last_at_capacity_log = Some(Instant::now());
-            tracing::warn!(
-                max_connections = self.max_connections,
-                "connection limit reached (MAX_CONNECTIONS); new clients wait in the accept backlog"
-            );
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => None,
-            permit = self.slots.clone().acquire_owned() => Some(permit.expect("the semaphore is never closed")),
+        loop {
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                return Some(permit);
+            }
+            let wait = match self.connections.shed_oldest_idle(SHED_AFTER) {
+                // Its task drops it at once; look again soon in case it does not.
+                Shed::Done => SHED_AFTER,
+                Shed::NotYet(left) => left,
+                Shed::NoneIdle => SHED_AFTER,
+            };
+            if self
+                .last_at_capacity_log
+                .is_none_or(|at| at.elapsed() >= AT_CAPACITY_LOG_INTERVAL)
+            {
+                self.last_at_capacity_log = Some(Instant::now());
+                tracing::warn!(
+                    max_connections = self.max_connections,
+                    "connection limit reached (MAX_CONNECTIONS); shedding connections without a request head"
+                );
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                permit = self.slots.clone().acquire_owned() => return Some(permit.expect("the semaphore is never closed")),
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
     }
 
@@ -347,6 +667,8 @@ impl Accepting {
             self.last_failure_log = Some(Instant::now());
             tracing::warn!(%error, failures = self.failures, backoff_ms = pause.as_millis() as u64, "accept failed; backing off (logged once a minute at most)");
         }
+        // Out of files: an idle connection's file is worth less than a new client's.
+        let _ = self.connections.shed_oldest_idle(SHED_AFTER);
         tokio::select! {
             _ = shutdown.cancelled() => None,
             _ = tokio::time::sleep(pause) => Some(()),
@@ -354,7 +676,7 @@ impl Accepting {
     }
 }
 
-/// One accepted client, served until it ends or the graceful shutdown's deadline.
+/// One accepted client, served until it ends, is shed, or the graceful shutdown's deadline.
 struct Connection {
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
@@ -367,39 +689,51 @@ impl Connection {
         self,
         stream: tokio::net::TcpStream,
         http: hyper::server::conn::http1::Builder,
-        service: TowerToHyperService<Router>,
+        service: Tracked,
         watcher: hyper_util::server::graceful::Watcher,
     ) {
         let Self {
             peer,
             tls,
             handshake_timeout,
-            slot: _slot,
+            slot,
         } = self;
-        let served = match tls {
-            None => {
-                watcher
-                    .watch(http.serve_connection(TokioIo::new(stream), service))
-                    .await
-            }
-            Some(acceptor) => {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        watcher
-                            .watch(http.serve_connection(TokioIo::new(tls_stream), service))
-                            .await
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
+        let shed = slot.state.shed.clone();
+        let serving = async move {
+            match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(tls_stream), service))
+                                .await
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
                     }
                 }
             }
         };
+        let served = tokio::select! {
+            served = serving => served,
+            // Idle (no request under way): dropping the connection closes it.
+            _ = shed.cancelled() => {
+                tracing::debug!(%peer, "connection shed before a complete request head");
+                Ok(())
+            }
+        };
+        drop(slot);
         if let Err(error) = served {
             tracing::debug!(%peer, %error, "connection ended with an error");
         }

@@ -836,6 +836,44 @@ async fn a_hundred_slow_clients_at_once_are_dropped_while_others_are_served() {
     assert_eq!(app.inbox_count().await, 1);
 }
 
+/// While three quarters of `MAX_CONNECTIONS` are open, a connection without a complete request
+/// head is closed after `HEADER_READ_TIMEOUT_CROWDED_MS`, not `HEADER_READ_TIMEOUT_MS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crowded_connections_get_the_shorter_header_timeout() {
+    let mut config = test_config();
+    config.listener.max_connections = 8;
+    config.listener.header_read_timeout_ms = 30_000;
+    config.listener.header_read_timeout_crowded_ms = 500;
+    let app = spawn_app_with(config).await;
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    // Six of eight: crowded.
+    for _ in 0..6 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream
+            .write_all(b"POST /webhooks/thryve HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    for mut stream in slow {
+        let mut rest = Vec::new();
+        let left = Duration::from_secs(10).saturating_sub(started.elapsed());
+        let read = tokio::time::timeout(left, stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "closed long before the 30 s header timeout");
+    }
+    eprintln!(
+        "six of eight connections closed after {:?}",
+        started.elapsed()
+    );
+    let (status, _) = answer(
+        app.post_json(&epoch_notification("uncrowded", 1, 2, &[1]))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
 /// The real binary, killed when dropped; its stderr lines are collected as they come.
 struct Bridge {
     child: Child,
@@ -912,7 +950,7 @@ impl Bridge {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_idle_connections_over_max_connections_wait_their_turn_and_a_delivery_gets_200() {
+async fn fifty_idle_connections_over_max_connections_are_shed_and_a_delivery_gets_200() {
     let db = TestDb::new().await;
     let mut bridge = Bridge::start(
         &db,
@@ -927,7 +965,7 @@ async fn fifty_idle_connections_over_max_connections_wait_their_turn_and_a_deliv
                 .expect("the backlog takes it"),
         );
     }
-    // Behind the 50 in the backlog; each batch of 4 is dropped by the header timeout.
+    // Behind the 50: at the cap of 4, each new client sheds the connection idle longest.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
@@ -967,8 +1005,15 @@ async fn fifty_idle_connections_over_max_connections_wait_their_turn_and_a_deliv
         .parse()
         .unwrap();
     assert!((1.0..=4.0).contains(&open), "{open} open connections");
+    let shed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("thryve_bridge_http_connections_shed_total "))
+        .expect("the counter is exported")
+        .parse()
+        .unwrap();
+    assert!(shed >= 1.0, "idle connections shed for new clients: {shed}");
     let warnings = bridge.logged(
-        "connection limit reached (MAX_CONNECTIONS); new clients wait in the accept backlog",
+        "connection limit reached (MAX_CONNECTIONS); shedding connections without a request head",
     );
     assert_eq!(warnings.len(), 1, "logged once, not per connection");
     assert_eq!(warnings[0]["level"], "WARN");

@@ -7,8 +7,15 @@ use std::{
     net::SocketAddr,
     os::unix::process::CommandExt,
     process::Command,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
+
+use tokio::{io::AsyncReadExt, net::TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
@@ -203,4 +210,141 @@ async fn bursts_of_large_bodies_against_a_locked_inbox_are_answered_in_time_and_
     assert_eq!(thryve, all, "answers slower than 2 s");
     assert!(metric(addr, "thryve_bridge_bodies_over_budget_total").await > 0.0);
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+}
+
+/// Idle TCP clients, as a connection flood: each opens a connection, sends nothing, and opens
+/// a new one after `every` or as soon as the server closes it. Returns the count of
+/// connections opened so far; the clients stop with `stop`.
+fn idle_flood(
+    addr: SocketAddr,
+    clients: usize,
+    every: Duration,
+    stop: &CancellationToken,
+) -> Arc<AtomicUsize> {
+    let opened = Arc::new(AtomicUsize::new(0));
+    for _ in 0..clients {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let Ok(mut stream) = TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                opened.fetch_add(1, Ordering::Relaxed);
+                let mut rest = Vec::new();
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stream.read_to_end(&mut rest) => {}
+                }
+            }
+        });
+    }
+    opened
+}
+
+/// Sends a real delivery on a new connection every `gap` for `during`, and returns how long
+/// each took to be answered 200 (`Err` with what happened instead).
+async fn deliveries_meanwhile(
+    addr: SocketAddr,
+    during: Duration,
+    gap: Duration,
+) -> Vec<Result<Duration, String>> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let end = Instant::now() + during;
+    let mut answers = Vec::new();
+    let mut n = 0;
+    while Instant::now() < end {
+        n += 1;
+        let started = Instant::now();
+        let sent = client
+            .post(format!("http://{addr}/webhooks/thryve"))
+            .basic_auth(USER, Some(PASSWORD))
+            .json(&epoch_notification(&format!("flood-{n}"), 1, 2, &[1]))
+            .send()
+            .await;
+        let took = started.elapsed();
+        answers.push(match sent {
+            Ok(response) if response.status() == 200 => Ok(took),
+            Ok(response) => Err(format!("{} after {took:?}", response.status())),
+            Err(error) => Err(format!("{error} after {took:?}")),
+        });
+        tokio::time::sleep(gap.saturating_sub(took)).await;
+    }
+    answers
+}
+
+/// The answers' figures, printed, and the slowest.
+fn report(what: &str, answers: &[Result<Duration, String>]) -> Duration {
+    let mut took: Vec<Duration> = answers.iter().filter_map(|a| a.clone().ok()).collect();
+    took.sort();
+    let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    let slowest = took.last().copied().unwrap_or_default();
+    eprintln!(
+        "{what}: {} deliveries, {} answered 200, median {:?}, slowest {slowest:?}; failed: {failed:?}",
+        answers.len(),
+        took.len(),
+        took.get(took.len() / 2).copied().unwrap_or_default(),
+    );
+    assert!(
+        failed.is_empty(),
+        "{what}: every delivery answered 200: {failed:?}"
+    );
+    slowest
+}
+
+/// Thryve wants an answer within 2 s. 1,100 idle connections (more than the default
+/// `MAX_CONNECTIONS`), each re-opened every 10 s or when the server closes it, must not hold
+/// a real delivery past that: connections without a complete request head are shed first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eleven_hundred_idle_connections_reopened_every_10_s_do_not_hold_a_delivery_past_2_s() {
+    let db = TestDb::new().await;
+    let (mut bridge, addr) = bridge(&db, &[], None).await;
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let opened = idle_flood(addr, 1_100, Duration::from_secs(10), &stop);
+    wait_until(
+        Duration::from_secs(30),
+        "the flood's connections open",
+        || std::future::ready(opened.load(Ordering::Relaxed) >= 1_100),
+    )
+    .await;
+    // Two of the flood's 10 s rounds.
+    let answers =
+        deliveries_meanwhile(addr, Duration::from_secs(21), Duration::from_millis(500)).await;
+    let slowest = report("1,100 idle connections", &answers);
+    assert!(
+        slowest < Duration::from_secs(2),
+        "slowest answer {slowest:?}"
+    );
+    assert!(bridge.try_wait().is_none(), "still running");
+}
+
+/// With a 256-file limit the bridge serves at most 188 connections (64 files reserved, 4
+/// for the pool): 300 idle clients must not hold a real delivery for 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_idle_clients_under_a_256_file_limit_do_not_hold_a_delivery() {
+    let db = TestDb::new().await;
+    let (mut bridge, addr) = bridge(&db, &[], Some(256)).await;
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let opened = idle_flood(addr, 300, Duration::from_secs(10), &stop);
+    wait_until(
+        Duration::from_secs(30),
+        "the flood's connections open",
+        || std::future::ready(opened.load(Ordering::Relaxed) >= 300),
+    )
+    .await;
+    let answers =
+        deliveries_meanwhile(addr, Duration::from_secs(12), Duration::from_millis(500)).await;
+    let slowest = report("300 idle clients, 256 files", &answers);
+    assert!(
+        slowest < Duration::from_secs(5),
+        "slowest answer {slowest:?}"
+    );
+    assert!(bridge.try_wait().is_none(), "still running");
 }
