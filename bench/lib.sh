@@ -67,7 +67,9 @@ start_bridge() {
     exit 1
 }
 
-# Stops every bridge started; prints the largest peak RSS among them, in kB.
+# Stops every bridge started and waits until each has exited; prints the largest peak RSS
+# among them, in kB, and leaves it in STOPPED_KB. Call it without `$(...)` where more bridges
+# follow: in a subshell the list of bridges is not emptied for the caller.
 stop_bridges() {
     local max=0 pid rss
     for pid in "${BRIDGE_PIDS[@]}"; do
@@ -75,19 +77,33 @@ stop_bridges() {
         [ "${rss:-0}" -gt "$max" ] && max=$rss
         kill -TERM "$pid" 2>/dev/null || true
     done
-    for pid in "${BRIDGE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for pid in "${BRIDGE_PIDS[@]}"; do
+        # `wait` only works in the shell that started it; in a subshell, watch /proc until the
+        # process is gone or a zombie.
+        wait "$pid" 2>/dev/null ||
+            while [ -e "/proc/$pid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; do
+                sleep 0.05
+            done
+    done
     BRIDGE_PIDS=()
+    STOPPED_KB=$max
     echo "$max"
 }
 
 kill_bridges() { for pid in "${BRIDGE_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 
-send() { # send PORT(S) EXTRA-ARGS...: the load generator against one or more local bridges
+send_any() { # send_any PORT(S) SECONDS EXTRA-ARGS...: the load generator, whatever the answers
     local urls="" p
     for p in ${1//,/ }; do urls="${urls:+$urls,}http://127.0.0.1:$p/webhooks/thryve"; done
+    local seconds=$2
+    shift 2
+    in_work "$LOADGEN" send --url "$urls" --basic-auth bench:bench --concurrency "$CONNECTIONS" --seconds "$seconds" "$@"
+}
+
+send() { # send PORT(S) EXTRA-ARGS...: the load generator against one or more local bridges
+    local ports=$1 out
     shift
-    local out
-    out=$(in_work "$LOADGEN" send --url "$urls" --basic-auth bench:bench --concurrency "$CONNECTIONS" --seconds "$PHASE" "$@")
+    out=$(send_any "$ports" "$PHASE" "$@")
     # A rate is a rate of stored deliveries only if every answer was 200.
     jq -e '(.statuses | keys) == ["200"]' <<<"$out" >/dev/null ||
         die "not every answer was 200 ($(jq -c .statuses <<<"$out")): no rate printed. A 401 means the bridge was not started with bench's credential; see the bridge's log above"

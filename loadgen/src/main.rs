@@ -47,6 +47,9 @@ enum Command {
         /// Measure 200-to-processed lag (needs DATABASE_URL).
         #[arg(long)]
         lag: bool,
+        /// Send only notifications (epoch and daily), no pushes.
+        #[arg(long)]
+        notifications_only: bool,
         /// Check every 200 in the inbox and covered once the poller is idle (needs DATABASE_URL).
         #[arg(long)]
         verify: bool,
@@ -105,6 +108,7 @@ async fn main() -> ExitCode {
                 seed,
                 lag,
                 verify,
+                notifications_only,
             } => {
                 let db = if lag || verify {
                     Some(pool().await?)
@@ -124,6 +128,7 @@ async fn main() -> ExitCode {
                     twin_share,
                     seed,
                     lag_pool: if lag { db.clone() } else { None },
+                    notifications_only,
                 };
                 let run = loadgen::run(&config).await;
                 let mut out = serde_json::to_value(&run.report).map_err(|e| e.to_string())?;

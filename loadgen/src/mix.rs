@@ -420,6 +420,20 @@ impl Mix {
         }
     }
 
+    /// A fresh notification (epoch or daily, in their shares of the mix): what the receiver
+    /// alone is measured on against the notification-row anchor (A0).
+    pub fn draw_notification(&self, rng: &mut Rng) -> SentBody {
+        loop {
+            let body = self.draw(rng);
+            if matches!(
+                body.template.kind,
+                Kind::EpochNotification | Kind::DailyNotification
+            ) {
+                return body;
+            }
+        }
+    }
+
     /// What goes on the wire for `body`.
     pub fn wire(&self, body: &SentBody) -> (Vec<u8>, bool) {
         body.template.wire(&self.users[body.user as usize])

@@ -37,6 +37,9 @@ pub struct LoadConfig {
     /// Measure the lag from each 200 to its row being processed (ranges visible), by
     /// watching the inbox through this pool.
     pub lag_pool: Option<PgPool>,
+    /// Send only notifications (epoch and daily), no pushes: the receiver's own limit on its
+    /// smallest deliveries.
+    pub notifications_only: bool,
 }
 
 /// One answered request.
@@ -61,6 +64,8 @@ pub struct LoadReport {
     pub rate_per_s: f64,
     /// Values carried by the pushes sent, per second.
     pub values_per_s: f64,
+    /// Values carried per delivery sent (twins and retries included, as they were sent).
+    pub values_per_delivery: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -71,6 +76,12 @@ pub struct LoadReport {
     pub lag_p50_ms: Option<f64>,
     pub lag_p99_ms: Option<f64>,
     pub lag_max_ms: Option<f64>,
+    /// With lag measured: the pending inbox rows, sampled once a second while sending, as
+    /// the mean of the first and of the last quarter of the samples and the largest. A
+    /// backlog that keeps growing shows as last well above first.
+    pub backlog_first_quarter: Option<f64>,
+    pub backlog_last_quarter: Option<f64>,
+    pub backlog_max: Option<i64>,
     /// Time spent making the templates, before the clock started.
     pub loadgen_prepare_seconds: f64,
     /// The load generator's own CPU while sending, in cores (1.0 = one core busy).
@@ -151,6 +162,10 @@ pub async fn run(config: &LoadConfig) -> LoadRun {
         .lag_pool
         .clone()
         .map(|pool| tokio::spawn(watch_lag(pool, lag_rx)));
+    let backlog_watcher = config
+        .lag_pool
+        .clone()
+        .map(|pool| tokio::spawn(watch_backlog(pool, deadline)));
     let workers: Vec<_> = (0..config.concurrency.max(1))
         .map(|worker| {
             let (client, config, issued) = (client.clone(), config.clone(), issued.clone());
@@ -183,7 +198,11 @@ pub async fn run(config: &LoadConfig) -> LoadRun {
                     } else if !recent.is_empty() && rng.chance(config.retry_share) {
                         recent[rng.below(recent.len() as u64) as usize].clone()
                     } else {
-                        let body = mix.draw(&mut rng);
+                        let body = if config.notifications_only {
+                            mix.draw_notification(&mut rng)
+                        } else {
+                            mix.draw(&mut rng)
+                        };
                         let (wire, zstd) = mix.wire(&body);
                         let out = Outgoing {
                             wire: wire.into(),
@@ -268,6 +287,19 @@ pub async fn run(config: &LoadConfig) -> LoadRun {
             .filter(|h| !h.is_empty())
             .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
     };
+    let backlog = match backlog_watcher {
+        Some(watcher) => watcher.await.expect("the backlog watcher does not panic"),
+        None => Vec::new(),
+    };
+    let quarter = |last: bool| {
+        let n = (backlog.len() / 4).max(1);
+        let part = if last {
+            &backlog[backlog.len().saturating_sub(n)..]
+        } else {
+            &backlog[..n.min(backlog.len())]
+        };
+        (!part.is_empty()).then(|| part.iter().sum::<i64>() as f64 / part.len() as f64)
+    };
     let mut statuses = BTreeMap::new();
     for s in &sent {
         *statuses.entry(s.status).or_insert(0) += 1;
@@ -278,6 +310,7 @@ pub async fn run(config: &LoadConfig) -> LoadRun {
         seconds,
         rate_per_s: sent.len() as f64 / seconds,
         values_per_s: values as f64 / seconds,
+        values_per_delivery: values as f64 / (sent.len() as f64).max(1.0),
         p50_ms: ms(0.5),
         p90_ms: ms(0.9),
         p99_ms: ms(0.99),
@@ -290,6 +323,9 @@ pub async fn run(config: &LoadConfig) -> LoadRun {
             .as_ref()
             .filter(|h| !h.is_empty())
             .map(|h| h.max() as f64 / 1000.0),
+        backlog_first_quarter: quarter(false),
+        backlog_last_quarter: quarter(true),
+        backlog_max: backlog.iter().copied().max(),
         loadgen_prepare_seconds: prepare_seconds,
         loadgen_cpu_cores: (cpu_after - cpu_before) / seconds,
         loadgen_peak_rss_mb: rss_mb,
@@ -340,6 +376,26 @@ async fn watch_lag(
             }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The pending inbox rows once a second until `deadline`.
+async fn watch_backlog(pool: PgPool, deadline: Instant) -> Vec<i64> {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if Instant::now() >= deadline {
+            return samples;
+        }
+        if let Ok(n) = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM thryve.inbox WHERE status = 'pending'",
+        )
+        .fetch_one(&pool)
+        .await
+        {
+            samples.push(n);
+        }
     }
 }
 

@@ -22,6 +22,7 @@ async fn every_acknowledged_delivery_of_the_mix_is_stored_and_covered() {
         twin_share: 0.25,
         seed: 3,
         lag_pool: Some(app.db.pool.clone()),
+        notifications_only: false,
     })
     .await;
     assert_eq!(run.report.requests, 400);

@@ -196,6 +196,7 @@ async fn database_connections_killed_twice_under_load_lose_no_acknowledged_deliv
         twin_share: 0.25,
         seed: 11,
         lag_pool: None,
+        notifications_only: false,
     };
     let run = tokio::spawn(async move { loadgen::run(&load).await });
 
