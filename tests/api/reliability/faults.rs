@@ -24,7 +24,7 @@ use thryve_bridge::{
 use thryve_loadgen::{self as loadgen, LoadConfig, Rng, Sent};
 
 use super::{
-    outages::{counts_in_inbox, metric, Answered, Load, OwnCluster, TempDir},
+    outages::{counts_in_inbox, fault_row, metric, Answered, Load, OwnCluster, TempDir},
     spool::behind_proxy,
 };
 use crate::{
@@ -958,6 +958,30 @@ async fn three_restarts_under_load(url: &str, inbox: &PgPool, restart: Restart<'
     let twice = counts.iter().filter(|&&c| c > 1).count();
     let log = bridge.finish();
     let notification_errors = log.matches("NotificationResponse").count();
+    let set_aside = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("rejected-")
+        })
+        .count();
+    let fault = match restart {
+        Restart::Proxy(_) => "connections cut and refused 3 times under load, spool (proxy)",
+        Restart::Cluster(_) => "cluster restarted 3 times under load, spool (`restart -m fast`)",
+    };
+    fault_row(
+        fault,
+        &ledger,
+        (missing, set_aside, twice),
+        if notification_errors == 0 {
+            "yes"
+        } else {
+            "no: NotificationResponse"
+        },
+    );
     assert_eq!(
         (missing, twice, notification_errors),
         (0, 0, 0),

@@ -840,6 +840,33 @@ pub(super) struct Answered {
     pub(super) answer: Value,
     /// When it was sent.
     pub(super) sent: Instant,
+    /// How long its answer took.
+    pub(super) took: Duration,
+}
+
+/// Prints one row of the fault table (`bench/faults` collects them): the fault, the answers
+/// by status and outcome, acknowledged deliveries lost, set aside and counted twice, whether
+/// the bridge recovered without an operator, and the slowest answer.
+pub(super) fn fault_row(
+    fault: &str,
+    ledger: &[Answered],
+    (lost, set_aside, twice): (usize, usize, usize),
+    recovered: &str,
+) {
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    for a in ledger {
+        let outcome = a.answer["outcome"].as_str().unwrap_or("error");
+        *answers
+            .entry(format!("{} {outcome}", a.status))
+            .or_default() += 1;
+    }
+    let answers: Vec<String> = answers.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let slowest = ledger.iter().map(|a| a.took).max().unwrap_or_default();
+    println!(
+        "FAULT-ROW | {fault} | {} | {lost} | {set_aside} | {twice} | {recovered} | {} ms |",
+        answers.join(", "),
+        slowest.as_millis()
+    );
 }
 
 /// Distinct deliveries posted back to back by a few tasks until stopped, every answer kept:
@@ -868,6 +895,7 @@ impl Load {
                             status,
                             answer,
                             sent,
+                            took: sent.elapsed(),
                         });
                         n += 1;
                     }
@@ -1004,6 +1032,12 @@ async fn a_database_dropped_and_recreated_under_load_spools_and_loads_everything
     let counts = counts_in_inbox(&db.pool, &since).await;
     let missing = counts.iter().filter(|&&c| c == 0).count();
     let twice = counts.iter().filter(|&&c| c > 1).count();
+    fault_row(
+        "database dropped and recreated under load, spool (`migrate` run by the test)",
+        &ledger,
+        (missing, set_aside_files(&dir.0).len(), twice),
+        "yes, once migrated",
+    );
     assert_eq!(
         (missing, twice),
         (0, 0),
