@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{postgres::PgListener, PgPool};
+use sqlx::{
+    postgres::{PgListener, PgPoolOptions},
+    PgPool,
+};
 use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -266,6 +269,8 @@ pub async fn run<S: Service>(mut service: S, mut wake: Wake, shutdown: Cancellat
 /// the services it wakes still run on their intervals meanwhile.
 const LISTEN_BACKOFF: Duration = Duration::from_millis(500);
 const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a LISTEN waits to connect before the pass fails and backs off.
+const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The background services of one process, started into one set and stopped together: where
 /// `serve` (and anything else that runs services) starts them and waits for them to finish.
@@ -318,8 +323,9 @@ impl Services {
     }
 }
 
-/// One LISTEN connection per pass: a pass ends when the connection does.
+/// One LISTEN connection per pass, of its own: a pass ends when the connection does.
 struct Listen {
+    /// Where to connect: its options only, never its connections.
     pool: PgPool,
     channel: &'static str,
     signal: watch::Sender<u64>,
@@ -332,13 +338,53 @@ impl Service for Listen {
     type Error = sqlx::Error;
 
     async fn run_once(&mut self, shutdown: &CancellationToken) -> Result<Pass, sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        // A connection of its own, never one of the process pool's: a connection that ran
+        // LISTEN keeps receiving notifications, and back in the pool every statement on it
+        // would fail (`unexpected message: NotificationResponse`), e.g. after a reconnect that
+        // fails halfway, which returns it there. The pool of one lives for this pass only, so
+        // whatever connection the listener ends with is closed with it, never reused.
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(LISTEN_CONNECT_TIMEOUT)
+            .connect_lazy_with((*self.pool.connect_options()).clone());
+        let listened = self.listen(&own, shutdown).await;
+        // Marks it closed at once (the listener's connection, returned by its drop, is closed
+        // then); not waited for, as a connection that hangs must not hold up the next pass.
+        drop(own.close());
+        listened
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(LISTEN_BACKOFF, LISTEN_BACKOFF_MAX)
+    }
+
+    fn stopped(&self) {
+        tracing::debug!(channel = self.channel, "LISTEN stopped");
+    }
+}
+
+impl Listen {
+    /// LISTEN on a connection of `own` until it is lost or shutdown.
+    async fn listen(
+        &self,
+        own: &PgPool,
+        shutdown: &CancellationToken,
+    ) -> Result<Pass, sqlx::Error> {
+        let mut listener = PgListener::connect_with(own).await?;
+        // A lost connection ends the pass (the next one signals, as work may have come
+        // meanwhile), rather than being replaced inside `try_recv` without a word.
+        listener.eager_reconnect(false);
         listener.listen(self.channel).await?;
         self.signal.send_modify(|n| *n += 1);
         loop {
             tokio::select! {
-                received = listener.recv() => match received {
-                    Ok(_) => self.signal.send_modify(|n| *n += 1),
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => self.signal.send_modify(|n| *n += 1),
+                    Ok(None) => {
+                        tracing::debug!(channel = self.channel, "LISTEN connection lost; reconnecting");
+                        return Ok(Pass::More);
+                    }
                     Err(error) => {
                         // It was up: reconnect at once, and back off only if that fails.
                         tracing::debug!(channel = self.channel, %error, "LISTEN connection lost; reconnecting");
@@ -349,14 +395,6 @@ impl Service for Listen {
                 _ = self.signal.closed() => return Ok(Pass::Done),
             }
         }
-    }
-
-    fn backoff(&self) -> Backoff {
-        Backoff::new(LISTEN_BACKOFF, LISTEN_BACKOFF_MAX)
-    }
-
-    fn stopped(&self) {
-        tracing::debug!(channel = self.channel, "LISTEN stopped");
     }
 }
 

@@ -23,8 +23,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{body::Body, Router};
-use http_body_util::BodyExt;
+use axum::{
+    body::{Body, Bytes, HttpBody},
+    Router,
+};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -389,8 +391,9 @@ impl Connections {
     }
 }
 
-/// The router as hyper calls it, marking the connection busy from a complete request head to
-/// the end of its answer (the answer's body carries the mark: hyper drops it once sent).
+/// The router as hyper calls it, marking the connection busy from a complete request head
+/// until both the request's body and the answer's are done with (hyper drops the answer's
+/// once sent; a body refused early may still be read to its end after the answer).
 #[derive(Clone)]
 struct Tracked {
     inner: TowerToHyperService<Router>,
@@ -398,7 +401,7 @@ struct Tracked {
     connections: Arc<Connections>,
 }
 
-/// Marks the connection idle again when dropped.
+/// Marks the connection idle again when the last clone is dropped.
 struct Busy {
     state: Arc<ConnectionState>,
     connections: Arc<Connections>,
@@ -407,6 +410,41 @@ struct Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         self.state.idle(self.connections.now());
+    }
+}
+
+/// `body`, holding `busy` until it is dropped; its size hint kept (hyper writes the answer's
+/// `content-length` from it).
+fn holding<B>(body: B, busy: Arc<Busy>) -> Body
+where
+    B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    Body::new(Holding { body, _busy: busy })
+}
+
+struct Holding<B> {
+    body: B,
+    _busy: Arc<Busy>,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for Holding<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -420,19 +458,15 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         // Shed just before its head was complete: the connection is being closed anyway.
         self.state.busy();
-        let busy = Busy {
+        let busy = Arc::new(Busy {
             state: self.state.clone(),
             connections: self.connections.clone(),
-        };
+        });
+        let request = request.map(|body| holding(body, busy.clone()));
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
-            Ok(response.map(|body| {
-                Body::new(body.map_frame(move |frame| {
-                    let _busy = &busy;
-                    frame
-                }))
-            }))
+            Ok(response.map(|body| holding(body, busy)))
         })
     }
 }

@@ -781,7 +781,7 @@ async fn the_whole_loop_notification_range_call_values_done() {
 #[tokio::test]
 async fn a_pending_range_sends_a_notify_on_the_documented_channel() {
     let db = TestDb::new().await;
-    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url())
         .await
         .unwrap();
     listener.listen(ranges::CHANNEL).await.unwrap();

@@ -798,6 +798,10 @@ async fn ambiguous_framing_oversize_heads_and_keys_given_twice_are_refused() {
     ] {
         let response = raw_exchange(app.addr, &raw).await;
         assert!(response.starts_with("HTTP/1.1 200"), "{name}: {response:?}");
+        assert!(
+            response.contains("\r\ncontent-length: "),
+            "{name}: the answer's length is sent: {response:?}"
+        );
     }
     assert_eq!(app.inbox_count().await, 1, "one content, three spellings");
 }
@@ -872,6 +876,57 @@ async fn crowded_connections_get_the_shorter_header_timeout() {
     )
     .await;
     assert_eq!(status, 200);
+}
+
+/// At the cap, only connections waiting for a request head are shed: one whose body is still
+/// arriving is not, and its delivery is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_under_way_is_never_shed_for_new_clients() {
+    let mut config = test_config();
+    config.listener.max_connections = 4;
+    let app = spawn_app_with(config).await;
+    let body = epoch_notification("under-way", 1, 2, &[1]).to_string();
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    };
+    let mut busy = TcpStream::connect(app.addr).await.unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    busy.write_all(
+        format!(
+            "POST /webhooks/thryve HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\
+             Content-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{first}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Three fill the cap, three more each shed one of them.
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        idle.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    let shed = || async {
+        app.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("thryve_bridge_http_connections_shed_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // /metrics needs a connection too: it sheds one more.
+    wait_until(
+        Duration::from_secs(10),
+        "three idle connections shed",
+        || async { shed().await >= 3.0 },
+    )
+    .await;
+    busy.write_all(rest.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    busy.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+    assert_eq!(app.inbox_count().await, 1);
 }
 
 /// The real binary, killed when dropped; its stderr lines are collected as they come.

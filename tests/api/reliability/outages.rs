@@ -616,7 +616,7 @@ async fn statement_timeouts_behind_a_held_lock_quarantine_nothing_and_a_row_slow
 /// A Postgres cluster of the test's own (`pg_createcluster`, port 54331), so that it may
 /// require passwords over TCP and edit `pg_hba.conf`, which the shared cluster's tests must
 /// not. Dropped with the test. None where the tools or the rights to run them are missing.
-struct OwnCluster {
+pub(super) struct OwnCluster {
     version: String,
     name: String,
     port: u16,
@@ -626,11 +626,17 @@ impl OwnCluster {
     const PORT: u16 = 54331;
 
     fn create() -> Option<Self> {
+        Self::create_as("thryve13", Self::PORT, "scram-sha-256")
+    }
+
+    /// A cluster named `name` on `port`, trusting local connections and authenticating TCP
+    /// ones with `auth_host`.
+    pub(super) fn create_as(name: &str, port: u16, auth_host: &str) -> Option<Self> {
         let version = std::fs::read_dir("/usr/lib/postgresql")
             .ok()?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .max()?;
-        let name = "thryve13".to_owned();
+        let name = name.to_owned();
         let run = |program: &str, args: &[&str]| {
             std::process::Command::new(program)
                 .args(args)
@@ -639,25 +645,41 @@ impl OwnCluster {
         };
         // A cluster left by an interrupted run goes first.
         let _ = run("pg_dropcluster", &["--stop", &version, &name]);
-        let port = Self::PORT.to_string();
+        let port_text = port.to_string();
+        let auth_host = format!("--auth-host={auth_host}");
         let created = run(
             "pg_createcluster",
             &[
                 &version,
                 &name,
                 "--port",
-                &port,
+                &port_text,
                 "--start",
                 "--",
                 "--auth-local=trust",
-                "--auth-host=scram-sha-256",
+                &auth_host,
             ],
         );
         created.then_some(Self {
             version,
             name,
-            port: Self::PORT,
+            port,
         })
+    }
+
+    /// Restarts the cluster (`pg_ctlcluster restart`, fast shutdown: every session ended);
+    /// returns once it accepts connections again.
+    pub(super) fn restart(&self) {
+        let restarted = std::process::Command::new("pg_ctlcluster")
+            .args([&self.version, &self.name, "restart", "-m", "fast"])
+            .output()
+            .unwrap();
+        assert!(restarted.status.success(), "{restarted:?}");
+    }
+
+    /// A TCP URL for `database` as the superuser (for a cluster created with `trust`).
+    pub(super) fn tcp_url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
     /// As the superuser, over the Unix socket (trusted).
@@ -675,7 +697,7 @@ impl OwnCluster {
         ))
     }
 
-    async fn sql(&self, database: &str, sql: &str) {
+    pub(super) async fn sql(&self, database: &str, sql: &str) {
         let mut conn = PgConnection::connect(&self.admin_url(database))
             .await
             .unwrap();
@@ -818,6 +840,33 @@ pub(super) struct Answered {
     pub(super) answer: Value,
     /// When it was sent.
     pub(super) sent: Instant,
+    /// How long its answer took.
+    pub(super) took: Duration,
+}
+
+/// Prints one row of the fault table (`bench/faults` collects them): the fault, the answers
+/// by status and outcome, acknowledged deliveries lost, set aside and counted twice, whether
+/// the bridge recovered without an operator, and the slowest answer.
+pub(super) fn fault_row(
+    fault: &str,
+    ledger: &[Answered],
+    (lost, set_aside, twice): (usize, usize, usize),
+    recovered: &str,
+) {
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    for a in ledger {
+        let outcome = a.answer["outcome"].as_str().unwrap_or("error");
+        *answers
+            .entry(format!("{} {outcome}", a.status))
+            .or_default() += 1;
+    }
+    let answers: Vec<String> = answers.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let slowest = ledger.iter().map(|a| a.took).max().unwrap_or_default();
+    println!(
+        "FAULT-ROW | {fault} | {} | {lost} | {set_aside} | {twice} | {recovered} | {} ms |",
+        answers.join(", "),
+        slowest.as_millis()
+    );
 }
 
 /// Distinct deliveries posted back to back by a few tasks until stopped, every answer kept:
@@ -846,6 +895,7 @@ impl Load {
                             status,
                             answer,
                             sent,
+                            took: sent.elapsed(),
                         });
                         n += 1;
                     }
@@ -982,6 +1032,12 @@ async fn a_database_dropped_and_recreated_under_load_spools_and_loads_everything
     let counts = counts_in_inbox(&db.pool, &since).await;
     let missing = counts.iter().filter(|&&c| c == 0).count();
     let twice = counts.iter().filter(|&&c| c > 1).count();
+    fault_row(
+        "database dropped and recreated under load, spool (`migrate` run by the test)",
+        &ledger,
+        (missing, set_aside_files(&dir.0).len(), twice),
+        "yes, once migrated",
+    );
     assert_eq!(
         (missing, twice),
         (0, 0),
