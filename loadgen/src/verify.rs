@@ -7,7 +7,10 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use thryve_bridge::thryve::{self, Parsed, Span};
+use thryve_bridge::{
+    inbox::NewDelivery,
+    thryve::{self, Parsed, Span},
+};
 
 use crate::send::Sent;
 
@@ -16,6 +19,9 @@ use crate::send::Sent;
 pub struct Verification {
     /// Deliveries answered 200.
     pub acknowledged: u64,
+    /// Of those, how many were answered `spooled` (no inbox id: written to the bridge's local
+    /// spool, to be loaded once the database is back); each is looked up by its content.
+    pub spooled: u64,
     /// Of those, how many have no inbox row: must be 0.
     pub missing: u64,
     /// Acknowledged rows still pending when the poller was waited for (or quarantined or
@@ -43,7 +49,25 @@ pub async fn verify(
     let mut distinct = ids.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    let missing = (distinct.len() as i64 - found).max(0) as u64 + (acked.len() - ids.len()) as u64;
+    // A spooled 200 carries no id: its row is found by the fingerprint the receiver gives its
+    // content.
+    let spooled: Vec<Vec<u8>> = acked
+        .iter()
+        .filter(|s| s.inbox_id.is_none())
+        .filter_map(|s| match s.body.json() {
+            Value::Object(body) => Some(NewDelivery::from_body(&body).fingerprint.to_vec()),
+            _ => None,
+        })
+        .collect();
+    let spooled_found: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM unnest($1::bytea[]) AS f(fp)
+         WHERE EXISTS (SELECT 1 FROM thryve.inbox WHERE fingerprint = f.fp)",
+    )
+    .bind(&spooled)
+    .fetch_one(pool)
+    .await?;
+    let missing = (distinct.len() as i64 - found).max(0) as u64 + (acked.len() - ids.len()) as u64
+        - spooled_found.max(0) as u64;
 
     let waited = Instant::now();
     loop {
@@ -139,6 +163,7 @@ pub async fn verify(
     .await?;
     Ok(Verification {
         acknowledged: acked.len() as u64,
+        spooled: spooled.len() as u64,
         missing,
         not_processed: not_processed as u64,
         uncovered: uncovered as u64,

@@ -245,6 +245,17 @@ impl Way {
         }
     }
 
+    /// The fault, as the fault table names it.
+    fn describe(self) -> &'static str {
+        match self {
+            Way::LoginRefused => "the bridge's role refused at login (NOLOGIN)",
+            Way::ClosedToConnections => "the database closed to connections",
+            Way::Renamed => "the database renamed away",
+            Way::TooManyClients => "too many clients",
+            Way::ReadOnly => "the database read-only",
+        }
+    }
+
     fn code(self) -> &'static str {
         match self {
             Way::LoginRefused => "28000",
@@ -270,8 +281,9 @@ async fn outage_is_spooled_and_loaded_after(way: Way) {
     let url = role.url(&db);
     let with_spool = Server::start(&spooling, &url).await;
     let without_spool = Server::start(&test_config(), &url).await;
+    let mut answers = Answers::default();
     let first = epoch_notification("before", 1_000, 2_000, &[1]);
-    assert_eq!(post_to(with_spool.addr, &first).await.0, 200);
+    assert_eq!(answers.post(with_spool.addr, &first).await.0, 200);
     assert_eq!(get_status(with_spool.addr, "/readyz").await, 200);
 
     way.apply(&role, &db).await;
@@ -281,18 +293,19 @@ async fn outage_is_spooled_and_loaded_after(way: Way) {
         .map(|i| epoch_notification("during", 10_000 * i, 10_000 * i + 500, &[1, 2]))
         .collect();
     for body in &bodies {
-        let (status, _, answer) = post_to(with_spool.addr, body).await;
+        let (status, _, answer) = answers.post(with_spool.addr, body).await;
         assert_eq!(
             (status, &answer),
             (200, &json!({"outcome": "spooled"})),
             "{way:?}"
         );
     }
-    let (status, retry_after, answer) = post_to(
-        without_spool.addr,
-        &epoch_notification("refused", 1, 2, &[1]),
-    )
-    .await;
+    let (status, retry_after, answer) = answers
+        .post(
+            without_spool.addr,
+            &epoch_notification("refused", 1, 2, &[1]),
+        )
+        .await;
     assert_eq!(status, 503, "{way:?}: {answer}");
     assert_eq!(retry_after.as_deref(), Some("5"));
     // "nothing was stored" when the login failed at once; sqlx retries 53300 until the
@@ -328,15 +341,30 @@ async fn outage_is_spooled_and_loaded_after(way: Way) {
             && metric(with_spool.addr, "thryve_bridge_spool_records").await == 0.0
     })
     .await;
-    assert!(set_aside_files(&dir.0).is_empty());
+    let mut rows = Vec::new();
     for body in &bodies {
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM thryve.inbox WHERE payload = $1")
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM thryve.inbox WHERE payload = $1")
             .bind(body)
             .fetch_one(&db.pool)
             .await
             .unwrap();
-        assert_eq!(rows, 1, "{body}");
+        rows.push(n);
     }
+    answers.row(
+        &format!(
+            "{} ({}), with a spool and without",
+            way.describe(),
+            way.code()
+        ),
+        (
+            rows.iter().filter(|&&n| n == 0).count(),
+            set_aside_files(&dir.0).len(),
+            rows.iter().filter(|&&n| n > 1).count(),
+        ),
+        "yes, once the database was healed",
+    );
+    assert!(set_aside_files(&dir.0).is_empty());
+    assert_eq!(rows, vec![1; bodies.len()], "each spooled delivery once");
     wait_until(Duration::from_secs(10), "ready again", || async {
         get_status(with_spool.addr, "/readyz").await == 200
     })
@@ -790,8 +818,9 @@ async fn a_changed_password_and_a_pg_hba_reject_are_outages_spooled_and_loaded_a
         let bodies: Vec<Value> = (0..3)
             .map(|i| epoch_notification(&format!("own{round}"), 10_000 * i, 10_000 * i + 1, &[1]))
             .collect();
+        let mut answers = Answers::default();
         for body in &bodies {
-            let (status, _, answer) = post_to(server.addr, body).await;
+            let (status, _, answer) = answers.post(server.addr, body).await;
             assert_eq!(
                 (status, &answer),
                 (200, &json!({"outcome": "spooled"})),
@@ -827,6 +856,15 @@ async fn a_changed_password_and_a_pg_hba_reject_are_outages_spooled_and_loaded_a
                 && metric(server.addr, "thryve_bridge_spool_records").await == 0.0
         })
         .await;
+        let fault = match code {
+            "28P01" => "the bridge's password changed (28P01, a cluster of the test's own), spool",
+            _ => "pg_hba.conf rejects the bridge (28000, a cluster of the test's own), spool",
+        };
+        answers.row(
+            fault,
+            (0, set_aside_files(&dir.0).len(), 0),
+            "yes, once the database was healed",
+        );
     }
     server.stop().await;
     admin_pool.close().await;
@@ -844,29 +882,71 @@ pub(super) struct Answered {
     pub(super) took: Duration,
 }
 
-/// Prints one row of the fault table (`bench/faults` collects them): the fault, the answers
-/// by status and outcome, acknowledged deliveries lost, set aside and counted twice, whether
-/// the bridge recovered without an operator, and the slowest answer.
+/// The answers of a fault table's row (`bench/faults` collects the rows): how many of each
+/// status and outcome, and the slowest.
+#[derive(Default)]
+pub(super) struct Answers {
+    by_kind: std::collections::BTreeMap<String, usize>,
+    slowest: Duration,
+}
+
+impl Answers {
+    pub(super) fn add(&mut self, status: u16, answer: &Value, took: Duration) {
+        let outcome = answer["outcome"].as_str().unwrap_or("error");
+        self.add_many(format!("{status} {outcome}"), 1, took);
+    }
+
+    /// `n` answers of one kind, the slowest of which took `slowest`.
+    pub(super) fn add_many(&mut self, kind: String, n: usize, slowest: Duration) {
+        *self.by_kind.entry(kind).or_default() += n;
+        self.slowest = self.slowest.max(slowest);
+    }
+
+    /// [`post_to`], its answer counted.
+    pub(super) async fn post(
+        &mut self,
+        addr: SocketAddr,
+        body: &Value,
+    ) -> (u16, Option<String>, Value) {
+        let sent = Instant::now();
+        let answered = post_to(addr, body).await;
+        self.add(answered.0, &answered.2, sent.elapsed());
+        answered
+    }
+
+    /// Prints the row: the fault, these answers, acknowledged deliveries lost, set aside and
+    /// counted twice, whether the bridge recovered without an operator, the slowest answer.
+    pub(super) fn row(
+        &self,
+        fault: &str,
+        (lost, set_aside, twice): (usize, usize, usize),
+        recovered: &str,
+    ) {
+        let answers: Vec<String> = self
+            .by_kind
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        println!(
+            "FAULT-ROW | {fault} | {} | {lost} | {set_aside} | {twice} | {recovered} | {} ms |",
+            answers.join(", "),
+            self.slowest.as_millis()
+        );
+    }
+}
+
+/// The fault table's row of a [`Load`]'s ledger.
 pub(super) fn fault_row(
     fault: &str,
     ledger: &[Answered],
-    (lost, set_aside, twice): (usize, usize, usize),
+    counts: (usize, usize, usize),
     recovered: &str,
 ) {
-    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    let mut answers = Answers::default();
     for a in ledger {
-        let outcome = a.answer["outcome"].as_str().unwrap_or("error");
-        *answers
-            .entry(format!("{} {outcome}", a.status))
-            .or_default() += 1;
+        answers.add(a.status, &a.answer, a.took);
     }
-    let answers: Vec<String> = answers.iter().map(|(k, n)| format!("{n} {k}")).collect();
-    let slowest = ledger.iter().map(|a| a.took).max().unwrap_or_default();
-    println!(
-        "FAULT-ROW | {fault} | {} | {lost} | {set_aside} | {twice} | {recovered} | {} ms |",
-        answers.join(", "),
-        slowest.as_millis()
-    );
+    answers.row(fault, counts, recovered);
 }
 
 /// Distinct deliveries posted back to back by a few tasks until stopped, every answer kept:
