@@ -6,7 +6,9 @@
 //! waited longest without sending a complete request head is shed to make room (a real
 //! client sends its head at once), and while connections run short (from three quarters of
 //! the cap open until fewer than half are) the header timeout is `HEADER_READ_TIMEOUT_CROWDED_MS` instead of
-//! `HEADER_READ_TIMEOUT_MS`. A connection with a request under way is never shed.
+//! `HEADER_READ_TIMEOUT_MS`. A connection with a request under way is never shed, nor one
+//! whose client sent bytes the bridge has not read yet: on busy cores that wait is the
+//! bridge's, not the client's.
 
 use std::{
     collections::HashMap,
@@ -252,6 +254,9 @@ struct ConnectionState {
     state: AtomicU64,
     /// Cancelled when the connection is shed: its task then drops it.
     shed: CancellationToken,
+    /// The client socket, to ask the kernel whether the client sent bytes not read yet.
+    #[cfg(unix)]
+    fd: std::os::fd::RawFd,
 }
 
 impl ConnectionState {
@@ -276,6 +281,25 @@ impl ConnectionState {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
                 (now != SHED).then_some(since)
             });
+    }
+
+    /// Whether the client has sent bytes this process has not read yet: then the wait for
+    /// its request head is the server's (a burst of real deliveries on busy cores), not the
+    /// client's, and it is not shed. An idle flood sends nothing; a slow client's partial head
+    /// has been read. The socket may have closed just now (its entry leaves the map after):
+    /// then the answer is false or, were the number reused, at worst one shed passed over.
+    #[cfg(unix)]
+    fn has_unread(&self) -> bool {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int to the pointer given; on a closed descriptor
+        // the call fails with EBADF and writes nothing.
+        let asked = unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut unread) };
+        asked == 0 && unread > 0
+    }
+
+    #[cfg(not(unix))]
+    fn has_unread(&self) -> bool {
+        false
     }
 
     /// Sheds the connection if it is still idle since `since`.
@@ -324,11 +348,15 @@ impl Connections {
         1 + u64::try_from(self.started.elapsed().as_millis()).unwrap_or(SHED - 2)
     }
 
-    fn add(&self) -> (u64, Arc<ConnectionState>) {
+    fn add(&self, stream: &tokio::net::TcpStream) -> (u64, Arc<ConnectionState>) {
+        #[cfg(not(unix))]
+        let _ = stream;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnectionState {
             state: AtomicU64::new(self.now()),
             shed: CancellationToken::new(),
+            #[cfg(unix)]
+            fd: std::os::fd::AsRawFd::as_raw_fd(stream),
         });
         self.lock().insert(id, state.clone());
         (id, state)
@@ -343,32 +371,32 @@ impl Connections {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sheds the connection idle longest if it has waited at least `after`.
+    /// Sheds the connection idle longest, of those that have waited at least `after` with
+    /// nothing unread ([`ConnectionState::has_unread`]).
     fn shed_oldest_idle(&self, after: Duration) -> Shed {
         let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
-        loop {
-            let now = self.now();
-            let oldest = self
-                .lock()
-                .values()
-                .filter_map(|c| {
-                    let since = c.state.load(Ordering::Acquire);
-                    (since != BUSY && since != SHED).then(|| (since, c.clone()))
-                })
-                .min_by_key(|(since, _)| *since);
-            let Some((since, connection)) = oldest else {
-                return Shed::NoneIdle;
-            };
-            let idle = now.saturating_sub(since);
-            if idle < after {
-                return Shed::NotYet(Duration::from_millis(after - idle));
+        let now = self.now();
+        let mut idle: Vec<(u64, Arc<ConnectionState>)> = self
+            .lock()
+            .values()
+            .filter_map(|c| {
+                let since = c.state.load(Ordering::Acquire);
+                (since != BUSY && since != SHED).then(|| (since, c.clone()))
+            })
+            .collect();
+        idle.sort_unstable_by_key(|(since, _)| *since);
+        for (since, connection) in idle {
+            let waited = now.saturating_sub(since);
+            if waited < after {
+                return Shed::NotYet(Duration::from_millis(after - waited));
             }
-            if connection.shed(since) {
+            // Unless it started a request (or went idle again) meanwhile.
+            if !connection.has_unread() && connection.shed(since) {
                 self.shed.inc();
                 return Shed::Done;
             }
-            // It started a request (or went idle again) meanwhile: look again.
         }
+        Shed::NoneIdle
     }
 
     /// Sheds every connection idle for `timeout` or longer; returns how many.
@@ -383,6 +411,7 @@ impl Connections {
                 since != BUSY
                     && since != SHED
                     && now.saturating_sub(since) >= timeout
+                    && !c.has_unread()
                     && c.shed(since)
             })
             .count();
@@ -643,7 +672,7 @@ impl Accepting {
                     self.backoff.reset();
                     let permit = self.slot(shutdown).await?;
                     self.open_connections.inc();
-                    let (id, state) = self.connections.add();
+                    let (id, state) = self.connections.add(&stream);
                     let slot = Slot {
                         _permit: permit,
                         open: self.open_connections.clone(),
@@ -771,5 +800,49 @@ impl Connection {
         if let Err(error) = served {
             tracing::debug!(%peer, %error, "connection ended with an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+    use super::*;
+
+    /// A connection of a real TCP pair, accepted and registered, never read from.
+    async fn accepted(
+        connections: &Connections,
+        socket: &TcpListener,
+    ) -> (TcpStream, TcpStream, Arc<ConnectionState>) {
+        let client = TcpStream::connect(socket.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = socket.accept().await.unwrap();
+        let (_, state) = connections.add(&server);
+        (client, server, state)
+    }
+
+    #[tokio::test]
+    async fn a_waiting_connection_is_shed_unless_its_client_sent_bytes_not_read_yet() {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connections = Connections::new(Counter::default());
+        let (_silent, _silent_server, silent) = accepted(&connections, &socket).await;
+        let (mut sent, _sent_server, sending) = accepted(&connections, &socket).await;
+        sent.write_all(b"POST /webhooks/thryve HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Over loopback a write returns once the bytes are in the peer's receive queue.
+        assert!(sending.has_unread(), "the sent head waits in the kernel");
+        assert!(!silent.has_unread());
+
+        // Both have waited long enough (a timeout of 0): only the silent one is the client's wait.
+        assert_eq!(connections.shed_idle_for(Duration::ZERO), 1);
+        assert!(silent.shed.is_cancelled());
+        assert!(!sending.shed.is_cancelled());
+        assert!(matches!(
+            connections.shed_oldest_idle(Duration::ZERO),
+            Shed::NoneIdle
+        ));
+        assert!(!sending.shed.is_cancelled());
     }
 }
