@@ -24,7 +24,7 @@ use thryve_bridge::{
 use thryve_loadgen::{self as loadgen, LoadConfig, Rng, Sent};
 
 use super::{
-    outages::{counts_in_inbox, fault_row, metric, Answered, Load, OwnCluster, TempDir},
+    outages::{counts_in_inbox, fault_row, metric, Load, OwnCluster, TempDir},
     spool::behind_proxy,
 };
 use crate::{
@@ -937,13 +937,6 @@ async fn three_restarts_under_load(url: &str, inbox: &PgPool, restart: Restart<'
         load.answers(50, "deliveries once it is back").await;
     }
     let ledger = load.stop().await;
-    let not_ok: Vec<&Answered> = ledger.iter().filter(|a| a.status != 200).collect();
-    assert!(
-        not_ok.is_empty(),
-        "every delivery answered 200 (stored or spooled): {} not, e.g. {:?}",
-        not_ok.len(),
-        not_ok.first()
-    );
     let spooled = ledger
         .iter()
         .filter(|a| a.answer["outcome"] == "spooled")

@@ -1002,12 +1002,20 @@ impl Load {
         .await;
     }
 
+    /// Stops the load; its ledger, every answer a 200 (stored or spooled).
     pub(super) async fn stop(self) -> Vec<Answered> {
         self.stop.store(true, Ordering::SeqCst);
         for task in self.tasks {
             task.await.unwrap();
         }
         let ledger = self.ledger.lock().unwrap().clone();
+        let not_ok: Vec<&Answered> = ledger.iter().filter(|a| a.status != 200).collect();
+        assert!(
+            not_ok.is_empty(),
+            "every delivery answered 200 (stored or spooled): {} not, e.g. {:?}",
+            not_ok.len(),
+            not_ok.first()
+        );
         ledger
     }
 }
@@ -1088,13 +1096,6 @@ async fn a_database_dropped_and_recreated_under_load_spools_and_loads_everything
     assert!(migrated, "{out}");
     load.answers(20, "deliveries after migrate").await;
     let ledger = load.stop().await;
-    let not_ok: Vec<&Answered> = ledger.iter().filter(|a| a.status != 200).collect();
-    assert!(
-        not_ok.is_empty(),
-        "every delivery answered 200 (stored or spooled): {} not, e.g. {:?}",
-        not_ok.len(),
-        not_ok.first()
-    );
     let since: Vec<&Value> = ledger
         .iter()
         .filter(|a| a.sent >= dropped)
