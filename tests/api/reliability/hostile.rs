@@ -841,7 +841,11 @@ async fn a_hundred_slow_clients_at_once_are_dropped_while_others_are_served() {
 }
 
 /// While three quarters of `MAX_CONNECTIONS` are open, a connection without a complete request
-/// head is closed after `HEADER_READ_TIMEOUT_CROWDED_MS`, not `HEADER_READ_TIMEOUT_MS`.
+/// head is closed after `HEADER_READ_TIMEOUT_CROWDED_MS`, not `HEADER_READ_TIMEOUT_MS`, until
+/// fewer than half are open. So of six slow clients under a cap of eight, at least three are
+/// closed long before the 30 s timeout; the others only if they had waited the crowded timeout
+/// by then (on a loaded machine the six connect over more than 500 ms, and the last ones are
+/// left to the uncrowded timeout, as they should be).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crowded_connections_get_the_shorter_header_timeout() {
     let mut config = test_config();
@@ -860,15 +864,21 @@ async fn crowded_connections_get_the_shorter_header_timeout() {
             .unwrap();
         slow.push(stream);
     }
+    let mut closed = 0;
     for mut stream in slow {
         let mut rest = Vec::new();
         let left = Duration::from_secs(10).saturating_sub(started.elapsed());
-        let read = tokio::time::timeout(left, stream.read_to_end(&mut rest)).await;
-        assert!(read.is_ok(), "closed long before the 30 s header timeout");
+        if tokio::time::timeout(left, stream.read_to_end(&mut rest))
+            .await
+            .is_ok()
+        {
+            closed += 1;
+        }
     }
-    eprintln!(
-        "six of eight connections closed after {:?}",
-        started.elapsed()
+    eprintln!("{closed} of six connections closed within 10 s");
+    assert!(
+        closed >= 3,
+        "{closed} of six closed long before the 30 s header timeout: crowding ends only below half of the cap"
     );
     let (status, _) = answer(
         app.post_json(&epoch_notification("uncrowded", 1, 2, &[1]))
