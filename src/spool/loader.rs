@@ -76,6 +76,7 @@ impl SpoolLoader {
 
     /// Loads every segment, oldest first, until none is left or one fails.
     pub async fn load_all(&self, shutdown: &CancellationToken) -> Result<(), LoadError> {
+        let mut loaded = 0;
         while !shutdown.is_cancelled() {
             let spool = self.spool.clone();
             // Sealing may wait for the writer thread's fsync: off the async workers.
@@ -83,8 +84,12 @@ impl SpoolLoader {
                 .await
                 .map_err(io::Error::other)?;
             let Some(segment) = next else {
+                if loaded > 0 {
+                    give_back_memory();
+                }
                 return Ok(());
             };
+            loaded += 1;
             let report = self.load(&segment).await?;
             tracing::info!(
                 segment = segment.seq,
@@ -324,4 +329,16 @@ async fn counts(
         .iter()
         .map(|g| g.count(found.contains_key(&g.delivery.fingerprint[..])))
         .collect())
+}
+
+/// Gives the heap a load freed back to the system. glibc keeps what its arenas freed for
+/// reuse: the memory of reading and binding a backlog of segments (each up to
+/// `SEGMENT_MAX_BYTES` of deliveries) stayed resident after the load, for good.
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the heap to the kernel; it takes the
+    // arenas' locks itself.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
