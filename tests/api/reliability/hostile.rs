@@ -806,6 +806,16 @@ async fn ambiguous_framing_oversize_heads_and_keys_given_twice_are_refused() {
     assert_eq!(app.inbox_count().await, 1, "one content, three spellings");
 }
 
+/// A slow client: connected, its request head begun and never finished.
+async fn partial_head(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /webhooks/thryve HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_slow_clients_at_once_are_dropped_while_others_are_served() {
     let mut config = test_config();
@@ -814,12 +824,7 @@ async fn a_hundred_slow_clients_at_once_are_dropped_while_others_are_served() {
     let app = spawn_app_with(config).await;
     let mut slow = Vec::new();
     for _ in 0..100 {
-        let mut stream = TcpStream::connect(app.addr).await.unwrap();
-        stream
-            .write_all(b"POST /webhooks/thryve HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .unwrap();
-        slow.push(stream);
+        slow.push(partial_head(app.addr).await);
     }
     let (status, ack) = answer(
         app.post_json(&epoch_notification("meanwhile", 1, 2, &[1]))
@@ -857,12 +862,7 @@ async fn crowded_connections_get_the_shorter_header_timeout() {
     let mut slow = Vec::new();
     // Six of eight: crowded.
     for _ in 0..6 {
-        let mut stream = TcpStream::connect(app.addr).await.unwrap();
-        stream
-            .write_all(b"POST /webhooks/thryve HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .unwrap();
-        slow.push(stream);
+        slow.push(partial_head(app.addr).await);
     }
     let mut closed = 0;
     for mut stream in slow {
