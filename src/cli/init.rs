@@ -30,6 +30,25 @@ pub(super) async fn run(database: &DatabaseConfig, env_file: &Path) -> Result<()
     let status = db::migration_status(&pool).await?;
     pool.close().await;
 
+    let credential = credential(env_file, &url)?;
+    let database_name = PgConnectOptions::from_str(&url)
+        .ok()
+        .and_then(|o| o.get_database().map(str::to_owned))
+        .unwrap_or_default();
+    println!(
+        "database {database_name}: {}, {} migrations applied",
+        if created { "created" } else { "exists" },
+        status.applied.len()
+    );
+    println!();
+    print_first_delivery(credential.as_deref());
+    Ok(())
+}
+
+/// The credential to show in the first delivery: the first of `WEBHOOK_BASIC_AUTH` when
+/// `env_file` exists already (it is kept), else a generated one, written with `url` into a new
+/// `env_file`.
+fn credential(env_file: &Path, url: &str) -> Result<Option<String>, CliError> {
     let credential = if env_file.exists() {
         println!(
             "kept {}: it exists already (delete it to have init write a new one)",
@@ -45,23 +64,18 @@ pub(super) async fn run(database: &DatabaseConfig, env_file: &Path) -> Result<()
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        write_env_file(env_file, &url, &credential)?;
+        write_env_file(env_file, url, &credential)?;
         println!(
             "wrote {} (DATABASE_URL and a generated WEBHOOK_BASIC_AUTH; every other line is a default)",
             env_file.display()
         );
         Some(credential)
     };
-    let database_name = PgConnectOptions::from_str(&url)
-        .ok()
-        .and_then(|o| o.get_database().map(str::to_owned))
-        .unwrap_or_default();
-    println!(
-        "database {database_name}: {}, {} migrations applied",
-        if created { "created" } else { "exists" },
-        status.applied.len()
-    );
-    println!();
+    Ok(credential)
+}
+
+/// How to start the bridge and send it a first delivery, with `credential` if known.
+fn print_first_delivery(credential: Option<&str>) {
     // As the user invoked it (`target/release/thryve-bridge`, or on the PATH).
     let program = std::env::args()
         .next()
@@ -72,7 +86,7 @@ pub(super) async fn run(database: &DatabaseConfig, env_file: &Path) -> Result<()
         .map_or(8080, |a| a.port());
     println!("Next: start the bridge, then send it a first delivery from another shell:");
     println!("  {program} serve");
-    let auth = match &credential {
+    let auth = match credential {
         Some(credential) => format!(" -u '{credential}'"),
         None => String::new(),
     };
@@ -82,7 +96,6 @@ pub(super) async fn run(database: &DatabaseConfig, env_file: &Path) -> Result<()
          \"data\":{{\"startTimestamp\":1763973390000,\"endTimestamp\":1763973390000,\"dataSourceId\":8,\"dataTypeIds\":[3000]}}}}'"
     );
     println!("In Thryve's dashboard, set the webhook's web authentication to the same user and password.");
-    Ok(())
 }
 
 /// Connects to `url`; when the server says the database does not exist (3D000), connects to
