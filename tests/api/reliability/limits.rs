@@ -315,49 +315,50 @@ fn report(what: &str, answers: &[Result<Duration, String>]) -> Duration {
 /// a real delivery past that: connections without a complete request head are shed first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eleven_hundred_idle_connections_reopened_every_10_s_do_not_hold_a_delivery_past_2_s() {
-    let db = TestDb::new().await;
-    let (mut bridge, addr) = bridge(&db, &[], None).await;
-    let stop = CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
-    let opened = idle_flood(addr, 1_100, Duration::from_secs(10), &stop);
-    wait_until(
-        Duration::from_secs(30),
-        "the flood's connections open",
-        || std::future::ready(opened.load(Ordering::Relaxed) >= 1_100),
-    )
-    .await;
     // Two of the flood's 10 s rounds.
-    let answers =
-        deliveries_meanwhile(addr, Duration::from_secs(21), Duration::from_millis(500)).await;
-    let slowest = report("1,100 idle connections", &answers);
+    let slowest = slowest_delivery_in_a_flood(1_100, None, Duration::from_secs(21)).await;
     assert!(
         slowest < Duration::from_secs(2),
         "slowest answer {slowest:?}"
     );
-    assert!(bridge.try_wait().is_none(), "still running");
 }
 
 /// With a 256-file limit the bridge serves at most 188 connections (64 files reserved, 4
 /// for the pool): 300 idle clients must not hold a real delivery for 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_idle_clients_under_a_256_file_limit_do_not_hold_a_delivery() {
-    let db = TestDb::new().await;
-    let (mut bridge, addr) = bridge(&db, &[], Some(256)).await;
-    let stop = CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
-    let opened = idle_flood(addr, 300, Duration::from_secs(10), &stop);
-    wait_until(
-        Duration::from_secs(30),
-        "the flood's connections open",
-        || std::future::ready(opened.load(Ordering::Relaxed) >= 300),
-    )
-    .await;
-    let answers =
-        deliveries_meanwhile(addr, Duration::from_secs(12), Duration::from_millis(500)).await;
-    let slowest = report("300 idle clients, 256 files", &answers);
+    let slowest = slowest_delivery_in_a_flood(300, Some(256), Duration::from_secs(12)).await;
     assert!(
         slowest < Duration::from_secs(5),
         "slowest answer {slowest:?}"
     );
+}
+
+/// The slowest answer to real deliveries sent every 500 ms for `window` while `clients` idle
+/// connections, re-opened every 10 s, flood a bridge with the open-file limit `nofile`; the
+/// bridge must still be running after.
+async fn slowest_delivery_in_a_flood(
+    clients: usize,
+    nofile: Option<u64>,
+    window: Duration,
+) -> Duration {
+    let db = TestDb::new().await;
+    let (mut bridge, addr) = bridge(&db, &[], nofile).await;
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let opened = idle_flood(addr, clients, Duration::from_secs(10), &stop);
+    wait_until(
+        Duration::from_secs(30),
+        "the flood's connections open",
+        || std::future::ready(opened.load(Ordering::Relaxed) >= clients),
+    )
+    .await;
+    let answers = deliveries_meanwhile(addr, window, Duration::from_millis(500)).await;
+    let what = match nofile {
+        Some(files) => format!("{clients} idle clients, {files} files"),
+        None => format!("{clients} idle connections"),
+    };
+    let slowest = report(&what, &answers);
     assert!(bridge.try_wait().is_none(), "still running");
+    slowest
 }
