@@ -140,25 +140,34 @@ fn start_key(v: &Versioned<EpochValue>) -> StartKey<'_> {
 /// ([`StartKey`]), oldest version first, after keeping only the newest of each full key: one
 /// statement cannot see its own writes, so two values of one start (a point and an
 /// aggregate, or an update of a value created in the same batch) go one after the other.
+/// By one sort rather than hashing: the values of one start key, then of one full key, lie
+/// next to each other (a batch's thousands of string keys made hashing the poller's largest
+/// own cost).
 fn epoch_rounds(values: &[Versioned<EpochValue>]) -> Vec<Vec<&Versioned<EpochValue>>> {
-    let mut newest: HashMap<(StartKey<'_>, DateTime<Utc>), &Versioned<EpochValue>> = HashMap::new();
-    for v in values {
-        let key = (start_key(v), v.value.end.unwrap_or(v.value.start));
-        if newest.get(&key).is_none_or(|old| v.order() >= old.order()) {
-            newest.insert(key, v);
-        }
-    }
-    let mut kept: Vec<&Versioned<EpochValue>> = newest.into_values().collect();
-    kept.sort_by_key(|v| v.order());
-    let mut seen: HashMap<StartKey<'_>, usize> = HashMap::new();
+    let end = |v: &Versioned<EpochValue>| v.value.end.unwrap_or(v.value.start);
+    let mut sorted: Vec<&Versioned<EpochValue>> = values.iter().collect();
+    // Stable: of one key and one version, the later in `values` stays last, and wins.
+    sorted
+        .sort_by(|a, b| (start_key(a), end(a), a.order()).cmp(&(start_key(b), end(b), b.order())));
     let mut rounds: Vec<Vec<&Versioned<EpochValue>>> = Vec::new();
-    for v in kept {
-        let round = seen.entry(start_key(v)).or_default();
-        if rounds.len() <= *round {
-            rounds.push(Vec::new());
+    // The newest of each full key of the start key at hand.
+    let mut run: Vec<&Versioned<EpochValue>> = Vec::new();
+    for (i, &v) in sorted.iter().enumerate() {
+        let next = sorted.get(i + 1);
+        if next.is_some_and(|n| start_key(n) == start_key(v) && end(n) == end(v)) {
+            continue; // a newer version of this full key follows
         }
-        rounds[*round].push(v);
-        *round += 1;
+        run.push(v);
+        if next.is_some_and(|n| start_key(n) == start_key(v)) {
+            continue;
+        }
+        run.sort_by_key(|v| v.order());
+        for (round, v) in run.drain(..).enumerate() {
+            if rounds.len() <= round {
+                rounds.push(Vec::new());
+            }
+            rounds[round].push(v);
+        }
     }
     rounds
 }
