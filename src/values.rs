@@ -640,4 +640,19 @@ mod tests {
             .collect();
         assert_eq!(rounds, vec![vec![2, 4], vec![3], vec![5]]);
     }
+
+    #[test]
+    fn of_one_key_and_one_version_the_later_value_is_the_one_written() {
+        // One delivery naming a value twice: the second says what it is now.
+        let mut first = value(7, 0, Some(60), false);
+        first.value.value = "old".into();
+        let mut second = value(7, 0, Some(60), false);
+        second.value.value = "new".into();
+        let values = [first, value(6, 0, Some(600), false), second];
+        let rounds: Vec<Vec<&str>> = epoch_rounds(&values)
+            .iter()
+            .map(|r| r.iter().map(|v| v.value.value.as_str()).collect())
+            .collect();
+        assert_eq!(rounds, vec![vec!["6"], vec!["new"]]);
+    }
 }
