@@ -150,19 +150,15 @@ fn epoch_rounds(values: &[Versioned<EpochValue>]) -> Vec<Vec<&Versioned<EpochVal
     sorted
         .sort_by(|a, b| (start_key(a), end(a), a.order()).cmp(&(start_key(b), end(b), b.order())));
     let mut rounds: Vec<Vec<&Versioned<EpochValue>>> = Vec::new();
-    // The newest of each full key of the start key at hand.
-    let mut run: Vec<&Versioned<EpochValue>> = Vec::new();
-    for (i, &v) in sorted.iter().enumerate() {
-        let next = sorted.get(i + 1);
-        if next.is_some_and(|n| start_key(n) == start_key(v) && end(n) == end(v)) {
-            continue; // a newer version of this full key follows
-        }
-        run.push(v);
-        if next.is_some_and(|n| start_key(n) == start_key(v)) {
-            continue;
-        }
-        run.sort_by_key(|v| v.order());
-        for (round, v) in run.drain(..).enumerate() {
+    // The newest of each full key of one start key: the last of its end's versions.
+    let mut newest = Vec::new();
+    for run in sorted.chunk_by(|a, b| start_key(a) == start_key(b)) {
+        newest.extend(
+            run.chunk_by(|a, b| end(a) == end(b))
+                .filter_map(|versions| versions.last().copied()),
+        );
+        newest.sort_by_key(|v| v.order());
+        for (round, v) in newest.drain(..).enumerate() {
             if rounds.len() <= round {
                 rounds.push(Vec::new());
             }
