@@ -76,7 +76,7 @@ impl SpoolLoader {
 
     /// Loads every segment, oldest first, until none is left or one fails.
     pub async fn load_all(&self, shutdown: &CancellationToken) -> Result<(), LoadError> {
-        let mut loaded = 0;
+        let mut loaded_any = false;
         while !shutdown.is_cancelled() {
             let spool = self.spool.clone();
             // Sealing may wait for the writer thread's fsync: off the async workers.
@@ -84,12 +84,12 @@ impl SpoolLoader {
                 .await
                 .map_err(io::Error::other)?;
             let Some(segment) = next else {
-                if loaded > 0 {
+                if loaded_any {
                     give_back_memory();
                 }
                 return Ok(());
             };
-            loaded += 1;
+            loaded_any = true;
             let report = self.load(&segment).await?;
             tracing::info!(
                 segment = segment.seq,
